@@ -1,0 +1,165 @@
+"""``spectra.analyze``: one call from a model and data to a :class:`SpectrumResult`.
+
+>>> import torch, spectra
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+>>> X, y = torch.randn(50, 2, dtype=torch.float64), torch.randint(0, 2, (50,))
+>>> r = spectra.analyze(model, (X, y), method="auto")
+>>> r.method, r.num_params, r.provenance["auto_reason"].startswith("exact")
+('exact', 17, True)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .backends.base import available_memory_bytes, format_bytes
+from .errors import InvalidInputError, UnknownNameError
+from .losses import LossLike
+from .operators.hessian import HessianOperator, ParamSelector
+from .result import SpectrumResult, versions
+
+# method="auto" runs exact up to this many parameters (P HVPs + an O(P^3) eigh
+# stay within about a minute on 2 cores), and only when 3 P^2 float64 fit in a
+# quarter of the free memory.
+AUTO_EXACT_MAX_PARAMS = 5000
+AUTO_MEMORY_FRACTION = 0.25
+
+_BUILTIN_BACKENDS = {
+    "exact": ("spectra.backends.exact", "ExactBackend"),
+    "arpack": ("spectra.backends.arpack", "ArpackBackend"),
+    "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
+}
+_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
+
+
+def get_backend(name: str) -> Any:
+    """The backend registered under ``name`` (plugins included)."""
+    try:
+        from . import backends as registry
+
+        getter = getattr(registry, "get", None)
+    except ImportError:  # pragma: no cover
+        getter = None
+    if getter is not None:
+        return getter(name)
+    if name not in _BUILTIN_BACKENDS:
+        raise UnknownNameError("backend", name, list(_BUILTIN_BACKENDS))
+    import importlib
+
+    module, cls = _BUILTIN_BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)()
+
+
+def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None = None) -> tuple[str, str]:
+    """The backend ``method="auto"`` picks for ``num_params``, and why."""
+    from .backends.exact import exact_memory_bytes
+
+    need = exact_memory_bytes(num_params)
+    have = available_memory_bytes(device) if memory_limit is None else int(memory_limit)
+    budget = AUTO_MEMORY_FRACTION * have
+    if num_params <= AUTO_EXACT_MAX_PARAMS and need <= budget:
+        return "exact", (f"exact: P={num_params} <= {AUTO_EXACT_MAX_PARAMS} and the dense Hessian needs "
+                         f"{format_bytes(need)} <= {AUTO_MEMORY_FRACTION:.0%} of {format_bytes(have)} free")
+    why = (f"P={num_params} > {AUTO_EXACT_MAX_PARAMS}" if num_params > AUTO_EXACT_MAX_PARAMS
+           else f"the dense Hessian needs {format_bytes(need)} > {AUTO_MEMORY_FRACTION:.0%} of {format_bytes(have)} free")
+    return "lanczos", f"lanczos: {why}"
+
+
+def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Module:
+    if isinstance(model, str):
+        from . import models
+
+        return models.create(model, **(model_args or {}))
+    if model_args:
+        raise InvalidInputError("model_args is only used when model is a registry name")
+    return model
+
+
+def _resolve_data(data: Any, data_args: dict[str, Any] | None) -> Any:
+    if isinstance(data, str):
+        from . import datasets
+
+        return datasets.load(data, **(data_args or {}))
+    if data_args:
+        raise InvalidInputError("data_args is only used when data is a registry name")
+    return data
+
+
+def analyze(
+    model: torch.nn.Module | str,
+    data: Any,
+    *,
+    loss: LossLike = "cross_entropy",
+    method: str = "auto",
+    params: ParamSelector = None,
+    k: int = 10,
+    which: str = "largest",
+    num_probes: int = 10,
+    num_steps: int = 80,
+    seed: int = 0,
+    return_eigenvectors: bool = False,
+    model_args: dict[str, Any] | None = None,
+    data_args: dict[str, Any] | None = None,
+    memory_limit: int | None = None,
+    **options: Any,
+) -> SpectrumResult:
+    """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
+
+    ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"arpack"`` (``k``
+    eigenvalues at the ``which`` end(s): ``"largest"``, ``"smallest"``,
+    ``"both"``), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
+    ``num_steps`` steps), ``"auto"`` (exact when the dense Hessian fits
+    comfortably, lanczos otherwise; the result says which and why), or a
+    backend registered by a plugin.
+
+    ``model`` and ``data`` may be registry names (``"mlp"``, ``"mnist"``) with
+    ``model_args``/``data_args``.  Remaining ``options`` go to
+    :class:`~spectra.operators.hessian.HessianOperator` (``mode``,
+    ``cache_graph``, ``chunk_size``, ``train_mode``, ``check_determinism``,
+    ``reduction``) or to the backend.
+    """
+    model = _resolve_model(model, model_args)
+    data = _resolve_data(data, data_args)
+    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
+    start = time.perf_counter()
+    op = HessianOperator(model, loss, data, params=params, **op_options)
+    setup_seconds = time.perf_counter() - start
+
+    requested = method
+    reason = "requested"
+    if not isinstance(method, str):
+        raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
+    if method == "auto":
+        method, reason = choose_method(op.shape[0], op.device, memory_limit)
+    backend = get_backend(method)
+
+    run_options: dict[str, Any] = dict(options)
+    if method == "exact":
+        run_options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
+    elif method == "arpack":
+        run_options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
+    elif method == "lanczos":
+        run_options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
+    result = backend.run(op, **run_options)
+    if not isinstance(result, SpectrumResult):
+        raise InvalidInputError(f"backend {method!r} returned {type(result).__name__}, not a SpectrumResult")
+    result.num_samples = op.num_samples
+    result.provenance = {
+        "method": result.method,
+        "requested_method": requested,
+        "auto_reason": reason,
+        **op.describe(),
+        **result.provenance,
+        "seed": seed,
+        "num_matvecs": result.num_matvecs,
+        "determinism_check_matvecs": op.check_matvecs,
+        "setup_seconds": setup_seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "versions": versions(),
+    }
+    return result

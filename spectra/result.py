@@ -1,0 +1,294 @@
+"""SpectrumResult: the eigenvalues (or quadrature) of one analysis, with provenance.
+
+One class serves all backends, so exact and approximate results compare
+through one interface: :meth:`SpectrumResult.density` broadens exact
+eigenvalues and Lanczos nodes the same way, :meth:`SpectrumResult.summary`
+reports the same keys (estimated where the backend estimates).
+
+Saved as a folder: ``result.json`` (manifest: method, sizes, summary,
+provenance, format version) and ``arrays.npz`` (numbers), both written
+atomically.  Loading never unpickles.
+
+>>> import numpy as np, tempfile
+>>> r = SpectrumResult(method="exact", eigenvalues=np.array([-0.1, 0.0, 0.0, 2.0]), num_params=4)
+>>> r.summary()["num_negative"]
+1
+>>> d = tempfile.mkdtemp() + "/r"
+>>> _ = r.save(d)
+>>> load(d).eigenvalues.tolist()
+[-0.1, 0.0, 0.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import density as _density
+from ._io import atomic_save_npz, atomic_write_json
+from .errors import InvalidInputError, ResultFormatError
+
+FORMAT_VERSION = 1
+MANIFEST = "result.json"
+ARRAYS = "arrays.npz"
+_ARRAY_FIELDS = ("eigenvalues", "eigenvectors", "nodes", "weights", "residuals")
+
+
+@dataclass
+class SpectrumResult:
+    """What one eigen-analysis found.
+
+    ``eigenvalues`` are ascending (all ``P`` for exact, the computed ones for
+    arpack).  ``nodes``/``weights`` (shape ``[num_probes, m]``) are the Gauss
+    quadrature of stochastic Lanczos.  ``provenance`` records how the numbers
+    were obtained: backend options, seeds, loss and reduction, dtype, wall
+    time, matvec count, library versions, and why ``method="auto"`` chose.
+    """
+
+    method: str
+    eigenvalues: np.ndarray | None = None
+    eigenvectors: np.ndarray | None = None
+    nodes: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    num_params: int = 0
+    num_samples: int | None = None
+    num_matvecs: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def is_exact(self) -> bool:
+        return self.method == "exact"
+
+    @property
+    def ritz_values(self) -> np.ndarray | None:
+        """Lanczos only: all Ritz values of all probes, ascending."""
+        return None if self.nodes is None else np.sort(self.nodes.ravel())
+
+    def _measure(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atoms and masses of the (estimated) spectral measure, total mass 1."""
+        if self.nodes is not None and self.weights is not None:
+            n_probes = self.nodes.shape[0]
+            return self.nodes.ravel(), self.weights.ravel() / n_probes
+        if self.eigenvalues is not None and self.method == "exact":
+            lam = self.eigenvalues
+            return lam, np.full(lam.shape, 1.0 / max(lam.size, 1))
+        raise InvalidInputError(
+            f"a {self.method} result holds only {0 if self.eigenvalues is None else self.eigenvalues.size} "
+            "eigenvalues, not a whole spectrum; use method='exact' or 'lanczos' for a density"
+        )
+
+    def density(self, grid: np.ndarray | None = None, sigma: float | None = None,
+                num_points: int = 1001) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian-broadened spectral density ``(grid, rho)``; ``rho`` integrates to ~1.
+
+        Defaults: ``sigma`` = 1/200 of the spectral range, grid over the range
+        padded by 5 sigma.
+        """
+        atoms, mass = self._measure()
+        lo, hi = float(atoms.min()), float(atoms.max())
+        sigma = _density.default_sigma(lo, hi) if sigma is None else float(sigma)
+        grid = _density.default_grid(lo, hi, sigma, num_points) if grid is None else np.asarray(grid, float)
+        return grid, _density.gaussian_density(atoms, mass, grid, sigma)
+
+    # ---------------------------------------------------------------- summary
+    def summary(self, zero_tol: float | None = None, max_outliers: int = 50) -> dict[str, Any]:
+        """Key numbers: extremes, negative part, mass near zero, outliers above the bulk.
+
+        ``zero_tol`` defaults to ``1e-3 * max|lambda|``.  The bulk edge is the
+        largest ratio gap ``lambda_i / max(lambda_{i+1}, zero_tol)`` among the
+        top ``max_outliers + 1`` eigenvalues; the eigenvalues above it are the
+        outliers.  For Lanczos results counts are estimated from quadrature
+        mass times ``P`` and marked ``"estimated": True``.
+        """
+        out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
+                               "num_matvecs": self.num_matvecs}
+        if self.method == "arpack" or (self.eigenvalues is not None and self.method not in ("exact",)
+                                       and self.nodes is None):
+            lam = np.sort(self.eigenvalues)
+            out.update(lambda_max=float(lam[-1]), lambda_min=float(lam[0]), num_computed=int(lam.size),
+                       computed_eigenvalues=lam.tolist(), estimated=False,
+                       which=self.provenance.get("which"))
+            if self.residuals is not None:
+                out["max_residual"] = float(np.max(self.residuals))
+            return out
+        atoms, mass = self._measure()
+        big = float(np.max(np.abs(atoms))) if atoms.size else 0.0
+        tol = 1e-3 * big if zero_tol is None else float(zero_tol)
+        P = self.num_params or atoms.size
+        neg = atoms < 0
+        out.update(
+            lambda_max=float(atoms.max()),
+            lambda_min=float(atoms.min()),
+            zero_tol=tol,
+            zero_tol_rule="1e-3 * max|lambda|" if zero_tol is None else "given",
+            zero_fraction=float(mass[np.abs(atoms) < tol].sum()),
+            negative_fraction=float(mass[neg].sum()),
+            trace=float(P * (mass * atoms).sum()),
+            estimated=not self.is_exact,
+        )
+        if self.is_exact:
+            lam = atoms
+            out["num_negative"] = int(neg.sum())
+            out["negative_sum"] = float(lam[neg].sum())
+            out["num_negative_below_tol"] = int((neg & (lam > -tol)).sum())
+            top = np.sort(lam)[::-1][: max_outliers + 1]
+            n_out, edge = _outliers_by_gap(top, tol)
+            out.update(num_outliers=n_out, bulk_edge=edge, outliers=top[:n_out].tolist())
+        else:
+            out["num_negative"] = int(round(P * out["negative_fraction"]))
+            out["negative_sum"] = float(P * (mass[neg] * atoms[neg]).sum())
+            # Converged extreme Ritz values (weight ~ 1/P each) are the outliers.
+            extremes = np.sort(self.nodes.max(axis=1))[::-1]
+            top = np.unique(np.round(self.nodes.ravel(), 10))[::-1][: max_outliers + 1]
+            n_out, edge = _outliers_by_gap(top, tol)
+            out.update(num_outliers=int(round(P * mass[atoms > edge].sum())) if n_out else 0,
+                       bulk_edge=edge, top_ritz_values=extremes[:5].tolist(),
+                       num_probes=int(self.nodes.shape[0]), num_steps=int(self.nodes.shape[1]))
+        return out
+
+    # ------------------------------------------------------------------ plots
+    def plot(self, ax: Any = None, *, log: bool = True, bins: int = 100, sigma: float | None = None) -> tuple[Any, Any]:
+        """Histogram (exact), density (lanczos) or stem plot (arpack); returns ``(fig, ax)``.
+
+        matplotlib is imported only when this is called.
+        """
+        import matplotlib
+
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 4))
+        else:
+            fig = ax.figure
+        _ = matplotlib  # keep the import local; the backend is the user's choice
+        if self.is_exact and self.eigenvalues is not None:
+            ax.hist(self.eigenvalues, bins=bins, log=log, color="tab:blue")
+            ax.set_ylabel("count")
+            ax.set_title(f"Hessian eigenvalues (exact, P={self.num_params})")
+        elif self.nodes is not None:
+            grid, rho = self.density(sigma=sigma)
+            ax.plot(grid, np.maximum(rho, 1e-12) if log else rho, color="tab:blue")
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylabel("density")
+            ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
+        else:
+            lam = np.sort(self.eigenvalues)
+            ax.stem(np.arange(lam.size), lam)
+            ax.set_xlabel("index (ascending)")
+            ax.set_ylabel("eigenvalue")
+            ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={self.provenance.get('which')})")
+            return fig, ax
+        ax.set_xlabel("eigenvalue")
+        return fig, ax
+
+    # --------------------------------------------------------------- save/load
+    def to_manifest(self) -> dict[str, Any]:
+        arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS if getattr(self, k) is not None}
+        return {
+            "format": "spectra-result",
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "num_params": int(self.num_params),
+            "num_samples": self.num_samples,
+            "num_matvecs": int(self.num_matvecs),
+            "summary": self.summary(),
+            "provenance": self.provenance,
+            "arrays": sorted(list(arrays) + [f"extra/{k}" for k in self.arrays]),
+        }
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``path/result.json`` and ``path/arrays.npz`` (atomically).
+
+        Refuses a folder that already holds a result unless ``overwrite=True``.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise InvalidInputError(f"{path} exists and is not a folder")
+        if (path / MANIFEST).exists() and not overwrite:
+            raise InvalidInputError(
+                f"{path} already holds a result ({MANIFEST}); pass overwrite=True (CLI: --force) to replace it"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {k: getattr(self, k) for k in _ARRAY_FIELDS if getattr(self, k) is not None}
+        arrays.update({f"extra__{k}": v for k, v in self.arrays.items()})
+        # Arrays first, manifest last: a folder with a manifest is a whole result.
+        atomic_save_npz(path / ARRAYS, **arrays)
+        atomic_write_json(path / MANIFEST, self.to_manifest())
+        return path
+
+
+def load(path: str | Path) -> SpectrumResult:
+    """Read a result written by :meth:`SpectrumResult.save` (no pickle involved)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ResultFormatError(f"{path} holds no spectra result (missing {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultFormatError(f"{manifest_path} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != "spectra-result":
+        raise ResultFormatError(f"{manifest_path} is not a spectra result manifest")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ResultFormatError(
+            f"{path} was written in result format {version!r}; this spectra reads up to "
+            f"{FORMAT_VERSION} — upgrade spectra to load it"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    if (path / ARRAYS).exists():
+        try:
+            with np.load(path / ARRAYS, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise ResultFormatError(f"{path / ARRAYS} is corrupt: {exc}") from exc
+    expected = {a.replace("extra/", "extra__") for a in manifest.get("arrays", [])}
+    missing = expected - set(arrays)
+    if missing:
+        raise ResultFormatError(f"{path / ARRAYS} lacks arrays {sorted(missing)} named in the manifest")
+    try:
+        return SpectrumResult(
+            method=str(manifest["method"]),
+            num_params=int(manifest["num_params"]),
+            num_samples=manifest.get("num_samples"),
+            num_matvecs=int(manifest.get("num_matvecs", 0)),
+            provenance=dict(manifest.get("provenance", {})),
+            arrays={k[len("extra__"):]: v for k, v in arrays.items() if k.startswith("extra__")},
+            **{k: arrays.get(k) for k in _ARRAY_FIELDS},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultFormatError(f"{manifest_path} is missing or has a bad field: {exc}") from exc
+
+
+def _outliers_by_gap(top_desc: np.ndarray, tol: float) -> tuple[int, float]:
+    """Split the top of a spectrum at its largest ratio gap; return (count, edge)."""
+    pos = top_desc[top_desc > tol]
+    if pos.size == 0:
+        return 0, float(tol)
+    floor = np.maximum(np.append(top_desc[1 : pos.size + 1], -np.inf), tol)[: pos.size]
+    ratios = pos / floor
+    i = int(np.argmax(ratios))
+    if ratios[i] <= 1.0:
+        return 0, float(pos[0])
+    return i + 1, float(floor[i])
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    import scipy
+    import torch
+
+    from . import __version__
+
+    return {"spectra": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "python": platform.python_version()}
