@@ -175,7 +175,7 @@ class HessianOperator(SpectralOperator):
         self.train_mode = bool(train_mode)
         self.mode = "reverse" if mode == "auto" else mode
         self.max_block = chunk_size
-        self.num_samples = self.source.num_samples
+        self.num_samples = self._global_num_samples(self.source.num_samples)
         self._weights = [self._batch_weight(n_b) for n_b in self.source.batch_sizes]
 
         if cache_graph == "auto":
@@ -262,7 +262,8 @@ class HessianOperator(SpectralOperator):
                 total_loss += w * float(value.detach())
                 grad += self.flatten(gi.detach() for gi in g)
         self._cached = cached
-        return total_loss, grad
+        reduced = self._reduce(torch.cat([grad, torch.tensor([total_loss], dtype=self.dtype, device=self.device)]))
+        return float(reduced[-1]), reduced[:-1]
 
     def _check_determinism(self) -> None:
         gen = torch.Generator().manual_seed(12345)
@@ -287,9 +288,16 @@ class HessianOperator(SpectralOperator):
 
     # --------------------------------------------------------------- products
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        if self.mode == "forward":
-            return self._matmat_forward(V)
-        return self._matmat_reverse(V)
+        local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
+        return self._reduce(local)
+
+    # Hooks for data-parallel subclasses (spectra.distributed): the sample count
+    # over all shards, and the sum of a local block over all shards.
+    def _global_num_samples(self, local: int) -> int:
+        return local
+
+    def _reduce(self, local: torch.Tensor) -> torch.Tensor:
+        return local
 
     def _matmat_reverse(self, V: torch.Tensor) -> torch.Tensor:
         pieces = self.unflatten(V)  # each [m, *shape]
