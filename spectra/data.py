@@ -141,9 +141,10 @@ class BatchSource:
         self._validate()
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._batches is not None:
-            return iter(self._batches)
-        return (self._unpack(b) for b in self._loader)
+        # Empty batches carry no samples and no weight; skipping them keeps a
+        # mean-reduced batch loss from turning into 0/0.
+        batches = self._batches if self._batches is not None else (self._unpack(b) for b in self._loader)
+        return (b for b in batches if b[0].shape[0] > 0)
 
     @staticmethod
     def _unpack(batch: Any) -> Batch:

@@ -253,7 +253,7 @@ class HessianOperator(SpectralOperator):
                 X, y = self._to_device(X, y)
                 value = self._forward_loss(X, y, b)
                 if not bool(torch.isfinite(value)):
-                    raise NonFiniteError(f"the loss is {float(value)} on batch {b}; the Hessian is undefined")
+                    raise NonFiniteError(f"the loss is {float(value.detach())} on batch {b}; the Hessian is undefined")
                 g = torch.autograd.grad(w * value, self.params, create_graph=self.cache_graph,
                                         allow_unused=True)
                 g = tuple(torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, self.params))
@@ -269,7 +269,10 @@ class HessianOperator(SpectralOperator):
         gen = torch.Generator().manual_seed(12345)
         v = torch.randn(self.shape[0], 1, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
         before = self.num_matvecs
-        a = self.matmat(v)
+        # One product through fresh forward passes and one through the operator's
+        # usual path (the cached graph, if any): a cached graph would otherwise
+        # freeze one dropout mask and hide the randomness.
+        a = self._reduce(self._matmat_forward(v) if self.mode == "forward" else self._matmat_reverse(v, fresh=True))
         b = self.matmat(v)
         self.num_matvecs = before
         self.check_matvecs = 2
@@ -299,11 +302,12 @@ class HessianOperator(SpectralOperator):
     def _reduce(self, local: torch.Tensor) -> torch.Tensor:
         return local
 
-    def _matmat_reverse(self, V: torch.Tensor) -> torch.Tensor:
+    def _matmat_reverse(self, V: torch.Tensor, fresh: bool = False) -> torch.Tensor:
         pieces = self.unflatten(V)  # each [m, *shape]
         out = torch.zeros_like(V)
+        grads = self._cached if (self._cached is not None and not fresh) else self._fresh_grads()
         with model_mode(self.model, self.train_mode):
-            for b, g in enumerate(self._cached if self._cached is not None else self._fresh_grads()):
+            for g in grads:
                 out += self._backward_of_grad(g, pieces, V.shape[1])
         return out
 
