@@ -54,6 +54,8 @@ def blobs(n: int = 1000, std: float = 1.0, seed: int = 0, dtype: Any = None) -> 
     """
     n = check_int(n, "n", 2, _MAX_N)
     std = check_float(std, "std", positive=True)
+    if std > 1e6:  # beyond this the blobs are noise and float32 data overflow its squares
+        raise InvalidInputError(f"std must be <= 1e6; got {std:g}")
     seed = check_seed(seed)
     dtype = resolve_dtype(dtype)
     check_allocation(n * 3 * 8, f"blobs with n={n}")

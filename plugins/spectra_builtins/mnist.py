@@ -107,6 +107,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def find_idx_files(folder: str | os.PathLike[str], split: str = "train") -> tuple[Path, Path]:
     """``(images, labels)`` IDX paths for ``split`` in ``folder``, ``folder/MNIST/raw`` or ``folder/raw``."""
+    if "\0" in str(folder):
+        raise InvalidInputError(f"MNIST folder {str(folder)!r} is not a valid path (it contains a NUL byte)")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InvalidInputError(f"MNIST folder {str(folder)!r} does not exist or is not a folder")

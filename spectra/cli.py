@@ -1,0 +1,594 @@
+"""The ``spectra`` command (also ``python -m spectra``).
+
+Subcommands::
+
+    spectra list [models|datasets|backends|plugins] [--json]
+    spectra analyze --model NAME [--model-arg k=v ...] --dataset NAME [--dataset-arg k=v ...]
+                    [--loss cross_entropy|mse] [--train gd|sgd --lr .. --grad-tol .. --max-steps ..]
+                    [--method auto|exact|arpack|lanczos|<plugin>] [--k .. --which ..]
+                    [--probes .. --steps ..] [--seed ..] [--dtype ..] [--out DIR] [--force] [--quiet]
+    spectra show DIR
+    spectra demo [--out DIR]
+
+User errors print one line ``spectra: error: ...`` on stderr and exit with
+status 2, without a traceback.  More subcommands plug in through
+:data:`COMMAND_MODULES`: each such module defines ``add_parsers(subparsers)``
+and sets ``handler=<function(args) -> int>`` on its parsers.
+
+>>> main(["list", "backends"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from .errors import InvalidInputError, SpectraError
+
+# Modules that add subcommands (e.g. ``reproduce``); a missing one is skipped.
+COMMAND_MODULES: tuple[str, ...] = ("spectra.experiments.cli",)
+
+RESULT_FILES = ("result.json", "arrays.npz")
+SPECTRUM_PNG = "spectrum.png"
+TRAINING_JSON = "training.json"
+TRAINING_PNG = "training_curve.png"
+# Every file ``analyze`` may write: with --force, stale ones from an earlier run are removed.
+KNOWN_OUTPUTS = (*RESULT_FILES, SPECTRUM_PNG, TRAINING_JSON, TRAINING_PNG)
+_DTYPES = ("float64", "float32")
+
+
+# ----------------------------------------------------------------- argparse
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def parse_key_value(text: str, option: str) -> tuple[str, Any]:
+    """``"sizes=[784,10,10]"`` -> ``("sizes", [784, 10, 10])``; values are JSON where they parse, else strings.
+
+    >>> parse_key_value("hidden=6", "--model-arg"), parse_key_value("activation=tanh", "--model-arg")
+    (('hidden', 6), ('activation', 'tanh'))
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise InvalidInputError(f"{option} {text!r} must look like key=value with a name as key "
+                                "(e.g. hidden=6 or sizes=[784,10,10])")
+    raw = raw.strip()
+    if raw == "":
+        raise InvalidInputError(f"{option} {text!r} has no value after '='")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        if raw[:1] in "[{\"":  # meant as JSON but malformed: do not guess
+            raise InvalidInputError(f"{option} {key}={raw}: the value is not valid JSON") from None
+        value = raw
+    return key, value
+
+
+def _collect_pairs(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for text in items or ():
+        key, value = parse_key_value(text, option)
+        if key in out:
+            raise InvalidInputError(f"{option} {key} is given twice")
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands from :data:`COMMAND_MODULES` included)."""
+    from . import __version__
+
+    parser = _Parser(prog="spectra", description="Eigenvalues of neural-network loss Hessians, "
+                                                  "exact and approximate.")
+    parser.add_argument("--version", action="version", version=f"spectra {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", help="list models, datasets, backends or plugins",
+                       description="List what the plugins provide (all kinds when none is given).")
+    p.add_argument("kind", nargs="?", choices=("models", "datasets", "backends", "plugins"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("analyze", help="compute a Hessian spectrum and save it",
+                       description="Build a model and a dataset by name, optionally train, compute the "
+                                   "Hessian spectrum, print a summary and save result + plots to --out.")
+    _add_analysis_options(p)
+    p.set_defaults(handler=cmd_analyze)
+
+    p = sub.add_parser("show", help="print the summary and redraw the plots of a saved result",
+                       description="Re-print the summary of a saved result and redraw its plots "
+                                   f"({SPECTRUM_PNG}, {TRAINING_PNG}) without recomputing.")
+    p.add_argument("dir", metavar="DIR", help="a folder written by 'spectra analyze'")
+    p.add_argument("--no-plots", action="store_true", help="only print the summary")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("demo", help="a small real analysis in seconds",
+                       description="Train the paper's 2-6-6-2 blob net (74 parameters) on two Gaussian "
+                                   "blobs with gradient descent, compute its exact Hessian spectrum, "
+                                   "print a summary and save the histogram and result files.")
+    p.add_argument("--out", default="spectra-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace a result already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_demo)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parsers(sub)
+    return parser
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, metavar="NAME", help="registered model ('spectra list models')")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="model argument, JSON value (e.g. sizes=[784,10,10], hidden=6); repeatable")
+    g.add_argument("--dataset", required=True, metavar="NAME", help="registered dataset ('spectra list datasets')")
+    g.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
+                   help="dataset argument, JSON value (e.g. n=1000, std=0.5); repeatable")
+    g.add_argument("--loss", default="cross_entropy", choices=("cross_entropy", "mse"))
+    g.add_argument("--dtype", default="float64", choices=_DTYPES,
+                   help="dtype of weights and inputs (default: %(default)s, for accurate spectra)")
+    g = p.add_argument_group("training (optional, before the analysis)")
+    g.add_argument("--train", choices=("gd", "sgd"), help="train first: full-batch GD or minibatch SGD")
+    g.add_argument("--lr", type=float, default=0.1, help="step size (default: %(default)s)")
+    g.add_argument("--grad-tol", type=float, default=1e-4,
+                   help="stop when the gradient norm is below this (default: %(default)s)")
+    g.add_argument("--max-steps", type=int, default=10_000, help="most updates (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, help="SGD minibatch size (needed with --train sgd)")
+    g = p.add_argument_group("analysis")
+    g.add_argument("--method", default="auto", metavar="NAME",
+                   help="exact, arpack, lanczos, auto, or a plugin backend (default: %(default)s)")
+    g.add_argument("--k", type=int, default=10, help="arpack: eigenvalues per end (default: %(default)s)")
+    g.add_argument("--which", default="largest", choices=("largest", "smallest", "both"),
+                   help="arpack: which end(s) (default: %(default)s)")
+    g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of probes and SGD order, and the default 'seed' of the model and dataset "
+                        "factories (default: %(default)s)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="DIR", help="folder for result.json, arrays.npz and PNG plots")
+    g.add_argument("--force", action="store_true", help="replace a result already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+
+
+# ------------------------------------------------------------------- output
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr, flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(_fmt(v) for v in value[:5])
+        return f"[{head}{', ...' if len(value) > 5 else ''}]" + (f" ({len(value)})" if len(value) > 5 else "")
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary dict as an aligned two-column table."""
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {_fmt(v)}" for k, v in summary.items())
+
+
+# --------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import plugins
+
+    kinds = [args.kind] if args.kind else ["models", "datasets", "backends"]
+    data: dict[str, Any] = {}
+    for kind in kinds:
+        data[kind] = plugins.list_plugins() if kind == "plugins" else plugins.list_entries(kind)
+    if args.json:
+        print(json.dumps(data if len(kinds) > 1 else data[kinds[0]], indent=2, default=str))
+        return 0
+    blocks = []
+    for kind, rows in data.items():
+        lines = [f"{kind} ({len(rows)}):"]
+        if kind == "plugins":
+            for r in rows:
+                provides = "; ".join(f"{k}: {', '.join(r[k])}" for k in ("models", "datasets", "backends") if r[k])
+                lines.append(f"  {r['name']}  [{r['source']}]  {'ok' if r['ok'] else 'FAILED'}")
+                if provides:
+                    lines.append(f"      provides {provides}")
+                lines.extend(f"      error: {e}" for e in r["errors"])
+        else:
+            width = max((len(r["name"]) for r in rows), default=0)
+            for r in rows:
+                lines.append(f"  {r['name'].ljust(width)}  {r['description']}  [{r['plugin']}]")
+                if r["parameters"]:
+                    lines.append(f"  {' ' * width}  parameters: {', '.join(r['parameters'])}")
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    return 0
+
+
+# ------------------------------------------------------------------ analyze
+def _factory_accepts(kind: str, name: str, param: str) -> bool:
+    from . import plugins
+
+    sig = plugins.get_entry(kind, name).signature()
+    if sig is None:
+        return False
+    return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _with_defaults(kind: str, name: str, kwargs: dict[str, Any], dtype: str, seed: int) -> dict[str, Any]:
+    """Pass ``--dtype`` and ``--seed`` to factories that take them, unless given explicitly."""
+    out = dict(kwargs)
+    for param, value in (("dtype", dtype), ("seed", seed)):
+        if param not in out and _factory_accepts(kind, name, param):
+            out[param] = value
+    return out
+
+
+def check_fit(model: Any, data: Any, loss: str, model_name: str, dataset_name: str) -> None:
+    """One forward pass on two samples: refuse a model that cannot take the dataset's inputs."""
+    import torch
+
+    from .losses import resolve_loss
+
+    X, y = data.X[:2], data.y[:2]
+    shape = "[n, " + ", ".join(str(s) for s in data.X.shape[1:]) + "]"
+    was_training = model.training
+    try:
+        model.eval()  # no BatchNorm statistics are touched by this probe
+        with torch.no_grad():
+            out = model(X)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "does not fit"
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"model {model_name!r} does not fit dataset {dataset_name!r}: it fails on inputs of shape {shape}"
+            f"{_first_layer_hint(model)}: {msg}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInputError(f"model {model_name!r} returned a {type(out).__name__}, not a tensor")
+    try:
+        resolve_loss(loss).check_target(out, y)
+    except InvalidInputError as exc:
+        raise InvalidInputError(
+            f"model {model_name!r} does not fit dataset {dataset_name!r} (inputs {shape}, "
+            f"outputs [n, {', '.join(str(s) for s in out.shape[1:])}]): {exc}"
+        ) from None
+
+
+def _first_layer_hint(model: Any) -> str:
+    """``" (its first layer takes 2 input features)"``, when the first layer says so."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            return f" (its first layer takes {module.in_features} input features)"
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            return f" (its first layer takes {module.in_channels} input channels)"
+    return ""
+
+
+class _OutDir:
+    """Writes into a staging folder next to ``--out``; moves the files in only when all are written.
+
+    So a failed or killed run leaves no partial result, and a replaced result
+    (``--force``) never mixes with files of the old one.
+    """
+
+    def __init__(self, out: str, force: bool):
+        self.out = Path(out).expanduser()
+        self.force = force
+        self.stage: Path | None = None
+
+    def check(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"--out {str(out)!r} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not self.force:
+            if (out / "result.json").exists():
+                raise InvalidInputError(f"--out {str(out)!r} already holds a result; pass --force to replace it")
+            raise InvalidInputError(f"--out {str(out)!r} exists and is not empty; choose a new folder or "
+                                    "pass --force")
+
+    def __enter__(self) -> Path:
+        self.check()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.stage, 0o777 & ~umask)  # mkdtemp makes it private; the result folder should not be
+        return self.stage
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.stage is not None
+        try:
+            if exc_type is None:
+                self._commit(self.stage)
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+    def _commit(self, stage: Path) -> None:
+        if not self.out.exists():
+            os.replace(stage, self.out)  # one rename: the whole result appears at once
+            return
+        self.check()  # someone may have written there meanwhile
+        written = {p.name for p in stage.iterdir()}
+        # the manifest goes last, so a folder with result.json is always whole
+        for name in sorted(written, key=lambda n: n == "result.json"):
+            os.replace(stage / name, self.out / name)
+        for name in KNOWN_OUTPUTS:
+            if name not in written and (self.out / name).exists():
+                (self.out / name).unlink()
+
+
+class _Elapsed:
+    """A tqdm line that shows elapsed time while an uninterruptible computation runs."""
+
+    def __init__(self, desc: str, quiet: bool):
+        self.desc, self.quiet = desc, quiet
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_Elapsed":
+        if self.quiet:
+            return self
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, desc=self.desc, bar_format="{desc} [{elapsed}]", file=sys.stderr,
+                        leave=False)
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.quiet:
+            self._stop.set()
+            self.thread.join()
+            self.bar.close()
+
+
+def _train(args: argparse.Namespace, model: Any, data: Any) -> Any:
+    try:
+        from .train import train
+    except ImportError as exc:  # pragma: no cover - train.py ships with spectra
+        raise InvalidInputError(f"--train is not available in this installation: {exc}") from exc
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.max_steps, desc=f"training ({args.train})", unit="step", file=sys.stderr,
+                   leave=False)
+
+    def progress(_model: Any, info: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{info['loss']:.4g}", grad=f"{info['grad_norm']:.2g}", refresh=False)
+            bar.update(info["step"] - bar.n)
+
+    try:
+        return train(model, data, loss=args.loss, optimizer=args.train, lr=args.lr, grad_tol=args.grad_tol,
+                     max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
+                     callbacks=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    from ._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_spectrum(result: Any, path: Path) -> None:
+    """Draw ``result.plot()`` on an Agg figure (no window, no pyplot state) and save a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2))
+    result.plot(ax=fig.add_subplot())
+    _savefig(fig, path)
+
+
+def plot_training(history: dict[str, Any], path: Path) -> None:
+    """Loss and gradient norm against the step, log scale."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    steps = history.get("step", [])
+    for ax, key, label in ((ax1, "loss", "loss"), (ax2, "grad_norm", "gradient norm")):
+        values = history.get(key, [])
+        positive = [v for v in values if v is not None and v > 0]
+        ax.plot(steps, values, color="tab:blue")
+        if positive:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    ax2.axhline(history.get("grad_tol") or float("nan"), color="tab:red", ls="--", lw=1, label="grad_tol")
+    fig.suptitle(f"training ({history.get('optimizer')}, lr={history.get('lr')}): {history.get('stop_reason')}")
+    _savefig(fig, path)
+
+
+def run_analysis(args: argparse.Namespace) -> int:
+    """The work of ``analyze`` and ``demo``: build, (train), analyse, print, save."""
+    import torch
+
+    from . import api, datasets, models, plugins
+
+    model_args = _collect_pairs(args.model_arg, "--model-arg")
+    dataset_args = _collect_pairs(args.dataset_arg, "--dataset-arg")
+    out = _OutDir(args.out, args.force) if args.out else None
+    if out is not None:
+        out.check()  # before any work: a refused folder should cost nothing
+    plugins.get_entry("models", args.model)  # unknown names fail fast, listing the known ones
+    plugins.get_entry("datasets", args.dataset)
+    if args.method != "auto":
+        plugins.get_entry("backends", args.method)
+
+    dataset_args = _with_defaults("datasets", args.dataset, dataset_args, args.dtype, args.seed)
+    model_args = _with_defaults("models", args.model, model_args, args.dtype, args.seed)
+    data = datasets.load(args.dataset, **dataset_args)
+    model = models.create(args.model, **model_args)
+    # factories without a dtype argument (or an explicit other dtype) still get one consistent dtype
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else getattr(torch, args.dtype)
+    if data.X.is_floating_point() and data.X.dtype != dtype:
+        data.X = data.X.to(dtype)
+    check_fit(model, data, args.loss, args.model, args.dataset)
+
+    history = None
+    if args.train:
+        history = _train(args, model, data).to_dict()
+        _say(args, f"trained {history['steps_taken']} steps ({history['stop_reason']}): loss "
+                   f"{_fmt(history['final_loss'])}, gradient norm {_fmt(history['final_grad_norm'])}")
+
+    with _Elapsed(f"computing the Hessian spectrum (method={args.method})", args.quiet):
+        result = api.analyze(model, data, loss=args.loss, method=args.method, k=args.k, which=args.which,
+                             num_probes=args.probes, num_steps=args.steps, seed=args.seed)
+    entry = plugins.get_entry("models", args.model)
+    result.provenance["model"] = {"name": args.model, "arguments": _jsonable(model_args), "plugin": entry.plugin}
+    result.provenance["dataset_arguments"] = _jsonable(dataset_args)
+    result.provenance["command"] = ["spectra", *getattr(args, "argv", [])]
+    if history is not None:
+        result.provenance["training"] = {k: v for k, v in history.items()
+                                         if k not in ("step", "loss", "accuracy", "grad_norm")}
+
+    print(f"{args.model} on {args.dataset}: P={result.num_params}, N={result.num_samples}, "
+          f"method={result.method}")
+    print(format_summary(result.summary()))
+    if out is not None:
+        from ._io import atomic_write_json
+
+        with out as stage:
+            result.save(stage)
+            plot_spectrum(result, stage / SPECTRUM_PNG)
+            if history is not None:
+                atomic_write_json(stage / TRAINING_JSON, history)
+                plot_training(history, stage / TRAINING_PNG)
+        written = [*RESULT_FILES, SPECTRUM_PNG] + ([TRAINING_JSON, TRAINING_PNG] if history else [])
+        print(f"wrote {out.out}/ ({', '.join(written)})")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    return run_analysis(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    demo = argparse.Namespace(
+        model="blobnet", model_arg=["hidden=6"], dataset="blobs", dataset_arg=["n=1000", "std=0.5"],
+        loss="cross_entropy", dtype="float64", train="gd", lr=0.5, grad_tol=1e-3, max_steps=2000,
+        batch_size=None, method="exact", k=10, which="largest", probes=10, steps=80, seed=0,
+        out=args.out, force=args.force, quiet=args.quiet, argv=getattr(args, "argv", []),
+    )
+    _say(args, "demo: the paper's 2-6-6-2 ReLU net (74 parameters) on two Gaussian blobs, trained by "
+               "gradient descent, then its exact Hessian spectrum")
+    return run_analysis(demo)
+
+
+# --------------------------------------------------------------------- show
+def cmd_show(args: argparse.Namespace) -> int:
+    from .result import load
+
+    folder = Path(args.dir).expanduser()
+    result = load(folder)
+    prov = result.provenance
+    model = prov.get("model", {}).get("name", "model")
+    data = prov.get("data", {}).get("name", "data")
+    print(f"{model} on {data}: P={result.num_params}, N={result.num_samples}, method={result.method}")
+    print(format_summary(result.summary()))
+    history = None
+    if (folder / TRAINING_JSON).is_file():
+        try:
+            history = json.loads((folder / TRAINING_JSON).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise InvalidInputError(f"{folder / TRAINING_JSON} is corrupt: {exc}") from exc
+        print(f"trained {history.get('steps_taken')} steps with {history.get('optimizer')} "
+              f"({history.get('stop_reason')}): final loss {_fmt(history.get('final_loss'))}, "
+              f"gradient norm {_fmt(history.get('final_grad_norm'))}")
+    if not args.no_plots:
+        plot_spectrum(result, folder / SPECTRUM_PNG)
+        drawn = [SPECTRUM_PNG]
+        if history is not None:
+            plot_training(history, folder / TRAINING_PNG)
+            drawn.append(TRAINING_PNG)
+        print(f"redrew {', '.join(drawn)} in {folder}/")
+    return 0
+
+
+# --------------------------------------------------------------------- main
+def _one_line_warnings(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                       line: Any = None) -> None:
+    text = str(message).removeprefix("spectra: ")
+    print(f"spectra: warning: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved_showwarning: Callable[..., Any] = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except _UsageError as exc:
+            print(f"spectra: error: {exc}", file=sys.stderr)
+            return 2
+        args.argv = argv
+        return int(args.handler(args) or 0)
+    except SpectraError as exc:
+        text = str(exc).strip().replace("\n", " ")
+        print(f"spectra: error: {text}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spectra: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `spectra list | head`
+        return 0
+    finally:
+        warnings.showwarning = saved_showwarning
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
