@@ -1,0 +1,216 @@
+"""Exact, ARPACK and Lanczos backends against numpy.linalg.eigvalsh and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import spectra
+from spectra.backends.arpack import ArpackBackend
+from spectra.backends.exact import ExactBackend
+from spectra.backends.lanczos import LanczosBackend, rademacher_probes
+from spectra.errors import InvalidInputError, MemoryBudgetError
+from spectra.operators.base import DenseOperator
+from spectra.operators.hessian import HessianOperator
+from spectra.testing import (assert_extremes_match, assert_quadrature_moments, density_distance,
+                             matrix_with_spectrum, reference_hessian)
+
+from .cases import CASE_IDS, CASES
+
+
+@pytest.fixture(scope="module")
+def untrained_net():
+    """A tanh net at initialisation: its Hessian has clearly negative eigenvalues."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randn(40, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g)
+    H = reference_hessian(model, "cross_entropy", X, y).numpy()
+    return model, X, y, H, np.linalg.eigvalsh(H)
+
+
+# ----------------------------------------------------------------- exact
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_exact_equals_eigvalsh_of_reference(case):
+    model, (X, y) = case.build_model(), case.build_data()
+    expected = np.linalg.eigvalsh(reference_hessian(model, case.loss, X, y).numpy())
+    result = ExactBackend().run(HessianOperator(model, case.loss, (X, y)))
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    assert result.num_matvecs == expected.size
+
+
+def test_exact_closed_form_linear_mse():
+    """Linear model, loss mean_i 0.5||W x_i - y_i||^2: H = I_C (x) X^T X / N (W flattened row-major)."""
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 30, 4, 3
+    X = torch.randn(N, D, generator=g, dtype=torch.float64)
+    Y = torch.randn(N, C, generator=g, dtype=torch.float64)
+    model = nn.Linear(D, C, bias=False).double()
+    gram = (X.T @ X / N).numpy()
+    expected = np.sort(np.repeat(np.linalg.eigvalsh(gram), C))
+    result = ExactBackend().run(HessianOperator(model, "mse", (X, Y)), return_hessian=True)
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=1e-12)
+    np.testing.assert_allclose(result.arrays["hessian"], np.kron(np.eye(C), gram), atol=1e-13)
+
+
+def test_exact_refuses_before_allocating():
+    op = DenseOperator(torch.eye(100, dtype=torch.float64))
+    with pytest.raises(MemoryBudgetError, match=r"needs about 234.4 KiB .* use method='lanczos'"):
+        ExactBackend().run(op, memory_limit=1000)
+    assert op.num_matvecs == 0
+
+
+# ----------------------------------------------------------------- arpack
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_arpack_ends_equal_exact(untrained_net, which):
+    model, X, y, _H, exact = untrained_net
+    assert exact.min() < -1e-3, "test premise: the Hessian has negative eigenvalues"
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    result = ArpackBackend().run(op, k=5, which=which)
+    assert result.eigenvalues.size == (10 if which == "both" else 5)
+    assert_extremes_match(result, exact, rtol=1e-6)
+    assert result.residuals.max() < 1e-8 * np.abs(exact).max()
+    assert 0 < result.num_matvecs == op.num_matvecs  # residual checks are not counted as solver work
+    assert result.provenance["residual_matvecs"] == result.eigenvalues.size
+
+
+ARPACK_BAD = [
+    ({"k": 150}, "arpack needs k < P"),
+    ({"k": 0}, "k must be a positive integer"),
+    ({"which": "middle"}, "which must be"),
+    ({"k": 3, "ncv": 2}, "ncv must satisfy"),
+    ({"k": 3, "colour": "red"}, "does not take option"),
+]
+
+
+@pytest.mark.parametrize("options,message", ARPACK_BAD)
+def test_arpack_bad_options(options, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ArpackBackend().run(DenseOperator(torch.eye(150, dtype=torch.float64)), **options)
+
+
+# ----------------------------------------------------------------- lanczos
+def test_lanczos_quadrature_reproduces_moments_on_a_net(untrained_net):
+    model, X, y, H, _exact = untrained_net
+    m = 6
+    probes = rademacher_probes(H.shape[0], 3, seed=1, dtype=torch.float64, device=torch.device("cpu"))
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    result = LanczosBackend().run(op, probes=probes, num_steps=m)
+    assert result.nodes.shape == (3, m) and result.weights.shape == (3, m)
+    np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, rtol=1e-12)
+    assert_quadrature_moments(result, H, probes.numpy(), rtol=1e-9)  # j = 0 .. 2m-1
+
+
+@pytest.mark.parametrize("engine", ["linear_operator", "lowmem"])
+def test_lanczos_moments_on_a_matrix(engine):
+    lam = np.linspace(-1.0, 4.0, 60)
+    A = matrix_with_spectrum(lam, seed=3)
+    probes = rademacher_probes(60, 4, seed=2, dtype=torch.float64, device=torch.device("cpu"))
+    result = LanczosBackend().run(DenseOperator(torch.as_tensor(A)), probes=probes, num_steps=8, engine=engine)
+    assert result.provenance["engine"] == engine
+    assert_quadrature_moments(result, A, probes.numpy(), rtol=1e-9)
+
+
+def test_lanczos_density_approaches_exact_within_budget(untrained_net):
+    """Broadened SLQ density within L1 0.15 of the broadened exact spectrum with 30 probes x 40 steps."""
+    model, X, y, _H, exact = untrained_net
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    sigma = (exact.max() - exact.min()) / 50
+    few = LanczosBackend().run(op, num_probes=2, num_steps=40, seed=0)
+    many = LanczosBackend().run(op, num_probes=30, num_steps=40, seed=0)
+    d_few, d_many = density_distance(few, exact, sigma=sigma), density_distance(many, exact, sigma=sigma)
+    assert d_many < 0.15, d_many
+    assert d_many < d_few
+    assert many.num_matvecs == 30 * 40
+
+
+def test_lanczos_zero_mass_and_outliers():
+    """90 % exact zeros and three outliers: outliers exact, zero mass right, no ghosts."""
+    P = 1000
+    lam = np.zeros(P)
+    lam[:97] = np.linspace(0.01, 0.2, 97)
+    lam[97:100] = [5.0, 10.0, 20.0]
+    A = torch.as_tensor(matrix_with_spectrum(lam, seed=0))
+    result = LanczosBackend().run(DenseOperator(A), num_probes=8, num_steps=60, seed=0)
+    top = np.sort(result.nodes.max(axis=1))
+    np.testing.assert_allclose(top, 20.0, rtol=1e-10)  # every probe finds the top outlier
+    for outlier in (5.0, 10.0):
+        assert np.abs(result.nodes - outlier).min() < 1e-8
+    atoms, mass = result.nodes.ravel(), result.weights.ravel() / 8
+    zero_mass = mass[np.abs(atoms) < 1e-3].sum()
+    assert abs(zero_mass - 0.9) < 0.03, zero_mass
+    near_top = (np.abs(result.nodes - 20.0) < 1e-6) & (result.weights > 1e-12)
+    assert near_top.sum(axis=1).max() == 1  # no ghost copies of a converged outlier
+    summary = result.summary()
+    assert summary["estimated"] and summary["lambda_max"] == pytest.approx(20.0, rel=1e-10)
+
+
+def test_lanczos_terminates_early_on_low_rank():
+    lam = np.zeros(200)
+    lam[:10] = np.arange(1, 11)
+    A = torch.as_tensor(matrix_with_spectrum(lam, seed=1))
+    result = LanczosBackend().run(DenseOperator(A), num_probes=3, num_steps=40, seed=0)
+    taken = result.provenance["steps_taken"]
+    assert max(taken) <= 12, taken  # rank 10 + the null direction
+    assert np.isfinite(result.nodes).all() and np.isfinite(result.weights).all()
+    np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, rtol=1e-10)
+    real = result.weights > 1e-10
+    assert np.abs(result.nodes[real] - np.round(result.nodes[real])).max() < 1e-8  # nodes at 0..10
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"num_steps": 1}, "num_steps must be an integer >= 2"),
+    ({"num_steps": 51}, "exceeds P=50"),
+    ({"num_probes": 0, "num_steps": 10}, "num_probes must be a positive integer"),
+    ({"engine": "magic", "num_steps": 10}, "engine must be"),
+])
+def test_lanczos_bad_options(options, message):
+    with pytest.raises(InvalidInputError, match=message):
+        LanczosBackend().run(DenseOperator(torch.eye(50, dtype=torch.float64)), **options)
+
+
+def test_lanczos_memory_refusal():
+    with pytest.raises(MemoryBudgetError, match="engine='lowmem'"):
+        LanczosBackend().run(DenseOperator(torch.eye(50, dtype=torch.float64)), num_steps=10, memory_limit=100)
+
+
+# ----------------------------------------------------------------- analyze / auto
+def test_auto_runs_exact_on_a_small_net(untrained_net):
+    model, X, y, _H, exact = untrained_net
+    result = spectra.analyze(model, (X, y), method="auto")
+    assert result.method == "exact" and result.provenance["requested_method"] == "auto"
+    assert result.provenance["auto_reason"].startswith("exact: P=")
+    np.testing.assert_allclose(result.eigenvalues, exact, atol=1e-10 * np.abs(exact).max())
+
+
+def test_auto_runs_lanczos_when_dense_does_not_fit(untrained_net, monkeypatch):
+    model, X, y, _H, exact = untrained_net
+    calls = []
+    original = LanczosBackend.run
+
+    def spy(self, op, **kw):
+        calls.append(kw)
+        return original(self, op, **kw)
+
+    monkeypatch.setattr(LanczosBackend, "run", spy)
+    result = spectra.analyze(model, (X, y), method="auto", memory_limit=60_000, num_probes=2, num_steps=10)
+    assert calls and result.method == "lanczos"
+    assert "lanczos: the dense Hessian needs" in result.provenance["auto_reason"]
+    assert result.nodes.shape == (2, 10)
+
+
+def test_analyze_records_provenance(untrained_net):
+    model, X, y, _H, _exact = untrained_net
+    r = spectra.analyze(model, (X, y), method="arpack", k=3, seed=4)
+    p = r.provenance
+    for key in ("loss", "reduction", "dtype", "seed", "num_matvecs", "wall_seconds", "versions", "hvp_mode",
+                "num_params", "num_samples", "grad_norm"):
+        assert key in p, key
+    assert p["reduction"] == "mean" and p["dtype"] == "float64" and p["seed"] == 4
+    assert r.num_samples == 40 and r.num_params == H_size(model)
+
+
+def H_size(model):
+    return sum(p.numel() for p in model.parameters())
