@@ -53,6 +53,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -67,7 +68,7 @@ _KINDS = {1: "setup (sample count and model agreement)", 2: "gradient", 3: "Hess
           4: "agreement on a number"}
 # agreement table columns (first collective)
 _AGREE_FIELDS = ("num_samples", "num_batches", "num_params", "dtype", "chunk_size", "mode", "reduction",
-                 "weights_fingerprint", "weights_scale")
+                 "weights_fingerprint", "weights_scale", "data_fingerprint")
 _DTYPE_CODES = {torch.float64: 1, torch.float32: 2, torch.float16: 3, torch.bfloat16: 4}
 _REPORT_WAIT_DEFAULT = 60.0  # seconds a failed rank waits to hand its failure to the others
 _OPERATOR_IDS = itertools.count()
@@ -390,7 +391,15 @@ class DistributedHessianOperator(HessianOperator):
                 float(_DTYPE_CODES.get(self.dtype, 9)), float(chunk or 0),
                 1.0 if getattr(self, "mode", "reverse") == "reverse" else 2.0,
                 1.0 if self.loss.reduction == "mean" else 2.0,
-                float((flat * w).sum()), float((flat * w).abs().sum())]
+                float((flat * w).sum()), float((flat * w).abs().sum()), self._data_fingerprint()]
+
+    def _data_fingerprint(self) -> float:
+        """A number that differs between shards of different data (first batch only; NaN if not in memory)."""
+        if not self.source.in_memory:
+            return float("nan")
+        X, _y = next(iter(self.source))
+        x = X.reshape(-1)[:100_000].detach().to("cpu", torch.float64)
+        return float((x * torch.cos(torch.arange(x.numel(), dtype=torch.float64))).sum()) + 1e6 * X.shape[0]
 
     def _check_agreement(self, table: torch.Tensor) -> None:
         names = dict(enumerate(_AGREE_FIELDS))
@@ -407,6 +416,16 @@ class DistributedHessianOperator(HessianOperator):
                 "the ranks hold different model weights (fingerprints "
                 + ", ".join(f"rank {r}: {v:.15g}" for r, v in enumerate(fp.tolist()))
                 + "); seed the model identically or call spectra.distributed.broadcast_parameters(model)"
+            )
+
+        data = table[:, 9]
+        if self.world_size > 1 and bool(torch.isfinite(data).all()) and bool((data == data[0]).all()) \
+                and bool((table[:, 0] == table[0, 0]).all()):
+            warnings.warn(
+                f"all {self.world_size} ranks hold the same data: the Hessian is still right (each rank weighs "
+                f"its copy by 1/{self.world_size}) but every rank does the full work and num_samples counts "
+                "each sample once per rank; give each rank its part with spectra.distributed.shard(data)",
+                stacklevel=4,
             )
 
     def _fail(self, message: str) -> DistributedError:

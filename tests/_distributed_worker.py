@@ -131,6 +131,18 @@ def main() -> None:
             record["api_provenance_world"] = r.provenance.get("distributed", {}).get("world_size")
         outcome("api", via_api)
 
+    # 1c. replicated data (every rank holds all of it): right Hessian, with a warning
+    def replicated() -> None:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            op = sd.DistributedHessianOperator(build_model(), "cross_entropy", (X, y), timeout=20)
+        record["replicated_warnings"] = [str(w.message) for w in caught]
+        arrays["replicated_exact"] = ExactBackend().run(op).eigenvalues
+
+    outcome("replicated", replicated)
+
     # 2. a rank whose forward raises inside a Hessian product
     def product_failure() -> None:
         op = sd.DistributedHessianOperator(FailingForward(build_model(), RANK == 1, after=10 ** 9),

@@ -208,6 +208,14 @@ def test_ranks_agree_bitwise_and_count_all_samples(job, reference):
         assert rec["is_main"] == (r == 0) and rec["world_size"] == 2
 
 
+def test_replicated_data_is_right_but_warned(job, reference):
+    for r in range(2):
+        assert _step(job, r, "replicated")["ok"], _step(job, r, "replicated")
+        np.testing.assert_allclose(job["records"][r]["arrays"]["replicated_exact"], reference["exact"],
+                                   rtol=0, atol=RTOL * np.abs(reference["exact"]).max())
+        assert any("same data" in w for w in job["records"][r]["replicated_warnings"])
+
+
 def test_api_distributed_switch(job, reference):
     steps = job["records"][0]["steps"]
     if "api" not in steps:
