@@ -354,3 +354,22 @@ def test_warnings_are_not_repeated():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plugins.load_errors()  # already reported: no second warning
+
+
+def test_source_checkout_without_install_finds_the_builtins(monkeypatch):
+    """If ``spectra_builtins`` is not importable (an uninstalled checkout), plugins/ next to spectra/ is used."""
+    import importlib
+    from pathlib import Path
+
+    plugins_dir = str(Path(plugins.__file__).resolve().parent.parent / "plugins")
+    real_import = importlib.import_module
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != plugins_dir])
+
+    def uninstalled(name, package=None):
+        if name.startswith("spectra_builtins") and plugins_dir not in sys.path:
+            raise ModuleNotFoundError(f"No module named {name!r}", name="spectra_builtins")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", uninstalled)
+    assert {"mlp", "blobnet", "cnn"} <= set(plugins.registry("models").names())
+    assert plugins_dir in sys.path and plugins.load_errors() == []
