@@ -1,0 +1,235 @@
+"""The generalised Gauss-Newton matrix ``G = J^T (d^2 l / d f^2) J`` as a linear operator.
+
+Write the dataset loss as ``L(theta) = sum_b w_b * l_b(f_b(theta))`` where
+``f_b`` is the model's output on batch ``b`` and ``l_b`` the batch's loss as a
+function of that output (``w_b = n_b / N`` for a mean-reduced loss, as in
+:class:`~spectra.operators.hessian.HessianOperator`).  The chain rule splits
+the Hessian into two parts::
+
+    H = sum_b w_b J_b^T (d^2 l_b) J_b  +  sum_b w_b sum_k (d l_b / d f_k) d^2 f_k
+      =              G                 +                 R
+
+``G`` (this operator) only needs first derivatives of the network and the
+small Hessian of the loss w.r.t. the outputs; it is positive semi-definite for
+convex losses (cross-entropy, MSE).  ``R = H - G`` is
+:class:`~spectra.operators.residual.ResidualOperator`.
+
+A product ``G V`` for a block ``V`` of ``m`` columns is, per batch, a
+Jacobian product ``J V``, the product with the small loss Hessian w.r.t. the
+outputs, and a transposed Jacobian product ``J^T (.)``; all columns of a
+chunk (``chunk_size``) go through each step at once.  Two exact modes:
+
+``"reverse"`` (default)
+    plain autograd on graphs built once per batch (and kept with
+    ``cache_graph``): ``J V`` is the derivative of the linear map
+    ``u -> J^T u`` (the "double vjp" trick), the loss Hessian a double
+    backward, ``J^T`` a backward, each with ``is_grads_batched``.
+``"forward"``
+    ``torch.func``: ``jvp`` of the network, ``grad`` of ``grad`` of the
+    loss, the network's ``vjp`` function, vmapped over the columns.
+
+Both give the same matrix to round-off; bench/bench_ggn.py times them
+against the Hessian's products.
+
+>>> import torch
+>>> model = torch.nn.Linear(3, 2).double()
+>>> X, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+>>> G = GGNOperator(model, "cross_entropy", (X, y))
+>>> H = HessianOperator(model, "cross_entropy", (X, y))
+>>> # a linear model has no second derivative of its outputs: H = G exactly
+>>> bool(torch.allclose(G.to_dense(), H.to_dense(), atol=1e-12))
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+from ..losses import LossLike
+from .base import SpectralOperator
+from .hessian import DEFAULT_CHUNK_SIZE, HessianOperator, ParamSelector, model_mode
+
+__all__ = ["GGNOperator"]
+
+_PRODUCT = {
+    "reverse": "J V by the double-vjp trick, loss Hessian by double backward, J^T by backward (autograd)",
+    "forward": "J V by torch.func.jvp, loss Hessian by grad-of-grad, J^T by torch.func.vjp (vmapped)",
+}
+
+# Keep each batch's forward graph (for J^T products) when the in-memory inputs are at most this big.
+AUTO_CACHE_MAX_BYTES = 256 * 2**20
+
+
+class GGNOperator(SpectralOperator):
+    """Gauss-Newton matrix ``sum_b w_b J_b^T H_l,b J_b`` of ``loss(model(X), y)`` over a dataset.
+
+    Parameters are those of :class:`~spectra.operators.hessian.HessianOperator`
+    (``params``, ``chunk_size``, ``train_mode``, ``check_determinism``,
+    ``reduction``, ``mode``, ``cache_graph``).  ``mode`` is ``"reverse"``
+    (= ``"auto"``) or ``"forward"`` (see the module notes); ``cache_graph``
+    (reverse mode) keeps each batch's graphs between products (``"auto"``:
+    when the data is in memory and small).  A cached operator is a snapshot:
+    rebuild it after changing the weights.
+
+    The data handling, parameter selection, validation and batch weighting are
+    those of the Hessian operator: a Hessian operator built on the same
+    arguments (without a graph cache) is kept as :attr:`hessian_base`, and it
+    also provides :attr:`loss_value` and :attr:`gradient`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossLike = "cross_entropy",
+        data: Any = None,
+        *,
+        params: ParamSelector = None,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        train_mode: bool = False,
+        check_determinism: bool = True,
+        reduction: str = "mean",
+        mode: str = "auto",
+        cache_graph: bool | str = "auto",
+    ):
+        # The Hessian operator validates model, loss, data and parameters and
+        # records loss and gradient; its determinism check (two products of
+        # one vector) also catches dropout and shuffling here.
+        base = HessianOperator(model, loss, data, params=params, mode="reverse", cache_graph=False,
+                               chunk_size=chunk_size, train_mode=train_mode,
+                               check_determinism=check_determinism, reduction=reduction)
+        super().__init__(base.shape, base.dtype, base.device)
+        self.hessian_base = base
+        self.model = model
+        self.loss = base.loss
+        self.source = base.source
+        self.params = base.params
+        self.param_names = base.param_names
+        self.param_shapes = base.param_shapes
+        self.param_numels = base.param_numels
+        self.num_samples = base.num_samples
+        self.train_mode = base.train_mode
+        self.max_block = chunk_size
+        self.loss_value = base.loss_value
+        self.gradient = base.gradient
+        self.grad_norm = base.grad_norm
+        self.check_matvecs = base.check_matvecs
+        if mode not in ("auto", "reverse", "forward"):
+            raise InvalidInputError(f"mode must be 'auto', 'reverse' or 'forward'; got {mode!r}")
+        self.mode = "reverse" if mode == "auto" else mode
+        if cache_graph == "auto":
+            itemsize = torch.empty((), dtype=self.dtype).element_size()
+            cache_graph = self.source.in_memory and self.source.numel() * itemsize <= AUTO_CACHE_MAX_BYTES
+        self.cache_graph = bool(cache_graph) and self.mode == "reverse"
+        self._batched_ok = True
+        self._cache: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def flatten(self, tensors: Any) -> torch.Tensor:
+        return self.hessian_base.flatten(tensors)
+
+    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        return self.hessian_base.unflatten(vector)
+
+    # --------------------------------------------------------------- products
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
+        return self.hessian_base._reduce(local)
+
+    def _reverse_graphs(self, b: int, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Graphs for one batch: outputs ``f``, a dummy ``u`` with ``g_u = J^T u``, and ``dl/df``."""
+        if b in self._cache:
+            return self._cache[b]
+        base = self.hessian_base
+        out = base.model(X)
+        # J V as the derivative of the linear map u -> J^T u (the "double vjp" trick):
+        # keeps every product in reverse mode, on graphs built once per batch.
+        u = torch.zeros_like(out, requires_grad=True)
+        g_u = torch.autograd.grad(out, self.params, grad_outputs=u, create_graph=True, allow_unused=True)
+        g_u = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(g_u, self.params))
+        o = out.detach().requires_grad_(True)
+        g_o = torch.autograd.grad(base._weights[b] * self.loss(o, y), o, create_graph=True)[0]
+        graphs = (out, u, g_u, o, g_o)
+        if self.cache_graph:
+            self._cache[b] = graphs
+        return graphs
+
+    def _matmat_reverse(self, V: torch.Tensor) -> torch.Tensor:
+        base = self.hessian_base
+        m = V.shape[1]
+        pieces = self.unflatten(V)  # each [m, *shape]
+        result = torch.zeros_like(V)
+        with model_mode(self.model, self.train_mode):
+            for b, (X, y) in enumerate(self.source):
+                X, y = base._to_device(X, y)
+                out, u, g_u, o, g_o = self._reverse_graphs(b, X, y)
+                if self._batched_ok and m > 1:
+                    try:
+                        result += self._gvp(out, u, g_u, o, g_o, pieces, m, batched=True)
+                        continue
+                    except RuntimeError:
+                        self._batched_ok = False  # an op without a batching rule: one column at a time
+                cols = [self._gvp(out, u, g_u, o, g_o, [p[j : j + 1] for p in pieces], 1, batched=False)
+                        for j in range(m)]
+                result += torch.cat(cols, dim=1)
+        return result
+
+    def _gvp(self, out, u, g_u, o, g_o, pieces, m, batched: bool) -> torch.Tensor:
+        grad = torch.autograd.grad
+        if not batched:
+            pieces = [p[0] for p in pieces]
+        Jv = grad(g_u, u, grad_outputs=pieces, retain_graph=True, is_grads_batched=batched, allow_unused=True)[0]
+        if Jv is None:  # the outputs do not depend on the selected parameters
+            return torch.zeros(self.shape[0], m, dtype=self.dtype, device=self.device)
+        HJv = grad(g_o, o, grad_outputs=Jv, retain_graph=True, is_grads_batched=batched)[0]
+        gv = grad(out, self.params, grad_outputs=HJv, retain_graph=True, is_grads_batched=batched,
+                  allow_unused=True)
+        if not batched:
+            gv = tuple(None if g is None else g[None] for g in gv)
+        return self.hessian_base._flatten_block(gv, m)
+
+    def _matmat_forward(self, V: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, grad, jvp, vjp, vmap
+
+        base = self.hessian_base
+        names = self.param_names
+        chosen = set(names)
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
+        buffers = dict(self.model.named_buffers())
+        primal = tuple(p.detach() for p in self.params)
+        tangents = self.unflatten(V)  # each [m, *shape]
+        result = torch.zeros_like(V)
+        with model_mode(self.model, self.train_mode):
+            for b, (X, y) in enumerate(self.source):
+                X, y = base._to_device(X, y)
+                w = base._weights[b]
+
+                def output_fn(*theta: torch.Tensor) -> torch.Tensor:
+                    return functional_call(self.model, {**frozen, **buffers, **dict(zip(names, theta))}, (X,))
+
+                out, vjp_fn = vjp(output_fn, *primal)
+                loss_grad = grad(lambda o_: w * self.loss(o_, y))
+
+                def column(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    Jv = jvp(output_fn, primal, tangent)[1]
+                    # reverse-over-reverse for the small loss Hessian: forward AD through
+                    # the loss's backward ops needs scripted decompositions
+                    HJv = grad(lambda o_: torch.sum(loss_grad(o_) * Jv))(out)
+                    return vjp_fn(HJv)
+
+                result += base._flatten_block(vmap(column)(*tangents), V.shape[1])
+        return result
+
+    # ------------------------------------------------------------- metadata
+    def describe(self) -> dict[str, Any]:
+        """Provenance of this operator, for results."""
+        info = self.hessian_base.describe()
+        info.update(matrix="ggn", hvp_mode=self.mode, cache_graph=self.cache_graph,
+                    ggn_product=_PRODUCT[self.mode])
+        return info
+
+    def estimated_dense_bytes(self) -> int:
+        return self.hessian_base.estimated_dense_bytes()
