@@ -33,11 +33,53 @@ def one_torch_thread():
 SMALL = ["--model", "blobnet", "--model-arg", "hidden=2", "--dataset", "blobs", "--dataset-arg", "n=50"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli_command(*args: str) -> tuple[list[str], dict[str, str]]:
     # one torch thread: these nets are tiny, and spare threads crawl when the machine is busy
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "spectra", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
+    return [sys.executable, "-m", "spectra", *args], {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+# Every subprocess of this module, started together once (they mostly wait on
+# imports, so running them side by side halves the wall time); each test
+# then reads its own.
+ERROR_CASES = {
+    "unknown-model": (["analyze", "--model", "resnet", "--dataset", "blobs"],
+                      ["unknown model 'resnet'", "known models: blobnet, cnn, mlp"]),
+    "bad-model-arg": (["analyze", "--model", "mlp", "--model-arg", "sizes=[784,10", "--dataset", "mnist"],
+                      ["--model-arg sizes=[784,10", "not valid JSON"]),
+    "shape-mismatch": (["analyze", "--model", "blobnet", "--dataset", "mnist", "--dataset-arg", "n=20"],
+                       ["model 'blobnet' does not fit dataset 'mnist'", "[n, 1, 28, 28]",
+                        "takes 2 input features"]),
+}
+E2E_ARGS = [*SMALL, "--train", "gd", "--lr", "0.5", "--max-steps", "30", "--method", "exact", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    jobs = {"e2e": (["analyze", *E2E_ARGS, "--out", "run", "--quiet"], base / "e2e"),
+            "demo": (["demo", "--out", "demo", "--quiet"], base / "demo")}
+    for name, (args, _) in ERROR_CASES.items():
+        jobs[name] = ([*args, "--out", "o"], base / name)
+    procs = {}
+    for name, (args, cwd) in jobs.items():
+        cwd.mkdir()
+        cmd, env = _cli_command(*args)
+        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        cwd=cwd, env=env), cwd)
+    done: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+
+    def result(name: str) -> tuple[subprocess.CompletedProcess, Path]:
+        if name not in done:
+            proc, cwd = procs[name]
+            out, err = proc.communicate(timeout=240)
+            done[name] = (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), cwd)
+        return done[name]
+
+    yield result
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -50,10 +92,9 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 
 
 # ------------------------------------------------------------ subprocess: happy path
-def test_analyze_train_save_show_end_to_end(tmp_path, capsys):
-    out = tmp_path / "run"
-    proc = run_cli("analyze", *SMALL, "--train", "gd", "--lr", "0.5", "--max-steps", "30", "--method", "exact",
-                   "--seed", "3", "--out", str(out), "--quiet")
+def test_analyze_train_save_show_end_to_end(launched, capsys):
+    proc, cwd = launched("e2e")
+    out = cwd / "run"
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # --quiet: no progress output
     assert "lambda_max" in proc.stdout and "P=18, N=50, method=exact" in proc.stdout
@@ -89,8 +130,8 @@ def test_analyze_train_save_show_end_to_end(tmp_path, capsys):
     assert (out / "result.json").read_bytes() == before
 
 
-def test_demo_runs_quickly(tmp_path):
-    proc = run_cli("demo", "--out", "demo", "--quiet", cwd=tmp_path, timeout=120)
+def test_demo_end_to_end(launched):
+    proc, tmp_path = launched("demo")
     assert proc.returncode == 0, proc.stderr
     assert "P=74" in proc.stdout and "num_outliers" in proc.stdout
     result = spectra.load(tmp_path / "demo")
@@ -99,23 +140,11 @@ def test_demo_runs_quickly(tmp_path):
 
 
 # ------------------------------------------------------------ subprocess: error paths
-@pytest.mark.parametrize(
-    "args, fragments",
-    [
-        (["analyze", "--model", "resnet", "--dataset", "blobs"],
-         ["unknown model 'resnet'", "known models: blobnet, cnn, mlp"]),
-        (["analyze", "--model", "mlp", "--model-arg", "sizes=[784,10", "--dataset", "mnist"],
-         ["--model-arg sizes=[784,10", "not valid JSON"]),
-        (["analyze", "--model", "blobnet", "--dataset", "mnist", "--dataset-arg", "n=20"],
-         ["model 'blobnet' does not fit dataset 'mnist'", "[n, 1, 28, 28]", "takes 2 input features"]),
-    ],
-    ids=["unknown-model", "bad-model-arg", "shape-mismatch"],
-)
-def test_cli_error_paths_in_a_subprocess(tmp_path, args, fragments):
-    proc = run_cli(*args, "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert_one_line_error(proc, *fragments)
-    assert not (tmp_path / "o").exists()
-    assert list(tmp_path.iterdir()) == []  # no partial files anywhere
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_cli_error_paths_in_a_subprocess(launched, case):
+    proc, cwd = launched(case)
+    assert_one_line_error(proc, *ERROR_CASES[case][1])
+    assert list(cwd.iterdir()) == []  # no output folder, no partial files anywhere
 
 
 # ------------------------------------------------------------ in-process
