@@ -443,7 +443,9 @@ def plot_training(history: dict[str, Any], path: Path) -> None:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-    ax2.axhline(history.get("grad_tol") or float("nan"), color="tab:red", ls="--", lw=1, label="grad_tol")
+    if history.get("grad_tol"):
+        ax2.axhline(history["grad_tol"], color="tab:red", ls="--", lw=1, label="grad_tol")
+        ax2.legend(loc="upper right")
     fig.suptitle(f"training ({history.get('optimizer')}, lr={history.get('lr')}): {history.get('stop_reason')}")
     _savefig(fig, path)
 
