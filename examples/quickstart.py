@@ -23,8 +23,8 @@ def main() -> None:
     args = parser.parse_args()
 
     model = spectra.models.create("blobnet", hidden=6, dtype="float64", seed=0)
-    data = spectra.datasets.load("blobs", n=1000, std=1.0, seed=0, dtype="float64")
-    history = spectra.train(model, data, optimizer="gd", lr=0.5, grad_tol=1e-4, max_steps=20000)
+    data = spectra.datasets.load("blobs", n=1000, std=0.5, seed=0, dtype="float64")
+    history = spectra.train(model, data, optimizer="gd", lr=0.5, grad_tol=1e-3, max_steps=5000)
     print(f"trained {history.steps_taken} steps, gradient norm {history.final_grad_norm:.2e}")
 
     result = spectra.analyze(model, data, method="exact")

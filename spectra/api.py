@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -35,6 +36,22 @@ _BUILTIN_BACKENDS = {
     "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
 }
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
+# matrix= name -> (module, class) of the operator analysed
+_MATRICES = {
+    "hessian": ("spectra.operators.hessian", "HessianOperator"),
+    "ggn": ("spectra.operators.ggn", "GGNOperator"),
+    "residual": ("spectra.operators.residual", "ResidualOperator"),
+}
+
+
+def operator_class(matrix: str) -> type:
+    """The operator class ``analyze(matrix=...)`` builds: Hessian, Gauss-Newton or their difference."""
+    if not isinstance(matrix, str) or matrix not in _MATRICES:
+        raise InvalidInputError(f"matrix must be one of {', '.join(map(repr, _MATRICES))}; got {matrix!r}")
+    import importlib
+
+    module, cls = _MATRICES[matrix]
+    return getattr(importlib.import_module(module), cls)
 
 
 def get_backend(name: str) -> Any:
@@ -106,6 +123,8 @@ def analyze(
     model_args: dict[str, Any] | None = None,
     data_args: dict[str, Any] | None = None,
     memory_limit: int | None = None,
+    matrix: str = "hessian",
+    distributed: bool | str = "auto",
     **options: Any,
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
@@ -122,13 +141,41 @@ def analyze(
     :class:`~spectra.operators.hessian.HessianOperator` (``mode``,
     ``cache_graph``, ``chunk_size``, ``train_mode``, ``check_determinism``,
     ``reduction``) or to the backend.
+
+    ``matrix``: ``"hessian"`` (default), ``"ggn"`` (the Gauss-Newton part
+    ``G = J^T H_loss J``) or ``"residual"`` (``R = H - G``); the operator
+    options above apply to all three.
+
+    ``distributed``: ``"auto"`` (default) runs data-parallel over
+    torch.distributed when a multi-rank group is initialised or torchrun
+    launched the process (``data`` is then this rank's shard; a registry name
+    is loaded and sharded here), ``True`` requires it, ``False`` never.
+    Options ``timeout`` and ``group`` go to
+    :class:`~spectra.distributed.DistributedHessianOperator`.
     """
+    data_is_name = isinstance(data, str)
     model = _resolve_model(model, model_args)
     data = _resolve_data(data, data_args)
     op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
+    op_class = operator_class(matrix)
+    if distributed:
+        from . import distributed as _distributed
+
+        if getattr(_distributed.operator_class(distributed), "is_distributed", False):
+            if matrix != "hessian":
+                raise InvalidInputError(f"matrix={matrix!r} has no distributed version yet; pass distributed=False "
+                                        "to analyse each rank's data on its own")
+            op_class = _distributed.DistributedHessianOperator
+            op_options.update({k_: options.pop(k_) for k_ in ("timeout", "group") if k_ in options})
+            if data_is_name:
+                data = _distributed.shard(data)
     start = time.perf_counter()
-    op = HessianOperator(model, loss, data, params=params, **op_options)
+    op = op_class(model, loss, data, params=params, **op_options)
     setup_seconds = time.perf_counter() - start
+    guard = getattr(op, "guard", contextlib.nullcontext)
+    if getattr(op, "is_distributed", False) and memory_limit is None:
+        # every rank must decide alike (auto method, memory checks): use the smallest free memory
+        memory_limit = int(op.agree_min(available_memory_bytes(op.device)))
 
     requested = method
     reason = "requested"
@@ -145,11 +192,14 @@ def analyze(
         run_options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
     elif method == "lanczos":
         run_options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
-    result = backend.run(op, **run_options)
+    with guard():  # a failure on one rank stops the others (spectra.distributed)
+        result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
         raise InvalidInputError(f"backend {method!r} returned {type(result).__name__}, not a SpectrumResult")
     result.num_samples = op.num_samples
+    model_spec = getattr(model, "spectra_spec", None)
     result.provenance = {
+        **({"model": model_spec} if model_spec else {}),
         "method": result.method,
         "requested_method": requested,
         "auto_reason": reason,
