@@ -214,3 +214,20 @@ def test_analyze_records_provenance(untrained_net):
 
 def H_size(model):
     return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("which,expected,checks", [
+    ("smallest", [0.0, 0.0, 0.0, 0.0], "some"),      # a 20-fold null space: copies must not go missing
+    ("largest", [3.0, 4.0, 5.0, 7.0], "none"),        # distinct outliers: no extra runs
+    ("both", [-2.0, 0.0, 0.0, 0.0, 3.0, 4.0, 5.0, 7.0], "some"),
+])
+def test_arpack_repeated_eigenvalues(which, expected, checks):
+    lam = np.concatenate([np.zeros(20), np.linspace(0.5, 2.5, 26), [3.0, 4.0, 5.0, 7.0]])
+    if which == "both":
+        lam[0] = -2.0
+    A = torch.as_tensor(matrix_with_spectrum(lam, seed=4))
+    result = ArpackBackend().run(DenseOperator(A), k=4, which=which)
+    np.testing.assert_allclose(result.eigenvalues, expected, atol=1e-9)
+    runs = result.provenance["multiplicity_check_runs"]
+    assert (runs > 0) if checks == "some" else (runs == 0)
+    assert result.residuals.max() < 1e-8

@@ -87,9 +87,6 @@ def test_subset_arpack_gives_the_block_ends(dense, selector, names):
     np.testing.assert_allclose(got, ends, rtol=0, atol=1e-9 * np.abs(want).max())
 
 
-@pytest.mark.xfail(reason="core ArpackBackend: which='smallest' inside an exact null space raises scipy's raw "
-                          "ArpackError 3 (convergence is tested relative to |theta| ~ 0); reported to the lead",
-                   strict=False)
 def test_arpack_smallest_end_on_an_exact_null_space(dense):
     from spectra.errors import SpectraError
 

@@ -48,14 +48,12 @@ class ArpackBackend:
 
     name = "arpack"
     is_exact = False
-    options = {"k", "which", "tol", "ncv", "maxiter", "seed", "return_eigenvectors"}
+    options = {"k", "which", "tol", "ncv", "maxiter", "seed", "return_eigenvectors", "check_multiplicity"}
 
     def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float = 0.0, ncv: int | None = None,
             maxiter: int | None = None, seed: int = 0, return_eigenvectors: bool = False,
-            **options: Any) -> SpectrumResult:
+            check_multiplicity: bool | str = "auto", **options: Any) -> SpectrumResult:
         check_options(self.name, options, set())
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
         P = op.shape[0]
         if which not in ("largest", "smallest", "both"):
             raise InvalidInputError(f"which must be 'largest', 'smallest' or 'both'; got {which!r}")
@@ -71,20 +69,25 @@ class ArpackBackend:
         v0 = np.random.default_rng(seed).standard_normal(P)
         start = time.perf_counter()
         before = op.num_matvecs
-        values, vectors, runs = [], [], []
-        ends = ["smallest", "largest"] if which == "both" else [which]
-        for end in ends:
-            with single_threaded_blas():
-                try:
-                    w, v = eigsh(scipy_op, k=int(k), which=_WHICH[end], tol=tol, ncv=ncv, maxiter=maxiter, v0=v0)
-                except ArpackNoConvergence as exc:
-                    raise InvalidInputError(
-                        f"ARPACK did not converge for which={end!r} (k={k}, {len(exc.eigenvalues)} converged); "
-                        "raise maxiter or ncv, or loosen tol"
-                    ) from exc
+        values, vectors = [], []
+        shift = None
+        deflation_runs = 0
+        for end in ["largest", "smallest"] if which == "both" else [which]:
+            sigma = 0.0
+            if end == "smallest":
+                # ARPACK tests convergence relative to |theta|; a Hessian's smallest
+                # eigenvalues often sit in an exact null space (theta = 0), where that
+                # test can never pass.  Shift by an upper bound of the spectrum so the
+                # wanted eigenvalues are far from zero: lambda = theta + shift.
+                top = float(values[0].max()) if values else _top_estimate(scipy_op, v0)
+                shift = abs(top) if top > 0 else 1.0
+                sigma = -shift
+            solve = _EndSolver(scipy_op, end, int(k), tol, ncv, maxiter, v0)
+            w, v = solve(sigma, None)
+            w, v, extra = _recover_multiplicities(solve, sigma, w, v, check_multiplicity)
+            deflation_runs += extra
             values.append(w)
             vectors.append(v)
-            runs.append(end)
         solver_matvecs = op.num_matvecs - before
         seconds = time.perf_counter() - start
         lam = np.concatenate(values)
@@ -105,6 +108,99 @@ class ArpackBackend:
             num_matvecs=solver_matvecs,
             provenance={"k": int(k), "which": which, "tol": tol, "ncv": ncv, "maxiter": maxiter,
                         "seed": seed, "v0": "standard normal, numpy default_rng(seed)",
+                        "smallest_end_shift": shift, "multiplicity_check_runs": deflation_runs,
                         "solver_seconds": seconds, "residual_matvecs": int(V.shape[1]),
                         "blas_threads": 1},
         )
+
+
+class _EndSolver:
+    """One ARPACK run at one end of ``op + sigma I``, optionally with found pairs pushed away."""
+
+    def __init__(self, op: Any, end: str, k: int, tol: float, ncv: int | None, maxiter: int | None,
+                 v0: np.ndarray):
+        self.op, self.end, self.k, self.tol, self.ncv, self.maxiter, self.v0 = op, end, k, tol, ncv, maxiter, v0
+
+    def __call__(self, sigma: float, push: tuple[np.ndarray, float] | None) -> tuple[np.ndarray, np.ndarray]:
+        from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+
+        target = self.op if sigma == 0.0 and push is None else _shifted(self.op, sigma, push)
+        with single_threaded_blas():
+            try:
+                w, v = eigsh(target, k=self.k, which=_WHICH[self.end], tol=self.tol, ncv=self.ncv,
+                             maxiter=self.maxiter, v0=self.v0)
+            except ArpackNoConvergence as exc:
+                raise InvalidInputError(
+                    f"ARPACK did not converge for which={self.end!r} (k={self.k}, {len(exc.eigenvalues)} "
+                    "converged); raise maxiter or ncv, or loosen tol"
+                ) from exc
+            except ArpackError as exc:
+                raise InvalidInputError(f"ARPACK failed for which={self.end!r} (k={self.k}): {exc}") from exc
+        return w - sigma, v
+
+
+def _recover_multiplicities(solve: _EndSolver, sigma: float, w: np.ndarray, v: np.ndarray,
+                            check: bool | str, max_rounds: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
+    """Find copies of repeated eigenvalues that a single-vector Krylov run can miss.
+
+    A Krylov space from one start vector holds at most one direction per
+    distinct eigenvalue (in exact arithmetic), so a degenerate cluster — a
+    Hessian's null space above all — can come back short.  Push the found
+    eigenvectors far away (Hotelling deflation, ``+- c V V^T``) and solve again;
+    keep the ``k`` best of old and new until nothing better appears.  ``"auto"``
+    does this only when the found eigenvalues hold a repeat or a zero
+    (relative 1e-8), the case where copies go missing.
+    """
+    scale = max(float(np.abs(w).max()), abs(sigma), 1e-300)
+    repeated = (np.abs(np.diff(np.sort(w))) <= 1e-8 * scale).any() or (np.abs(w) <= 1e-8 * scale).any()
+    if check is False or (check == "auto" and not repeated):
+        return w, v, 0
+    sign = 1.0 if solve.end == "smallest" else -1.0
+    c = sign * 4.0 * scale
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        w_new, v_new = solve(sigma, (v, c))
+        # eigenvectors of the pushed operator that are orthogonal to v are eigenvectors of op
+        v_new = v_new - v @ (v.T @ v_new)
+        norms = np.linalg.norm(v_new, axis=0)
+        keep = norms > 0.5
+        if not keep.any():
+            break
+        v_new = v_new[:, keep] / norms[keep]
+        w_all = np.concatenate([w, w_new[keep]])
+        v_all = np.concatenate([v, v_new], axis=1)
+        order = np.argsort(w_all if solve.end == "smallest" else -w_all)[: solve.k]
+        if set(order.tolist()) == set(range(len(w))):
+            break  # nothing better than what we had
+        w, v = w_all[order], v_all[:, order]
+        # Rayleigh-Ritz on the merged set: orthonormalise, then diagonalise V^T H V
+        v, _ = np.linalg.qr(v)
+        M = v.T @ solve.op.matmat(v)
+        w, U = np.linalg.eigh(0.5 * (M + M.T))
+        v = v @ U
+    return w, v, rounds
+
+
+def _shifted(op: Any, sigma: float, push: tuple[np.ndarray, float] | None = None) -> Any:
+    """``op + sigma I (+ c V V^T)`` as a scipy LinearOperator."""
+    from scipy.sparse.linalg import LinearOperator
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        X = x.reshape(op.shape[1], -1)
+        Y = op.matmat(X) + sigma * X
+        if push is not None:
+            V, c = push
+            Y = Y + c * (V @ (V.T @ X))
+        return Y.reshape(x.shape)
+
+    return LinearOperator(op.shape, matvec=apply, matmat=apply, dtype=np.float64)
+
+
+def _top_estimate(op: Any, v0: np.ndarray) -> float:
+    """A cheap estimate of the largest eigenvalue (loose tolerance, a few products)."""
+    from scipy.sparse.linalg import eigsh
+
+    with single_threaded_blas():
+        w = eigsh(op, k=1, which="LA", tol=1e-2, v0=v0, return_eigenvectors=False)
+    # pad by 1 % so the shifted spectrum stays on one side of zero
+    return float(w[0]) * 1.01 if w[0] > 0 else float(w[0])
