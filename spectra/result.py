@@ -73,6 +73,17 @@ class SpectrumResult:
         """Lanczos only: all Ritz values of all probes, ascending."""
         return None if self.nodes is None else np.sort(self.nodes.ravel())
 
+    @property
+    def extreme_ritz_values(self) -> tuple[float, float] | None:
+        """Lanczos only: the smallest and largest Ritz value over all probes.
+
+        The extreme Ritz values converge first: they approximate ``lambda_min``
+        and ``lambda_max`` long before the density in between settles.
+        """
+        if self.nodes is None:
+            return None
+        return float(self.nodes.min()), float(self.nodes.max())
+
     def _measure(self) -> tuple[np.ndarray, np.ndarray]:
         """Atoms and masses of the (estimated) spectral measure, total mass 1."""
         if self.nodes is not None and self.weights is not None:

@@ -145,6 +145,8 @@ def test_lanczos_zero_mass_and_outliers():
     assert near_top.sum(axis=1).max() == 1  # no ghost copies of a converged outlier
     summary = result.summary()
     assert summary["estimated"] and summary["lambda_max"] == pytest.approx(20.0, rel=1e-10)
+    lo, hi = result.extreme_ritz_values
+    assert abs(lo) < 1e-3 and hi == pytest.approx(20.0, rel=1e-10)
 
 
 def test_lanczos_terminates_early_on_low_rank():
