@@ -134,7 +134,8 @@ def matrix_with_spectrum(eigenvalues: np.ndarray, seed: int = 0) -> np.ndarray:
     """A dense symmetric matrix ``Q diag(eigenvalues) Q^T`` with a seeded random orthogonal ``Q``."""
     rng = np.random.default_rng(seed)
     lam = np.asarray(eigenvalues, dtype=np.float64)
-    Q, _ = np.linalg.qr(rng.standard_normal((lam.size, lam.size)))
+    # torch's QR: several times faster than numpy's on the 2-core machines we test on
+    Q = torch.linalg.qr(torch.as_tensor(rng.standard_normal((lam.size, lam.size))))[0].numpy()
     return (Q * lam) @ Q.T
 
 
