@@ -1,0 +1,389 @@
+"""Many initialisations of one small net at once: vmapped GD and exact Hessians.
+
+The paper's figure 8 trains the same net from 5000 random points and looks at
+the top Hessian eigenvalue of each.  Looping over 5000 ``nn.Module`` s in
+Python spends most of its time in per-call overhead (the nets have 18-434
+parameters), so here the B parameter vectors are stacked into one ``[B, P]``
+tensor and every step is one ``torch.func.vmap`` call over a functional
+version of the model (``torch.func.functional_call`` on a template module):
+
+* GD: ``vmap(grad_and_value(loss))`` gives all B gradients in one call; each
+  init stops on its own when its gradient norm drops below ``grad_tol``
+  (exactly :func:`spectra.train`'s rule), the rest carry on.
+* Hessians: ``vmap(torch.func.hessian(loss))`` gives ``[B, P, P]``, then one
+  batched ``torch.linalg.eigvalsh``; done in sub-batches sized to a memory
+  budget.
+
+:func:`looped_reference` does the same work one init at a time with
+:func:`spectra.train` and ``torch.autograd.functional.hessian`` (no
+``torch.func``), so the two paths check each other.
+
+>>> import torch
+>>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2)).double()
+>>> X = torch.tensor([[1., 1.], [-1., -1.], [1.2, .8], [-.9, -1.1]], dtype=torch.float64)
+>>> y = torch.tensor([0, 1, 0, 1])
+>>> stack = StackedNet(net)
+>>> thetas = init_thetas(stack.num_params, seeds=[init_seed(0, i) for i in range(3)], radius=1.0)
+>>> out = batched_gd(stack, thetas, X, y, lr=0.5, grad_tol=1e-3, max_steps=50)
+>>> out["theta"].shape, out["steps"].shape
+(torch.Size([3, 12]), torch.Size([3]))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError, NonFiniteError
+from ..losses import LossLike, resolve_loss
+from ..train import sphere_vector, trainable_parameters
+
+__all__ = ["StackedNet", "init_seed", "init_thetas", "batched_gd", "batched_hessian_eigvals", "looped_reference"]
+
+
+def init_seed(seed: int, index: int) -> int:
+    """The seed of initialisation ``index`` in a run with master ``seed``.
+
+    Each init gets its own seed (mixed by numpy's SeedSequence), so an init's
+    weights do not depend on chunking, on the order of work, or on resuming.
+
+    >>> init_seed(0, 1) == init_seed(0, 1) != init_seed(0, 2)
+    True
+    """
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def init_thetas(num_params: int, seeds: Sequence[int], radius: float,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Stack one :func:`spectra.train.sphere_vector` per seed into ``[B, P]``."""
+    return torch.stack([sphere_vector(num_params, radius, s, dtype) for s in seeds])
+
+
+class StackedNet:
+    """A template module evaluated functionally at flat parameter vectors.
+
+    ``loss(theta, X, y)`` is the dataset loss at one flat vector ``theta``
+    (``P`` entries, in ``model.parameters()`` order), written with
+    ``torch.func.functional_call`` so it can be vmapped over many thetas.
+    """
+
+    def __init__(self, template: torch.nn.Module, loss: LossLike = "cross_entropy"):
+        params = trainable_parameters(template)
+        named = [(n, p) for n, p in template.named_parameters() if p.requires_grad]
+        self.template = template
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.sizes = [p.numel() for p in params]
+        self.num_params = sum(self.sizes)
+        self.dtype = params[0].dtype
+        self.loss_obj = resolve_loss(loss)
+        if self.loss_obj.reduction != "mean":
+            raise InvalidInputError("batched GD expects a mean-reduced loss")
+        # Frozen parameters and buffers stay as they are in the template.
+        self.fixed = {n: t.detach() for n, t in template.named_parameters() if not t.requires_grad}
+        self.fixed.update({n: b for n, b in template.named_buffers()})
+
+        self.chain = _mlp_chain(self)
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = torch.split(theta, self.sizes)
+        out = {n: t.reshape(s) for n, t, s in zip(self.names, pieces, self.shapes)}
+        out.update(self.fixed)
+        return out
+
+    def forward(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.template, self.unflatten(theta), (X,))
+
+    def loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_obj(self.forward(theta, X), y)
+
+    def batched_forward(self, thetas: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[B, N, C]`` of the net at each row of ``thetas`` ([B, P])."""
+        if self.chain is None:
+            return torch.func.vmap(self.forward, in_dims=(0, None))(thetas, X)
+        return _chain_forward(self.chain, thetas, X)
+
+    def batched_losses(self, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The dataset loss at each row of ``thetas``: ``[B]``."""
+        if self.chain is None or self.loss_obj.name not in _PER_SAMPLE:
+            return torch.func.vmap(self.loss, in_dims=(0, None, None))(thetas, X, y)
+        out = _chain_forward(self.chain, thetas, X)
+        return _PER_SAMPLE[self.loss_obj.name](out, y).mean(dim=1)
+
+    def from_model(self, model: torch.nn.Module) -> torch.Tensor:
+        """The flat parameter vector of a module built like the template."""
+        return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(model)])
+
+    def to_model(self, theta: torch.Tensor) -> torch.nn.Module:
+        """A deep copy of the template holding ``theta``."""
+        import copy
+
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for p, t in zip(trainable_parameters(model), torch.split(theta, self.sizes)):
+                p.copy_(t.reshape(p.shape))
+        return model
+
+
+# --------------------------------------------------------------------------- fast MLP path
+# vmap costs milliseconds of dispatch per call whatever the batch, which is
+# most of a step for these tiny nets.  A chain of Linear layers and
+# elementwise activations is instead run as batched matmuls on [B, N, width]
+# tensors with ordinary autograd: the B losses are independent, so the
+# gradient of their sum holds every init's own gradient.
+
+_ELEMENTWISE = (torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Identity, torch.nn.LeakyReLU,
+                torch.nn.GELU, torch.nn.ELU, torch.nn.Softplus)
+
+
+def _mlp_chain(stack: "StackedNet") -> list | None:
+    """The template as [("flatten",), ("linear", offset, out, in, bias_offset|None), ("act", m)], or None."""
+    leaves = [m for m in stack.template.modules() if not list(m.children())]
+    if stack.fixed:
+        return None
+    chain, offset, seen = [], 0, []
+    for m in leaves:
+        if isinstance(m, torch.nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                return None
+            chain.append(("flatten",))
+        elif isinstance(m, torch.nn.Linear):
+            w_off = offset
+            offset += m.weight.numel()
+            b_off = None
+            if m.bias is not None:
+                b_off = offset
+                offset += m.bias.numel()
+            seen += [m.weight] + ([m.bias] if m.bias is not None else [])
+            chain.append(("linear", w_off, m.out_features, m.in_features, b_off))
+        elif isinstance(m, _ELEMENTWISE):
+            chain.append(("act", m))
+        elif list(m.parameters(recurse=False)):
+            return None
+        else:
+            return None
+    own = trainable_parameters(stack.template)
+    if offset != stack.num_params or len(seen) != len(own) or any(a is not b for a, b in zip(seen, own)):
+        return None
+    # The leaves' order need not be the forward order: check on a probe input.
+    try:
+        probe_theta = torch.randn(2, stack.num_params, dtype=stack.dtype, generator=torch.Generator().manual_seed(0))
+        first = next(c for c in chain if c[0] == "linear")
+        probe_x = torch.randn(3, first[3], dtype=stack.dtype, generator=torch.Generator().manual_seed(1))
+        fast = _chain_forward(chain, probe_theta, probe_x)
+        slow = torch.stack([stack.forward(t, probe_x) for t in probe_theta])
+        if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-5, atol=1e-6):
+            return None
+    except Exception:  # noqa: BLE001 - any mismatch means: use the general vmap path
+        return None
+    return chain
+
+
+def _chain_forward(chain: list, thetas: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    B = thetas.shape[0]
+    h, batched = X, False  # h gains a leading init axis at the first Linear
+    for item in chain:
+        if item[0] == "flatten":
+            h = h.flatten(2) if batched else h.flatten(1)
+        elif item[0] == "linear":
+            batched = True
+            _, w_off, out_f, in_f, b_off = item
+            W = thetas[:, w_off : w_off + out_f * in_f].reshape(B, out_f, in_f)
+            h = torch.matmul(h, W.transpose(1, 2))  # [N, in] or [B, N, in] -> [B, N, out]
+            if b_off is not None:
+                h = h + thetas[:, b_off : b_off + out_f].unsqueeze(1)
+        else:
+            h = item[1](h)
+    return h
+
+
+def _ce_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    B, N, C = out.shape
+    return torch.nn.functional.cross_entropy(out.reshape(B * N, C), y.long().repeat(B),
+                                             reduction="none").reshape(B, N)
+
+
+def _mse_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    target = y.to(out.dtype) if y.is_floating_point() else \
+        torch.nn.functional.one_hot(y.long(), out.shape[-1]).to(out.dtype)
+    return 0.5 * (out - target).pow(2).reshape(out.shape[0], out.shape[1], -1).sum(-1)
+
+
+_PER_SAMPLE = {"cross_entropy": _ce_per_sample, "mse": _mse_per_sample}
+
+
+def batched_gd(
+    stack: StackedNet,
+    thetas: torch.Tensor,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    grad_tol: float,
+    max_steps: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Full-batch GD from each row of ``thetas`` ([B, P]) with :func:`spectra.train`'s stopping rule.
+
+    Returns ``theta`` (final points), ``steps`` (updates made), ``grad_norm``
+    and ``loss`` at the final point, ``converged`` (grad norm < grad_tol) and
+    ``accuracy`` at the final point.  Converged inits drop out of the
+    computation, so the cost follows the slowest ones only while they run.
+    ``on_step(step, active)`` is called after every step (progress display).
+    """
+    if thetas.ndim != 2 or thetas.shape[1] != stack.num_params:
+        raise InvalidInputError(f"thetas must be [B, {stack.num_params}]; got {tuple(thetas.shape)}")
+    X = X.to(stack.dtype) if X.is_floating_point() else X
+    theta = thetas.detach().clone().to(stack.dtype)
+    B = theta.shape[0]
+    steps = torch.full((B,), max_steps, dtype=torch.long)
+    gnorm = torch.full((B,), math.nan, dtype=torch.float64)
+    lossv = torch.full((B,), math.nan, dtype=torch.float64)
+    converged = torch.zeros(B, dtype=torch.bool)
+    grad_fn = _grad_fn(stack)
+    active = torch.arange(B)
+    for step in range(max_steps + 1):
+        th = theta[active]
+        g, val = grad_fn(th, X, y)
+        norms = g.norm(dim=1)
+        if not bool(torch.isfinite(val).all() and torch.isfinite(norms).all()):
+            bad = int(active[~(torch.isfinite(val) & torch.isfinite(norms))][0])
+            raise NonFiniteError(f"training diverged at step {step} for init {bad} (lr={lr} may be too large)")
+        stop = norms < grad_tol
+        if step == max_steps:
+            stop = torch.ones_like(stop)
+        if bool(stop.any()):
+            idx = active[stop]
+            steps[idx] = step
+            gnorm[idx] = norms[stop].to(torch.float64)
+            lossv[idx] = val[stop].detach().to(torch.float64)
+            converged[idx] = norms[stop] < grad_tol
+        keep = ~stop
+        if not bool(keep.any()):
+            break
+        active = active[keep]
+        theta[active] = th[keep] - lr * g[keep]
+        if on_step is not None:
+            on_step(step + 1, int(active.numel()))
+    with torch.no_grad():
+        out = stack.batched_forward(theta, X)
+        acc = (out.argmax(dim=-1) == y).to(torch.float64).mean(dim=1) if out.ndim == 3 and not \
+            y.is_floating_point() else torch.full((B,), math.nan, dtype=torch.float64)
+    return {"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv,
+            "converged": converged, "accuracy": acc}
+
+
+def _grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
+    """``(thetas, X, y) -> (grads [B, P], losses [B])``."""
+    if stack.chain is None or stack.loss_obj.name not in _PER_SAMPLE:
+        return torch.func.vmap(torch.func.grad_and_value(stack.loss), in_dims=(0, None, None))
+
+    def grad_and_value(thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        with torch.enable_grad():
+            th = thetas.detach().requires_grad_(True)
+            losses = stack.batched_losses(th, X, y)
+            (g,) = torch.autograd.grad(losses.sum(), th)
+        return g, losses.detach()
+
+    return grad_and_value
+
+
+def hessian_chunk_size(stack: StackedNet, num_samples: int, budget_bytes: float = 1.5e9) -> int:
+    """How many inits to put in one vmapped Hessian call to stay near ``budget_bytes``.
+
+    ``torch.func.hessian`` is forward-over-reverse: per init it carries P
+    tangents through a pass whose activations are ~``num_samples x (sum of
+    layer widths)``; the widths are bounded by the parameter count, so the
+    estimate ``8 * P * N * (P ** 0.5 + 4) * 6`` bytes per init is on the safe side
+    for the small MLPs this is meant for.
+    """
+    per_init = 8.0 * stack.num_params * num_samples * (math.sqrt(stack.num_params) + 4) * 6
+    return max(1, int(budget_bytes // per_init))
+
+
+def batched_hessian_eigvals(
+    stack: StackedNet, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor, *, chunk: int | None = None
+) -> torch.Tensor:
+    """Exact eigenvalues (ascending, ``[B, P]``) of the loss Hessian at each row of ``thetas``."""
+    X = X.to(stack.dtype) if X.is_floating_point() else X
+    if stack.chain is not None and stack.loss_obj.name in _PER_SAMPLE:
+        return _chain_hessian_eigvals(stack, thetas.to(stack.dtype), X, y, chunk)
+    chunk = chunk or hessian_chunk_size(stack, X.shape[0])
+    hess_fn = torch.func.vmap(torch.func.hessian(stack.loss), in_dims=(0, None, None))
+    out = []
+    for start in range(0, thetas.shape[0], chunk):
+        H = hess_fn(thetas[start : start + chunk].to(stack.dtype), X, y)
+        H = 0.5 * (H + H.transpose(1, 2))  # symmetric up to rounding; eigvalsh reads one triangle
+        out.append(torch.linalg.eigvalsh(H))
+    return torch.cat(out) if out else torch.empty(0, stack.num_params, dtype=stack.dtype)
+
+
+def _chain_hessian_eigvals(stack: StackedNet, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                           chunk: int | None) -> torch.Tensor:
+    # Forward-over-reverse on the *batched* gradient: one jvp with a tangent
+    # [B, P] returns H_b t_b for every init b at once, so the P columns of all
+    # B Hessians take P jvps, vmapped in column blocks sized to memory.
+    B, P = thetas.shape
+    N = X.shape[0]
+    widths = sum(item[2] for item in stack.chain if item[0] == "linear") + X[0].numel()
+    per_col_init = 8.0 * N * widths * 8  # bytes one tangent of one init carries (activations, x8 slack)
+    budget = 1.0e9
+    b_chunk = max(1, min(B, chunk or B, int(budget // (per_col_init * min(P, 16)))))
+    out = []
+    for start in range(0, B, b_chunk):
+        th = thetas[start : start + b_chunk]
+        b = th.shape[0]
+        c_chunk = max(1, min(P, int(budget // (per_col_init * b))))
+
+        def total_grad(t: torch.Tensor) -> torch.Tensor:
+            return torch.func.grad(lambda u: stack.batched_losses(u, X, y).sum())(t)
+
+        def hvp(tangent: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(total_grad, (th,), (tangent,))[1]
+
+        cols = []
+        for c0 in range(0, P, c_chunk):
+            c1 = min(P, c0 + c_chunk)
+            E = torch.zeros(c1 - c0, b, P, dtype=th.dtype)
+            E[torch.arange(c1 - c0), :, torch.arange(c0, c1)] = 1.0
+            cols.append(torch.func.vmap(hvp)(E))  # [cols, b, P]
+        H = torch.cat(cols).permute(1, 2, 0)  # H[b, i, j]
+        H = 0.5 * (H + H.transpose(1, 2))
+        out.append(torch.linalg.eigvalsh(H))
+    return torch.cat(out)
+
+
+def looped_reference(
+    stack: StackedNet, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor, *,
+    lr: float, grad_tol: float, max_steps: int,
+) -> dict[str, np.ndarray]:
+    """The same runs one init at a time: :func:`spectra.train` + ``torch.autograd.functional.hessian``.
+
+    Independent of ``torch.func``: the reference the vectorised path is tested against.
+    """
+    from ..train import train
+
+    steps, gnorms, losses, eigs = [], [], [], []
+    for theta in thetas:
+        model = stack.to_model(theta)
+        hist = train(model, (X, y), loss=stack.loss_obj, optimizer="gd", lr=lr, grad_tol=grad_tol,
+                     max_steps=max_steps, log_every=max(1, max_steps))
+        steps.append(hist.steps_taken)
+        gnorms.append(hist.final_grad_norm)
+        losses.append(hist.final_loss)
+        flat = stack.from_model(model)
+        Xc = X.to(stack.dtype) if X.is_floating_point() else X
+
+        def flat_loss(v: torch.Tensor) -> torch.Tensor:
+            # functional_call only re-binds the parameters; the Hessian itself
+            # comes from reverse-over-reverse autograd, not torch.func transforms.
+            return stack.loss_obj(stack.forward(v, Xc), y)
+
+        H = torch.autograd.functional.hessian(flat_loss, flat)
+        eigs.append(np.linalg.eigvalsh(0.5 * (H + H.T).numpy()))
+    return {"steps": np.asarray(steps), "grad_norm": np.asarray(gnorms), "loss": np.asarray(losses),
+            "eigvals": np.asarray(eigs)}

@@ -1,0 +1,194 @@
+"""Pieces every experiment uses: the run context, seeds, training units, spectrum numbers.
+
+A *training unit* trains one model from a sphere initialisation with
+:func:`spectra.train`, takes its exact spectrum with :func:`spectra.analyze`,
+and stores parameters, spectrum and history as one progress unit of the
+:class:`~spectra.experiments._report.RunDir` (so ``resume`` skips it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ._report import RunDir
+
+# "Zero" eigenvalue: |lambda| < ZERO_TOL_REL * max|lambda| (the same default as
+# SpectrumResult.summary).  A second, looser band is reported beside it.
+ZERO_TOL_REL = 1e-3
+ZERO_TOL_REL_LOOSE = 1e-2
+
+# Finished units of this process, so `reproduce all` trains a shared model once.
+_MEMO: dict[tuple, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
+
+
+@dataclass
+class Context:
+    """What an experiment function receives."""
+
+    name: str
+    scale: str
+    seed: int
+    cfg: dict[str, Any]
+    rd: RunDir
+    quiet: bool = False
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def torch_threads(num: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(num)`` (None: unchanged), then restore.
+
+    The blob nets' operations are tiny; splitting them over threads costs more
+    than it saves, and on a busy machine a second thread that has to be
+    scheduled for every small op makes them many times slower (measured here:
+    4.7 ms vs 84 ms per GD step of an 18-parameter net under load).
+    """
+    if num is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sub_seed(seed: int, *labels: Any) -> int:
+    """A seed for one purpose of a run (``sub_seed(seed, "init", 3)``), stable across runs."""
+    words = [int(seed)] + [zlib.crc32(str(x).encode()) for x in labels]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0])
+
+
+def flat_params(model: torch.nn.Module) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad]).numpy().copy()
+
+
+def set_flat_params(model: torch.nn.Module, flat: np.ndarray) -> None:
+    vec = torch.as_tensor(np.asarray(flat))
+    with torch.no_grad():
+        offset = 0
+        for p in model.parameters():
+            if p.requires_grad:
+                n = p.numel()
+                p.copy_(vec[offset : offset + n].view_as(p).to(p.dtype))
+                offset += n
+
+
+def exact_eigenvalues(model: torch.nn.Module, data: Any, loss: str) -> np.ndarray:
+    """All Hessian eigenvalues (ascending) via ``spectra.analyze(method="exact")``."""
+    from ..api import analyze
+
+    return np.asarray(analyze(model, data, loss=loss, method="exact").eigenvalues, dtype=np.float64)
+
+
+def dense_hessian(model: torch.nn.Module, data: Any, loss: str) -> np.ndarray:
+    """The Hessian matrix itself (for heatmaps), from :class:`~spectra.operators.hessian.HessianOperator`."""
+    from ..operators.hessian import HessianOperator
+
+    H = HessianOperator(model, loss, data).to_dense()
+    H = H.detach().cpu().numpy() if isinstance(H, torch.Tensor) else np.asarray(H)
+    return 0.5 * (H + H.T)
+
+
+def spectrum_numbers(eigs: np.ndarray) -> dict[str, Any]:
+    """The numbers the paper talks about, for one exact spectrum.
+
+    Outliers are counted by :meth:`spectra.result.SpectrumResult.summary`
+    (largest ratio gap among the top eigenvalues); "zero" means
+    ``|lambda| < 1e-3 max|lambda|`` (and a looser ``1e-2`` band).
+    """
+    from ..result import SpectrumResult
+
+    lam = np.sort(np.asarray(eigs, dtype=np.float64))
+    s = SpectrumResult(method="exact", eigenvalues=lam, num_params=lam.size).summary(
+        zero_tol=ZERO_TOL_REL * float(np.max(np.abs(lam))))
+    big = float(np.max(np.abs(lam)))
+    neg = lam[lam < 0]
+    return {
+        "num_params": int(lam.size),
+        "lambda_max": float(lam[-1]),
+        "lambda_min": float(lam[0]),
+        "top5": lam[::-1][:5].tolist(),
+        "zero_tol": ZERO_TOL_REL * big,
+        "zero_fraction": float(np.mean(np.abs(lam) < ZERO_TOL_REL * big)),
+        "zero_fraction_loose": float(np.mean(np.abs(lam) < ZERO_TOL_REL_LOOSE * big)),
+        "num_negative": int(neg.size),
+        "most_negative": float(neg.min()) if neg.size else 0.0,
+        "negative_sum": float(neg.sum()),
+        "most_negative_over_lambda_max": float(-neg.min() / big) if neg.size else 0.0,
+        "num_outliers": int(s["num_outliers"]),
+        "bulk_edge": float(s["bulk_edge"]),
+    }
+
+
+def train_unit(
+    ctx: Context,
+    key: str,
+    make_model: Callable[[], torch.nn.Module],
+    data: Any,
+    *,
+    loss: str,
+    train_kwargs: dict[str, Any],
+    init_seed: int,
+    radius: float | None = None,
+    spectrum: bool = True,
+    memo_key: tuple | None = None,
+) -> dict[str, Any]:
+    """Train one model (or load the finished unit ``key``); return params, history, spectrum.
+
+    Returns ``{"params", "eigs" (or None), "hist" (arrays), "meta"}``; ``meta``
+    holds the stop reason, final loss/accuracy/grad norm, steps, radius and timings.
+    ``memo_key`` (a hashable description of model and data) lets another figure
+    of the same process reuse the unit instead of training again.
+    """
+    from ..train import init_on_sphere, train
+
+    memo = None if memo_key is None else (memo_key, loss, init_seed, radius, spectrum,
+                                          tuple(sorted((k, repr(v)) for k, v in train_kwargs.items())))
+    if ctx.rd.has_unit(key):
+        arrays, meta = ctx.rd.load_unit(key)
+        ctx.log(f"{key}: loaded from progress")
+    elif memo is not None and memo in _MEMO:
+        arrays, meta = _MEMO[memo]
+        ctx.rd.save_unit(key, arrays, meta)
+        ctx.log(f"{key}: reused from an earlier figure of this run")
+    else:
+        model = make_model()
+        r = init_on_sphere(model, radius=radius, seed=init_seed)
+        t0 = time.perf_counter()
+        hist = train(model, data, loss=loss, **train_kwargs)
+        t1 = time.perf_counter()
+        eigs = exact_eigenvalues(model, data, loss) if spectrum else np.zeros(0)
+        t2 = time.perf_counter()
+        meta = {"stop_reason": hist.stop_reason, "converged": hist.converged, "steps": hist.steps_taken,
+                "final_loss": hist.final_loss, "final_grad_norm": hist.final_grad_norm,
+                "final_accuracy": hist.final_accuracy, "radius": r, "init_seed": init_seed,
+                "weight_norm": float(np.linalg.norm(flat_params(model))),
+                "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
+        arrays = {"params": flat_params(model), "eigs": eigs, **{f"hist_{k}": v for k, v in hist.arrays().items()}}
+        ctx.rd.save_unit(key, arrays, meta)
+        if memo is not None:
+            _MEMO[memo] = (arrays, meta)
+        ctx.log(f"{key}: {hist.stop_reason} after {hist.steps_taken} steps, loss {hist.final_loss:.4g}, "
+                f"|grad| {hist.final_grad_norm:.2e} ({t1 - t0:.1f}s train, {t2 - t1:.1f}s spectrum)")
+    return {"params": arrays["params"], "eigs": arrays["eigs"] if spectrum else None,
+            "hist": {k[5:]: v for k, v in arrays.items() if k.startswith("hist_")}, "meta": meta}
+
+
+def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
+    """The training outcome fields of a unit's meta, for results.json."""
+    keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "final_accuracy",
+            "weight_norm", "train_seconds", "spectrum_seconds")
+    return {k: meta.get(k) for k in keys}

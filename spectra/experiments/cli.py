@@ -1,0 +1,75 @@
+"""``spectra reproduce figN|all --out DIR [--scale quick|paper] [--seed S] [--resume] [--force] [--quiet]``.
+
+:func:`add_reproduce_parser` adds the sub-command to the ``spectra`` command's
+sub-parsers; the parsed namespace's ``func`` runs it and returns the exit code.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="spectra")
+>>> _ = add_reproduce_parser(parser.add_subparsers(dest="command"))
+>>> ns = parser.parse_args(["reproduce", "fig4", "--out", "runs", "--scale", "paper"])
+>>> ns.figure, ns.out, ns.scale, ns.seed, ns.resume
+('fig4', 'runs', 'paper', 0, False)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer; got {text!r}")
+    return value
+
+
+def add_reproduce_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``reproduce`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``); return its parser."""
+    from . import EXPERIMENTS, SCALES
+
+    names = list(EXPERIMENTS) + ["all"]
+    p = subparsers.add_parser(
+        "reproduce",
+        help="run one of the paper's experiments (figures, arrays, results.json, report.md)",
+        description="Reproduce a figure of Sagun, Bottou & LeCun (2016). Writes OUT/<figure>/ with PNG "
+                    "figures, raw arrays, results.json and report.md (the paper's claims beside ours).",
+    )
+    p.add_argument("figure", choices=names, metavar="FIGURE", help=f"one of {', '.join(names)}")
+    p.add_argument("--out", required=True, help="output folder (each figure writes OUT/<figure>/)")
+    p.add_argument("--scale", choices=SCALES, default="quick",
+                   help="quick (default: minutes for all figures), paper (the paper's sizes), tiny (smoke test)")
+    p.add_argument("--seed", type=_seed, default=0, help="master seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier run in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=run_reproduce, handler=run_reproduce)
+    return p
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """Run the parsed ``reproduce`` command; print where the reports are; return 0.
+
+    Spectra errors propagate to the caller (the ``spectra`` command turns them
+    into one line on stderr and exit status 2).
+    """
+    from . import run
+
+    results = run(args.figure, args.out, scale=args.scale, seed=args.seed, resume=args.resume,
+                  quiet=args.quiet, force=args.force)
+    if not args.quiet:
+        items = results.items() if args.figure == "all" else [(args.figure, results)]
+        for name, r in items:
+            differ = [c["topic"] for c in r["claims"] if c["agrees"] is False]
+            extra = f"; differs from the paper on: {', '.join(differ)}" if differ else ""
+            print(f"{name}: {r['wall_time_s']:.1f}s -> {args.out}/{name}/report.md{extra}", file=sys.stdout)
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """The hook ``spectra.cli`` calls for every module in its ``COMMAND_MODULES``."""
+    add_reproduce_parser(subparsers)
