@@ -45,7 +45,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it; for that instant another
+    thread would create world-writable files, so Linux's /proc is read first.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # the brief window is private, never world-writable
     os.umask(mask)
     return mask
 

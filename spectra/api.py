@@ -21,6 +21,7 @@ import torch
 from .backends.base import available_memory_bytes, format_bytes
 from .errors import InvalidInputError, UnknownNameError
 from .losses import LossLike
+from .operators.base import SpectralOperator
 from .operators.hessian import HessianOperator, ParamSelector
 from .result import SpectrumResult, versions
 
@@ -87,6 +88,102 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
     return "lanczos", f"lanczos: {why}"
 
 
+def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int, which: str,
+          num_probes: int, num_steps: int, seed: int, return_eigenvectors: bool,
+          options: dict[str, Any]) -> tuple[str, str, str | None, Any, dict[str, Any]]:
+    """The backend to run on ``op`` and its options: ``(method, auto_reason, memory_fallback, backend, options)``."""
+    if not isinstance(method, str):
+        raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
+    reason = "requested"
+    if method == "auto":
+        method, reason = choose_method(op.shape[0], op.device, memory_limit)
+    options = dict(options)
+    fallback = None
+    if on_memory == "lanczos":
+        method, fallback = _memory_fallback(method, op, memory_limit, num_probes, num_steps, options)
+    backend = get_backend(method)
+    if method == "exact":
+        options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
+    elif method == "arpack":
+        options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
+    elif method == "lanczos":
+        options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
+    return method, reason, fallback, backend, options
+
+
+class _StandIn(SpectralOperator):
+    """An operator of the right size that stops at its first product (for :func:`check_request`)."""
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        raise _Checked
+
+    def to_dense(self, block_size: int | None = None) -> torch.Tensor:
+        raise _Checked
+
+
+class _Checked(Exception):
+    pass
+
+
+def check_request(num_params: int, *, method: str = "auto", k: int = 10, which: str = "largest",
+                  num_probes: int = 10, num_steps: int = 80, seed: int = 0, memory_limit: int | None = None,
+                  on_memory: str = "refuse", dtype: torch.dtype = torch.float64, device: Any = "cpu",
+                  **options: Any) -> str:
+    """Refuse now what :func:`analyze` would refuse for a model of ``num_params`` parameters.
+
+    Runs the chosen backend's own checks (``k < P``, ``2 <= num_steps <= P``,
+    memory) on a stand-in operator that stops at its first product, so a bad
+    request costs nothing before expensive work such as training.  Returns the
+    method that would run.
+
+    >>> check_request(74, method="arpack", k=5)
+    'arpack'
+    >>> check_request(74, method="lanczos", num_steps=100)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spectra.errors.InvalidInputError: num_steps=100 exceeds P=74: ...
+    """
+    if on_memory not in ("refuse", "lanczos"):
+        raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
+    op = _StandIn((int(num_params), int(num_params)), dtype, device)
+    method, _, _, backend, run_options = _plan(
+        op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
+        num_steps=num_steps, seed=seed, return_eigenvectors=False, options=options)
+    if method not in ("exact", "arpack", "lanczos"):
+        return method  # a plugin backend may do anything with an operator; it checks when it runs
+    try:
+        backend.run(op, **run_options)
+    except _Checked:
+        pass
+    return method
+
+
+def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes: int, num_steps: int,
+                     options: dict[str, Any]) -> tuple[str, str | None]:
+    """``on_memory="lanczos"``: exact -> lanczos when the dense Hessian does not fit, and the
+    low-memory Lanczos engine when the basis does not fit; ``options`` gains ``engine``."""
+    from .backends.exact import exact_memory_bytes
+    from .backends.lanczos import lanczos_memory_bytes
+
+    if method not in ("exact", "lanczos"):
+        return method, None
+    P = op.shape[0]
+    have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
+    notes = []
+    if method == "exact" and exact_memory_bytes(P) > have:
+        notes.append(f"exact needs {format_bytes(exact_memory_bytes(P))} > {format_bytes(have)}: ran lanczos")
+        method = "lanczos"
+    if method == "lanczos" and options.get("engine", "linear_operator") == "linear_operator":
+        probes = options.get("probes")
+        n_probes = num_probes if probes is None else (1 if probes.ndim == 1 else probes.shape[1])
+        itemsize = torch.empty((), dtype=options.get("lanczos_dtype", torch.float64)).element_size()
+        need = lanczos_memory_bytes(P, n_probes, num_steps, itemsize)
+        if need > have:
+            notes.append(f"the Lanczos basis needs {format_bytes(need)} > {format_bytes(have)}: engine='lowmem'")
+            options["engine"] = "lowmem"
+    return method, "; ".join(notes) or None
+
+
 def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Module:
     if isinstance(model, str):
         from . import models
@@ -125,6 +222,7 @@ def analyze(
     memory_limit: int | None = None,
     matrix: str = "hessian",
     distributed: bool | str = "auto",
+    on_memory: str = "refuse",
     **options: Any,
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
@@ -152,7 +250,17 @@ def analyze(
     is loaded and sharded here), ``True`` requires it, ``False`` never.
     Options ``timeout`` and ``group`` go to
     :class:`~spectra.distributed.DistributedHessianOperator`.
+
+    ``memory_limit`` (bytes; default: the memory free now) bounds the dense
+    Hessian of ``exact`` and the Lanczos basis.  When they do not fit,
+    ``on_memory="refuse"`` (default) raises
+    :class:`~spectra.errors.MemoryBudgetError` before allocating;
+    ``on_memory="lanczos"`` runs Lanczos instead of exact, with the low-memory
+    engine if the basis does not fit either, and records the switch in
+    ``provenance["memory_fallback"]``.
     """
+    if on_memory not in ("refuse", "lanczos"):
+        raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
     data_is_name = isinstance(data, str)
     model = _resolve_model(model, model_args)
     data = _resolve_data(data, data_args)
@@ -178,20 +286,9 @@ def analyze(
         memory_limit = int(op.agree_min(available_memory_bytes(op.device)))
 
     requested = method
-    reason = "requested"
-    if not isinstance(method, str):
-        raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
-    if method == "auto":
-        method, reason = choose_method(op.shape[0], op.device, memory_limit)
-    backend = get_backend(method)
-
-    run_options: dict[str, Any] = dict(options)
-    if method == "exact":
-        run_options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
-    elif method == "arpack":
-        run_options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
-    elif method == "lanczos":
-        run_options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
+    method, reason, fallback, backend, run_options = _plan(
+        op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
+        num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
     with guard():  # a failure on one rank stops the others (spectra.distributed)
         result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
@@ -206,6 +303,8 @@ def analyze(
         **op.describe(),
         **result.provenance,
         "seed": seed,
+        "on_memory": on_memory,
+        "memory_fallback": fallback,
         "num_matvecs": result.num_matvecs,
         "determinism_check_matvecs": op.check_matvecs,
         "setup_seconds": setup_seconds,

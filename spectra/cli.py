@@ -93,6 +93,28 @@ def _collect_pairs(items: Sequence[str] | None, option: str) -> dict[str, Any]:
     return out
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+               "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """``"2GiB"`` -> 2147483648; ``K/M/G/T`` and ``KiB...`` are powers of 1024, ``kB/MB/GB/TB`` of 1000.
+
+    >>> parse_size("500MB"), parse_size("1.5G"), parse_size("4096")
+    (500000000, 1610612736, 4096)
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 2GiB, 500MB or 1e9")
+    value = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive memory size")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands from :data:`COMMAND_MODULES` included)."""
     from . import __version__
@@ -168,6 +190,12 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help="arpack: which end(s) (default: %(default)s)")
     g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
     g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
+    g.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                   help="most memory the dense Hessian (exact) or the Lanczos basis may take, e.g. 2GiB, "
+                        "500MB (default: the memory free now)")
+    g.add_argument("--on-memory", choices=("refuse", "lanczos"), default="refuse",
+                   help="when exact or the Lanczos basis does not fit: refuse (default), or fall back to "
+                        "lanczos / its low-memory engine (recorded in the result)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is fastest for small nets on a busy machine)")
     g.add_argument("--seed", type=int, default=0,
@@ -324,14 +352,23 @@ class _OutDir:
                 raise InvalidInputError(f"--out {str(out)!r} already holds a result; pass --force to replace it")
             raise InvalidInputError(f"--out {str(out)!r} exists and is not empty; choose a new folder or "
                                     "pass --force")
+        # can we write there?  Probe the nearest existing folder now, not after the computation
+        probe = out
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".spectra-probe.", dir=probe))
+        except OSError as exc:
+            raise InvalidInputError(f"--out {str(out)!r}: cannot write in {str(probe)!r} "
+                                    f"({exc.strerror or exc})") from None
 
     def __enter__(self) -> Path:
         self.check()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.stage, 0o777 & ~umask)  # mkdtemp makes it private; the result folder should not be
+        from ._io import _umask
+
+        os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result folder should not be
         return self.stage
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -480,6 +517,13 @@ def run_analysis(args: argparse.Namespace) -> int:
     if data.X.is_floating_point() and data.X.dtype != dtype:
         data.X = data.X.to(dtype)
     check_fit(model, data, args.loss, args.model, args.dataset)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if num_params == 0:
+        raise InvalidInputError(f"model {args.model!r} has no trainable parameters (all have requires_grad=False)")
+    # the backend's own option and memory checks, before training: a bad request costs nothing
+    api.check_request(num_params, method=args.method, k=args.k, which=args.which, num_probes=args.probes,
+                      num_steps=args.steps, seed=args.seed, memory_limit=args.memory_limit,
+                      on_memory=args.on_memory, dtype=dtype)
 
     history = None
     if args.train:
@@ -489,7 +533,8 @@ def run_analysis(args: argparse.Namespace) -> int:
 
     with _Elapsed(f"computing the Hessian spectrum (method={args.method})", progress_enabled(args)):
         result = api.analyze(model, data, loss=args.loss, method=args.method, k=args.k, which=args.which,
-                             num_probes=args.probes, num_steps=args.steps, seed=args.seed)
+                             num_probes=args.probes, num_steps=args.steps, seed=args.seed,
+                             memory_limit=args.memory_limit, on_memory=args.on_memory)
     entry = plugins.get_entry("models", args.model)
     result.provenance["model"] = {"name": args.model, "arguments": _jsonable(model_args), "plugin": entry.plugin}
     result.provenance["dataset_arguments"] = _jsonable(dataset_args)
@@ -534,6 +579,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model="blobnet", model_arg=["hidden=6"], dataset="blobs", dataset_arg=["n=1000", "std=0.5"],
         loss="cross_entropy", dtype="float64", train="gd", lr=0.5, grad_tol=1e-3, max_steps=2000,
         batch_size=None, method="exact", k=10, which="largest", probes=10, steps=80, seed=0,
+        memory_limit=None, on_memory="refuse",
         # one thread: a 74-parameter net gains nothing from more, and on a busy 2-core machine
         # extra threads made the demo 3.5x slower (16 s vs 58 s measured)
         threads=1,
@@ -603,6 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `spectra list | head`
         return 0
+    except OSError as exc:  # a folder that cannot be written, a full disk: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"spectra: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     finally:
         warnings.showwarning = saved_showwarning
 

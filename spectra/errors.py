@@ -26,7 +26,8 @@ class UnknownNameError(SpectraError, LookupError):
     def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]):
         self.kind, self.name, self.known = kind, name, sorted(known)
         known_txt = ", ".join(self.known) if self.known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {known_txt}")
+        plural = kind + ("es" if kind.endswith("s") else "s")  # "losses", not "losss"
+        super().__init__(f"unknown {kind} {name!r}; known {plural}: {known_txt}")
 
     def __str__(self) -> str:  # LookupError would otherwise repr() the message
         return self.args[0]

@@ -62,7 +62,7 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tu
         total = sum(1 for _ in model.parameters())
         raise InvalidInputError(
             "the model has no trainable parameters"
-            + (f" ({total} parameters, all with requires_grad=False)" if total else "")
+            + (f" ({total} parameter tensors, all with requires_grad=False)" if total else "")
         )
     if params is None:
         return named
@@ -87,16 +87,30 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tu
     return chosen
 
 
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
 @contextlib.contextmanager
 def model_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Put every submodule in train/eval mode for the block, then restore each one."""
+    """Put every submodule in train/eval mode for the block, then restore each one.
+
+    In train mode BatchNorm uses the batch statistics but does not update its
+    running statistics: analysing a model must not change it (and an in-place
+    buffer update would break ``torch.func`` transforms).
+    """
     saved = [(m, m.training) for m in model.modules()]
+    norms = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     model.train(train)
+    if train:
+        for m, _ in norms:
+            m.track_running_stats = False
     try:
         yield
     finally:
         for m, was_training in saved:
             m.training = was_training
+        for m, tracked in norms:
+            m.track_running_stats = tracked
 
 
 class HessianOperator(SpectralOperator):
@@ -168,6 +182,14 @@ class HessianOperator(SpectralOperator):
         for n, p in named:
             if not bool(torch.isfinite(p.detach()).all()):
                 raise NonFiniteError(f"the model's parameter {n!r} contains NaN or Inf")
+        if train_mode:
+            dropout = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _DROPOUT) and m.p > 0})
+            if dropout:
+                # a new dropout mask at every product: the operator would be a random matrix
+                raise NonDeterministicError(
+                    f"train_mode=True with dropout ({', '.join(dropout)}) makes every Hessian product "
+                    "random; analyse in eval mode (the default, train_mode=False)"
+                )
         P = sum(p.numel() for p in self.params)
         super().__init__((P, P), self.params[0].dtype, self.params[0].device)
         self.param_shapes = [p.shape for p in self.params]
@@ -263,6 +285,13 @@ class HessianOperator(SpectralOperator):
                 grad += self.flatten(gi.detach() for gi in g)
         self._cached = cached
         reduced = self._reduce(torch.cat([grad, torch.tensor([total_loss], dtype=self.dtype, device=self.device)]))
+        if not bool(torch.isfinite(reduced[:-1]).all()):
+            pieces = zip(self.param_names, self.unflatten(reduced[:-1]))
+            bad = [n for n, g in pieces if not bool(torch.isfinite(g).all())]
+            raise NonFiniteError(
+                f"the gradient of the loss contains NaN or Inf (parameter {bad[0]!r}) although the loss is "
+                "finite; the Hessian is undefined here (a non-differentiable point such as sqrt(0)?)"
+            )
         return float(reduced[-1]), reduced[:-1]
 
     def _check_determinism(self) -> None:
@@ -276,6 +305,8 @@ class HessianOperator(SpectralOperator):
         b = self.matmat(v)
         self.num_matvecs = before
         self.check_matvecs = 2
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            raise NonFiniteError("a Hessian-vector product contains NaN or Inf; the Hessian is undefined here")
         scale = max(float(a.norm()), float(b.norm()), 1e-300)
         tol = 1e-9 if self.dtype == torch.float64 else 1e-4
         diff = float((a - b).norm()) / scale
@@ -362,7 +393,17 @@ class HessianOperator(SpectralOperator):
                 def hvp(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
                     return jvp(grad_fn, (primal,), (tuple(tangent),))[1]
 
-                hv = vmap(hvp)(*tangents)
+                try:
+                    hv = vmap(hvp)(*tangents)
+                except RuntimeError as exc:
+                    if "random" not in str(exc):
+                        raise
+                    # vmap refuses random ops (dropout, noise) in the model: the same refusal
+                    # the determinism check gives in reverse mode
+                    raise NonDeterministicError(
+                        "the model draws random numbers in its forward pass, so the Hessian is not "
+                        "deterministic; analyse in eval mode, without dropout or noise"
+                    ) from exc
                 out += self._flatten_block(hv, V.shape[1])
         return out
 
