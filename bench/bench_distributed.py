@@ -154,7 +154,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    print(f"MLP {args.sizes}, MNIST n={args.n}, float64, cross-entropy; medians of {args.repeats}")
+    print(f"MLP {args.sizes}, MNIST n={args.n}, float64, cross-entropy; medians of {args.repeats}; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     runs = {"1 proc x1 thr": single(args, 1), "1 proc x2 thr": single(args, 2)}
     ranks = multi(args, 2)
     runs["2 ranks x1 thr"] = ranks[0]
@@ -174,7 +175,7 @@ def main() -> None:
     r0 = ranks[0]
     print(f"bare all-reduce (2 ranks, gloo, localhost): P x 10 float64 block "
           f"({base['P'] * 80 / 2**20:.1f} MiB) {r0['allreduce_block_s'] * 1e3:.2f} ms, "
-          f"status table {r0['allreduce_status_s'] * 1e6:.0f} us")
+          f"status table {r0['allreduce_status_s'] * 1e6:.0f} us; load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

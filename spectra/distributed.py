@@ -379,8 +379,11 @@ class DistributedHessianOperator(HessianOperator):
 
     # ------------------------------------------------------------------ internals
     def _comm_device(self) -> torch.device:
-        # NCCL only moves CUDA tensors; gloo is happiest with CPU ones.
-        return self.device if self.backend == "nccl" else torch.device("cpu")
+        # NCCL only moves CUDA tensors; gloo is happiest with CPU ones.  (Not self.device:
+        # a rank that fails early reports before the operator knows its device.)
+        if self.backend == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def _agreement_row(self, local: int) -> list[float]:
         flat = torch.cat([p.detach().reshape(-1).to("cpu", torch.float64) for p in self.params])

@@ -160,6 +160,13 @@ def main() -> None:
 
     outcome("construction_failure", construction_failure)
 
+    # 3b. a rank that fails before its first collective (its parameter selection matches nothing)
+    def early_failure() -> None:
+        sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20,
+                                      params="0" if RANK == 0 else "no_such_layer")
+
+    outcome("early_failure", early_failure)
+
     # 4. a failure between products on one rank (a backend's memory check)
     def solver_failure() -> None:
         op = sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20)

@@ -230,6 +230,7 @@ def test_api_distributed_switch(job, reference):
 @pytest.mark.parametrize("scenario,failing_type,match", [
     ("product_failure", "SimulatedFailure", "simulated failure on rank 1"),
     ("construction_failure", "InvalidInputError", "cannot take batch"),
+    ("early_failure", "InvalidInputError", "no_such_layer"),
     ("solver_failure", "MemoryBudgetError", "exact spectrum"),
 ])
 def test_a_failing_rank_stops_the_other_with_its_message(job, scenario, failing_type, match):

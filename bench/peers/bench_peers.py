@@ -334,7 +334,8 @@ def main() -> None:
         "",
         f"Written by `bench/peers/bench_peers.py` on {time.strftime('%Y-%m-%d %H:%M')} "
         f"({platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} thread(s), scipy {scipy.__version__}, spectra {spectra.__version__}).",
+        f"{torch.get_num_threads()} thread(s), scipy {scipy.__version__}, spectra {spectra.__version__}; "
+        f"load average at start {os.getloadavg()[0]:.1f}).",
         "Workloads: MLPs at initialisation (seed 0), float64, 1000 MNIST images "
         "(`spectra.datasets.load('mnist', n=1000, seed=0)`), cross-entropy (mean).",
         "Seconds include building each tool's operator; matvecs count every Hessian-vector product the tool "
