@@ -597,8 +597,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     folder = Path(args.dir).expanduser()
     result = load(folder)
     prov = result.provenance
-    model = prov.get("model", {}).get("name", "model")
-    data = prov.get("data", {}).get("name", "data")
+
+    def name_of(key: str) -> str:  # provenance is free-form: a hand-edited one must not crash show
+        entry = prov.get(key)
+        return str(entry.get("name", key)) if isinstance(entry, dict) else key
+
+    model, data = name_of("model"), name_of("data")
     print(f"{model} on {data}: P={result.num_params}, N={result.num_samples}, method={result.method}")
     print(format_summary(result.summary()))
     history = None
@@ -607,6 +611,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             history = json.loads((folder / TRAINING_JSON).read_text(encoding="utf-8"))
         except ValueError as exc:
             raise InvalidInputError(f"{folder / TRAINING_JSON} is corrupt: {exc}") from exc
+        if not isinstance(history, dict):
+            raise InvalidInputError(f"{folder / TRAINING_JSON} is corrupt: not a JSON object")
         print(f"trained {history.get('steps_taken')} steps with {history.get('optimizer')} "
               f"({history.get('stop_reason')}): final loss {_fmt(history.get('final_loss'))}, "
               f"gradient norm {_fmt(history.get('final_grad_norm'))}")
@@ -614,7 +620,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         plot_spectrum(result, folder / SPECTRUM_PNG)
         drawn = [SPECTRUM_PNG]
         if history is not None:
-            plot_training(history, folder / TRAINING_PNG)
+            try:
+                plot_training(history, folder / TRAINING_PNG)
+            except (TypeError, ValueError) as exc:  # lists of unequal length, strings for numbers
+                raise InvalidInputError(f"{folder / TRAINING_JSON} is corrupt: cannot plot it ({exc})") from None
             drawn.append(TRAINING_PNG)
         print(f"redrew {', '.join(drawn)} in {folder}/")
     return 0

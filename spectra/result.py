@@ -256,6 +256,9 @@ def load(path: str | Path) -> SpectrumResult:
             f"{path} was written in result format {version!r}; this spectra reads up to "
             f"{FORMAT_VERSION} — upgrade spectra to load it"
         )
+    names = manifest.get("arrays", [])
+    if not isinstance(names, list) or not all(isinstance(a, str) for a in names):
+        raise ResultFormatError(f"{manifest_path}: 'arrays' must be a list of array names")
     arrays: dict[str, np.ndarray] = {}
     if (path / ARRAYS).exists():
         try:
@@ -263,22 +266,53 @@ def load(path: str | Path) -> SpectrumResult:
                 arrays = {k: npz[k] for k in npz.files}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise ResultFormatError(f"{path / ARRAYS} is corrupt: {exc}") from exc
-    expected = {a.replace("extra/", "extra__") for a in manifest.get("arrays", [])}
+    expected = {a.replace("extra/", "extra__") for a in names}
     missing = expected - set(arrays)
     if missing:
         raise ResultFormatError(f"{path / ARRAYS} lacks arrays {sorted(missing)} named in the manifest")
-    try:
-        return SpectrumResult(
-            method=str(manifest["method"]),
-            num_params=int(manifest["num_params"]),
-            num_samples=manifest.get("num_samples"),
-            num_matvecs=int(manifest.get("num_matvecs", 0)),
-            provenance=dict(manifest.get("provenance", {})),
-            arrays={k[len("extra__"):]: v for k, v in arrays.items() if k.startswith("extra__")},
-            **{k: arrays.get(k) for k in _ARRAY_FIELDS},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResultFormatError(f"{manifest_path} is missing or has a bad field: {exc}") from exc
+    _check_fields(manifest, manifest_path)
+    _check_arrays(arrays, path / ARRAYS)
+    return SpectrumResult(
+        method=manifest["method"],
+        num_params=manifest["num_params"],
+        num_samples=manifest.get("num_samples"),
+        num_matvecs=manifest.get("num_matvecs", 0),
+        provenance=manifest.get("provenance", {}),
+        arrays={k[len("extra__"):]: v for k, v in arrays.items() if k.startswith("extra__")},
+        **{k: arrays.get(k) for k in _ARRAY_FIELDS},
+    )
+
+
+def _check_fields(manifest: dict[str, Any], where: Path) -> None:
+    """Refuse manifest fields of the wrong type (a hand-edited or damaged result.json)."""
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    checks = [("method", isinstance(manifest.get("method"), str) and manifest.get("method") != "", "a name"),
+              ("num_params", count(manifest.get("num_params")), "a count"),
+              ("num_samples", manifest.get("num_samples") is None or count(manifest.get("num_samples")), "a count"),
+              ("num_matvecs", count(manifest.get("num_matvecs", 0)), "a count"),
+              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object")]
+    for name, ok, what in checks:
+        if not ok:
+            raise ResultFormatError(f"{where}: {name!r} must be {what}; got {manifest.get(name)!r}")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
+    """Numbers of the right shapes: a spectrum to summarise, not just any arrays."""
+    for name, arr in arrays.items():
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ResultFormatError(f"{where}: array {name!r} holds {arr.dtype}, not numbers")
+    shapes = {k: arrays[k].shape for k in _ARRAY_FIELDS if k in arrays}
+    if "eigenvalues" in shapes and (len(shapes["eigenvalues"]) != 1 or shapes["eigenvalues"][0] == 0):
+        raise ResultFormatError(f"{where}: eigenvalues must be a non-empty vector; got shape {shapes['eigenvalues']}")
+    if ("nodes" in shapes) != ("weights" in shapes) or (
+            "nodes" in shapes and (len(shapes["nodes"]) != 2 or shapes["nodes"] != shapes["weights"]
+                                   or 0 in shapes["nodes"])):
+        raise ResultFormatError(f"{where}: nodes and weights must be two non-empty [probes, steps] arrays of "
+                                f"one shape; got {shapes.get('nodes')} and {shapes.get('weights')}")
+    if "eigenvalues" not in shapes and "nodes" not in shapes:
+        raise ResultFormatError(f"{where} holds neither eigenvalues nor Lanczos nodes")
 
 
 def _outliers_by_gap(top_desc: np.ndarray, tol: float) -> tuple[int, float]:

@@ -526,3 +526,61 @@ def test_every_documented_refusal_has_a_test_and_every_test_is_documented() -> N
             if fragment:
                 assert fragment.replace("|", "\\|") in message, (row.id, fragment)
     assert sorted(documented) == sorted(ROW_IDS), set(ROW_IDS) ^ set(documented)
+
+
+# ------------------------------------------------------------------ fuzz: damaged results, memory sizes
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                       HealthCheck.function_scoped_fixture])
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=False)
+                           | st.text(max_size=5), lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
+array_values = st.one_of(
+    st.builds(np.zeros, st.tuples(st.integers(0, 3)) | st.tuples(st.integers(0, 3), st.integers(0, 3))),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4).map(np.array),
+    st.lists(st.text(max_size=2), min_size=1, max_size=3).map(np.array),
+    st.lists(st.booleans(), min_size=1, max_size=3).map(np.array),
+)
+FIELDS = ["format_version", "method", "num_params", "num_samples", "num_matvecs", "provenance", "arrays", "summary"]
+
+
+@FUZZ
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=3),
+       arrays=st.dictionaries(st.sampled_from(["eigenvalues", "nodes", "weights", "residuals", "eigenvectors"]),
+                              array_values, max_size=3),
+       replace_arrays=st.booleans())
+def test_damaged_results_load_or_refuse_with_one_line(tmp_path_factory, changes, arrays, replace_arrays):
+    folder = _saved_result(tmp_path_factory.mktemp("fuzz") / "r")
+    manifest = json.loads((folder / "result.json").read_text())
+    manifest.update(changes)
+    (folder / "result.json").write_text(json.dumps(manifest))
+    if replace_arrays:
+        np.savez(folder / "arrays.npz", **arrays)
+    try:
+        spectra.load(folder).summary()
+    except (ResultFormatError, InvalidInputError):
+        pass
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["show", str(folder), "--no-plots"])
+    assert code in (0, 2)
+    if code == 2:
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("spectra: error: "), err.getvalue()
+
+
+@FUZZ
+@given(text=st.text(max_size=12))
+def test_memory_size_parser_works_or_refuses(text):
+    import argparse
+
+    try:
+        size = cli.parse_size(text)
+    except argparse.ArgumentTypeError:
+        return
+    assert isinstance(size, int) and size >= 1
