@@ -28,6 +28,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
 def add_reproduce_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``reproduce`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``); return its parser."""
     from . import EXPERIMENTS, SCALES
@@ -47,6 +57,8 @@ def add_reproduce_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same folder")
     p.add_argument("--force", action="store_true", help="replace an earlier run in the output folder")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads for the run (default: 1 for the tiny blob nets, else torch's setting)")
     p.set_defaults(func=run_reproduce, handler=run_reproduce)
     return p
 
@@ -60,13 +72,15 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from . import run
 
     results = run(args.figure, args.out, scale=args.scale, seed=args.seed, resume=args.resume,
-                  quiet=args.quiet, force=args.force)
+                  quiet=args.quiet, force=args.force, threads=args.threads)
     if not args.quiet:
         items = results.items() if args.figure == "all" else [(args.figure, results)]
         for name, r in items:
             differ = [c["topic"] for c in r["claims"] if c["agrees"] is False]
             extra = f"; differs from the paper on: {', '.join(differ)}" if differ else ""
             print(f"{name}: {r['wall_time_s']:.1f}s -> {args.out}/{name}/report.md{extra}", file=sys.stdout)
+        if args.figure == "all":
+            print(f"summary: {args.out}/README.md", file=sys.stdout)
     return 0
 
 

@@ -22,11 +22,11 @@ from ._common import Context
 from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {"threads": 1, "hidden": 2, "n": 100, "std": 1.0, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 2000,
+    "tiny": {"threads": 1, "hidden": 2, "n": 60, "std": 0.4, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 1000,
              "num_inits": 8, "chunk": 4, "check_loop": 2},
-    "quick": {"threads": 1, "hidden": 6, "n": 500, "std": 1.0, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 20000,
-              "num_inits": 100, "chunk": 50, "check_loop": 2},
-    "paper": {"threads": 1, "hidden": 6, "n": 1000, "std": 1.0, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 100000,
+    "quick": {"threads": 1, "hidden": 6, "n": 200, "std": 0.4, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 10000,
+              "num_inits": 64, "chunk": 32, "check_loop": 2},
+    "paper": {"threads": 1, "hidden": 6, "n": 1000, "std": 0.4, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 100000,
               "num_inits": 5000, "chunk": 250, "check_loop": 3},
 }
 

@@ -14,7 +14,7 @@ from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"n": 100, "k": 1, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 300},
-    "quick": {"n": 1000, "k": 2, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 3000},
+    "quick": {"n": 1000, "k": 2, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 2000},
     "paper": {"n": 1000, "k": 10, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 100000},
 }
 

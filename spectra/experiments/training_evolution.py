@@ -17,10 +17,11 @@ from ._common import Context, exact_eigenvalues, flat_params, set_flat_params, s
 from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {"threads": 1, "hidden": 2, "n": 100, "std": 1.0, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 1000, "per_decade": 2},
-    "quick": {"threads": 1, "hidden": 10, "n": 500, "std": 1.0, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 20000,
+    "tiny": {"threads": 1, "hidden": 2, "n": 60, "std": 0.4, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 1000,
+             "per_decade": 2},
+    "quick": {"threads": 1, "hidden": 10, "n": 200, "std": 0.4, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 10000,
               "per_decade": 3},
-    "paper": {"threads": 1, "hidden": 10, "n": 1000, "std": 1.0, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 200000,
+    "paper": {"threads": 1, "hidden": 10, "n": 1000, "std": 0.4, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 200000,
               "per_decade": 5},
 }
 

@@ -1,0 +1,185 @@
+"""Figure 8's workload: vectorised (all inits at once) vs a Python loop over inits.
+
+Both paths train the same blobnet from the same sphere inits for the same
+number of full-batch GD steps (grad_tol=0, so no init stops early) and then
+take every init's exact Hessian spectrum.  Loops:
+
+* "loop/spectra.train": ``spectra.train`` + ``torch.autograd.functional.hessian`` per init
+  (what a user would write with the library; the fig-8 reference path);
+* "loop/lean": a bare autograd GD loop (no history, no checks) + the same Hessian;
+  the fairest baseline for the speed-up.
+
+The loops are timed on a subset of the inits and scaled per init; the
+results of the subset are compared with the vectorised ones.  Then the
+5000-init paper run is estimated from a real chunk of the paper
+configuration (true stopping rule), or run in full with ``--full``.
+
+The machine may be shared: the load average is printed with the numbers,
+and each timing is the median of ``--repeats`` runs.
+
+    python bench/bench_many_inits.py                 # ~minutes
+    python bench/bench_many_inits.py --quick         # smaller, for a smoke run
+    python bench/bench_many_inits.py --full --out runs/fig8-paper   # the real 5000-init run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import markdown_table  # noqa: E402
+
+
+def _median(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, default=6)
+    ap.add_argument("--n", type=int, default=1000, help="blob samples (the paper config uses 1000)")
+    ap.add_argument("--inits", type=int, default=250, help="inits in the vectorised batch")
+    ap.add_argument("--loop-inits", type=int, default=6, help="inits timed in the Python loops")
+    ap.add_argument("--steps", type=int, default=300, help="GD steps per init")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--no-estimate", action="store_true", help="skip the 5000-init estimate")
+    ap.add_argument("--full", action="store_true", help="run the real 5000-init paper configuration")
+    ap.add_argument("--out", default="runs/fig8-paper", help="output folder for --full")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.inits, args.loop_inits, args.steps, args.repeats = 200, 64, 3, 100, 1
+    torch.set_num_threads(args.threads)
+
+    import spectra
+    from spectra.experiments._batched import (StackedNet, batched_gd, batched_hessian_eigvals, init_seed,
+                                              init_thetas, looped_reference)
+    from spectra.train import default_radius
+
+    load0 = os.getloadavg()[0]
+    data = spectra.datasets.load("blobs", n=args.n, std=1.0, seed=0, dtype="float64")
+    X, y = data.X, data.y
+    stack = StackedNet(spectra.models.create("blobnet", hidden=args.hidden, dtype="float64"))
+    radius = default_radius(stack.template)
+    thetas = init_thetas(stack.num_params, [init_seed(0, i) for i in range(args.inits)], radius)
+    lr = 0.5
+    print(f"blobnet h={args.hidden} ({stack.num_params} params), n={args.n}, {args.steps} GD steps, "
+          f"torch threads {args.threads}, load average at start {load0:.2f}", flush=True)
+
+    # -- vectorised
+    t_gd, out = _median(lambda: batched_gd(stack, thetas, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps),
+                        args.repeats)
+    t_h, eigs = _median(lambda: batched_hessian_eigvals(stack, out["theta"], X, y), args.repeats)
+    vec_gd, vec_h = t_gd / args.inits, t_h / args.inits
+
+    # -- loop through spectra.train (the reference path)
+    L = args.loop_inits
+    sub = thetas[:L]
+    t0 = time.perf_counter()
+    ref = looped_reference(stack, sub, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps)
+    loop_total = (time.perf_counter() - t0) / L
+    # split its time into GD and Hessian by timing the Hessian part alone
+    t_lh, _ = _median(lambda: _autograd_hessians(stack, out["theta"][:L], X, y), 1)
+    loop_h = t_lh / L
+    loop_gd = loop_total - loop_h
+
+    # -- lean loop
+    def lean():
+        finals = []
+        for th in sub:
+            model = stack.to_model(th)
+            params = list(model.parameters())
+            for _ in range(args.steps):
+                loss = torch.nn.functional.cross_entropy(model(X), y)
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.sub_(g, alpha=lr)
+            finals.append(stack.from_model(model))
+        return torch.stack(finals)
+
+    t_lean, lean_thetas = _median(lean, 1)
+    lean_gd = t_lean / L
+
+    top_vec = eigs[:L, -1].numpy()
+    rel = float(np.max(np.abs(top_vec - ref["eigvals"][:, -1]) / np.abs(ref["eigvals"][:, -1])))
+    theta_diff = float((lean_thetas - out["theta"][:L]).abs().max())
+    rows = [
+        {"path": "vectorised (batched autograd GD + vmapped jvp Hessians)", "GD s/init": vec_gd,
+         "Hessian s/init": vec_h, "total s/init": vec_gd + vec_h, "speed-up (total)": 1.0, "speed-up (GD)": 1.0},
+        {"path": "loop/spectra.train + autograd hessian", "GD s/init": loop_gd, "Hessian s/init": loop_h,
+         "total s/init": loop_total, "speed-up (total)": loop_total / (vec_gd + vec_h),
+         "speed-up (GD)": loop_gd / vec_gd},
+        {"path": "loop/lean autograd GD + autograd hessian", "GD s/init": lean_gd, "Hessian s/init": loop_h,
+         "total s/init": lean_gd + loop_h, "speed-up (total)": (lean_gd + loop_h) / (vec_gd + vec_h),
+         "speed-up (GD)": lean_gd / vec_gd},
+    ]
+    print(markdown_table(rows, ["path", "GD s/init", "Hessian s/init", "total s/init", "speed-up (total)",
+                                "speed-up (GD)"]))
+    print(f"same inits, same {args.steps} steps: max |Δλ1|/λ1 vectorised vs loop = {rel:.2e}; "
+          f"max |Δθ| vectorised vs lean loop = {theta_diff:.2e}")
+    print(f"per init-step: vectorised {vec_gd / args.steps * 1e6:.1f} us, loop/spectra.train "
+          f"{loop_gd / args.steps * 1e6:.1f} us, loop/lean {lean_gd / args.steps * 1e6:.1f} us")
+
+    if args.full:
+        from spectra.experiments import run
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = run("fig8", args.out, scale="paper", resume=True, threads=args.threads)
+        print(f"full paper run: {res['measured']['num_inits']} inits in {time.perf_counter() - t0:.0f} s wall "
+              f"({time.process_time() - c0:.0f} s CPU); λ1 mean {res['measured']['top_eigenvalue']['mean']:.4g}")
+    elif not args.no_estimate:
+        _estimate(stack, X, y, radius, args)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def _autograd_hessians(stack, thetas, X, y):
+    out = []
+    for th in thetas:
+        H = torch.autograd.functional.hessian(lambda v: stack.loss_obj(stack.forward(v, X), y), th)
+        out.append(np.linalg.eigvalsh(H.numpy()))
+    return out
+
+
+def _estimate(stack, X, y, radius, args):
+    """Time one real chunk of the paper's fig-8 configuration and scale it to 5000 inits."""
+    from spectra.experiments import config
+    from spectra.experiments._batched import batched_gd, batched_hessian_eigvals, init_seed, init_thetas
+
+    cfg = config("fig8", "paper")
+    if (cfg["hidden"], cfg["n"]) != (args.hidden, args.n):
+        print(f"(estimate skipped: the paper config uses h={cfg['hidden']}, n={cfg['n']})")
+        return
+    chunk = 50 if args.quick else cfg["chunk"]
+    th = init_thetas(stack.num_params, [init_seed(0, i) for i in range(chunk)], radius)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = batched_gd(stack, th, X, y, lr=cfg["lr"], grad_tol=cfg["grad_tol"], max_steps=cfg["max_steps"])
+    t1 = time.perf_counter()
+    batched_hessian_eigvals(stack, out["theta"], X, y)
+    t2, c2 = time.perf_counter(), time.process_time()
+    per = (t2 - t0) / chunk
+    steps = out["steps"].numpy()
+    print(f"paper config chunk of {chunk} inits (true stopping rule, grad_tol {cfg['grad_tol']:g}): "
+          f"GD {t1 - t0:.1f} s, "
+          f"Hessians {t2 - t1:.1f} s, CPU {c2 - c0:.1f} s; steps median {np.median(steps):.0f}, max {steps.max()}, "
+          f"converged {out['converged'].float().mean():.0%}")
+    print(f"estimate for {cfg['num_inits']} inits: {per * cfg['num_inits'] / 60:.1f} min wall at this load "
+          f"({(c2 - c0) / chunk * cfg['num_inits'] / 60:.1f} CPU-min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Figure 5: the blob nets trained with the mean square loss.
+
+Writes OUT/fig5/: PNG figure(s), arrays (.npz), results.json and report.md
+(the paper's claims beside the numbers measured here).
+
+    python examples/fig5_blobs_mse.py                      # quick scale, into runs/
+    python examples/fig5_blobs_mse.py --scale paper --out runs-paper --resume
+"""
+
+import argparse
+
+from spectra.experiments import run
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--out", default="runs")
+parser.add_argument("--scale", default="quick", choices=["tiny", "quick", "paper"])
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+parser.add_argument("--force", action="store_true", help="replace an earlier run in OUT/fig5")
+args = parser.parse_args()
+
+results = run("fig5", args.out, scale=args.scale, seed=args.seed, resume=args.resume, force=args.force)
+for claim in results["claims"]:
+    verdict = {True: "agrees", False: "DIFFERS", None: "n/a"}[claim["agrees"]]
+    print(f"[{verdict}] {claim['topic']}: {claim['ours']}")
+print(f"report: {args.out}/fig5/report.md")
