@@ -49,20 +49,28 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
-def _kill_when(proc: subprocess.Popen, marker: Path, timeout: float = 240.0) -> None:
-    """SIGKILL ``proc`` as soon as ``marker`` exists (it must still be running then)."""
+def _kill_on_markers(jobs: dict[str, tuple[subprocess.Popen, Path]], timeout: float = 240.0) -> None:
+    """SIGKILL each job's process as soon as its marker file exists; it must still be running then.
+
+    All jobs are watched together: whichever reaches its marker first is killed first.
+    """
+    pending = dict(jobs)
     deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended ({proc.returncode}) before {marker.name} appeared: "
-                        f"{proc.stderr.read()[-2000:]}")
+    while pending:
+        for name, (proc, marker) in list(pending.items()):
+            if marker.exists():
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} finished ({proc.returncode}) before it could be killed")
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                assert proc.returncode == -signal.SIGKILL
+                del pending[name]
+            elif proc.poll() is not None:
+                pytest.fail(f"{name} ended ({proc.returncode}) before {marker.name} appeared: "
+                            f"{proc.stderr.read()[-2000:]}")
         if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{marker.name} did not appear within {timeout:.0f} s")
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+            pytest.fail(f"no marker within {timeout:.0f} s for {', '.join(pending)}")
+        time.sleep(0.005)
 
 
 def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
@@ -73,6 +81,22 @@ def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
 def _npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def _assert_same(a, b, exact: bool, path: str = "measured") -> None:
+    """Equal JSON trees; numbers within 1e-12 relative unless ``exact``."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], exact, f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, exact, f"{path}[{i}]")
+    elif isinstance(a, float) and not exact:
+        assert b == pytest.approx(a, rel=1e-12, abs=1e-15), path
+    else:
+        assert a == b, path
 
 
 def _without_timings(obj):
@@ -95,17 +119,14 @@ def killed_and_resumed(tmp_path_factory):
         "fig7-killed": _start([*FIG7, "out"], base / "fig7-killed"),
     }
     try:
-        progress8 = base / "fig8-killed" / "out" / "fig8" / "progress"
-        _kill_when(procs["fig8-killed"], progress8 / "inits_c00000.json")
-        state = {"fig8": (_stamps(progress8), (progress8.parent / "results.json").exists())}
-        resume8 = _start([sys.executable, "-c", FIG8, "out", "resume"], base / "fig8-killed")
-
-        progress7 = base / "fig7-killed" / "out" / "fig7" / "progress"
-        _kill_when(procs["fig7-killed"], progress7 / "ckpt_000000010.json")
-        state["fig7"] = (_stamps(progress7), (progress7.parent / "results.json").exists())
-        resume7 = _start([*FIG7, "out", "--resume"], base / "fig7-killed")
-        for proc in (procs["full"], resume8, resume7):
-            _finish(proc)
+        progress = {fig: base / f"{fig}-killed" / "out" / fig / "progress" for fig in ("fig8", "fig7")}
+        _kill_on_markers({"fig8": (procs["fig8-killed"], progress["fig8"] / "inits_c00000.json"),
+                          "fig7": (procs["fig7-killed"], progress["fig7"] / "ckpt_000000010.json")})
+        state = {fig: (_stamps(folder), (folder.parent / "results.json").exists()) for fig, folder in progress.items()}
+        procs["fig8-resumed"] = _start([sys.executable, "-c", FIG8, "out", "resume"], base / "fig8-killed")
+        procs["fig7-resumed"] = _start([*FIG7, "out", "--resume"], base / "fig7-killed")
+        for name in ("full", "fig8-resumed", "fig7-resumed"):
+            _finish(procs[name])
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -128,13 +149,21 @@ def test_a_killed_experiment_resumes_to_the_uninterrupted_result(killed_and_resu
         assert after[name] == stamp, f"{name} was rewritten on resume"
     assert set(after) == set(_stamps(full / "progress"))  # and the missing ones were done
 
+    # Everything bit for bit, except fig8's eigenvalues: its vmapped torch.func Hessians
+    # differed by one rounding (<= 1.7e-16 absolute) between two *processes* in about one
+    # test run in six, uninterrupted or not; the trained weights were identical every time.
+    ulp_level = {"eigs"} if figure == "fig8" else set()
     a, b = _npz(full / "arrays.npz"), _npz(resumed / "arrays.npz")
     assert a.keys() == b.keys()
     for key in a:
-        if "seconds" not in key:
+        if "seconds" in key:
+            continue
+        if key in ulp_level:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-14 * np.abs(a[key]).max())
+        else:
             assert np.array_equal(a[key], b[key]), f"{key} differs after resume"
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, resumed))
-    assert _without_timings(ra["measured"]) == _without_timings(rb["measured"])
+    _assert_same(_without_timings(ra["measured"]), _without_timings(rb["measured"]), exact=not ulp_level)
     assert ra["config"] == rb["config"] and ra["seed"] == rb["seed"]
 
 
