@@ -246,8 +246,8 @@ def test_default_radius_formula_and_std_option():
     assert math.isclose(init_on_sphere(model, std=0.1), 0.1 * math.sqrt(P), rel_tol=1e-12)
     # the default radius is the expected norm of PyTorch's default init: check by sampling
     norms = [float(torch.nn.utils.parameters_to_vector(
-        torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10)).parameters()).norm())
-        for _ in range(20)]
+        torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10)).parameters()).detach()
+        .norm()) for _ in range(20)]
     ref = default_radius(torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10)))
     assert abs(np.mean(norms) - ref) / ref < 0.02
 

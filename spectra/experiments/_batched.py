@@ -105,7 +105,7 @@ class StackedNet:
         """Outputs ``[B, N, C]`` of the net at each row of ``thetas`` ([B, P])."""
         if self.chain is None:
             return torch.func.vmap(self.forward, in_dims=(0, None))(thetas, X)
-        return _chain_forward(self.chain, thetas, X)
+        return _chain_forward(self.chain, thetas, X).transpose(1, 2)
 
     def batched_losses(self, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The dataset loss at each row of ``thetas``: ``[B]``."""
@@ -148,7 +148,7 @@ def _mlp_chain(stack: "StackedNet") -> list | None:
     chain, offset, seen = [], 0, []
     for m in leaves:
         if isinstance(m, torch.nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
+            if m.start_dim != 1 or m.end_dim != -1 or any(c[0] == "linear" for c in chain):
                 return None
             chain.append(("flatten",))
         elif isinstance(m, torch.nn.Linear):
@@ -174,7 +174,7 @@ def _mlp_chain(stack: "StackedNet") -> list | None:
         probe_theta = torch.randn(2, stack.num_params, dtype=stack.dtype, generator=torch.Generator().manual_seed(0))
         first = next(c for c in chain if c[0] == "linear")
         probe_x = torch.randn(3, first[3], dtype=stack.dtype, generator=torch.Generator().manual_seed(1))
-        fast = _chain_forward(chain, probe_theta, probe_x)
+        fast = _chain_forward(chain, probe_theta, probe_x).transpose(1, 2)
         slow = torch.stack([stack.forward(t, probe_x) for t in probe_theta])
         if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-5, atol=1e-6):
             return None
@@ -184,36 +184,46 @@ def _mlp_chain(stack: "StackedNet") -> list | None:
 
 
 def _chain_forward(chain: list, thetas: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Outputs of all B nets, laid out ``[B, C, N]`` (samples last).
+
+    Samples-last makes every layer a batched ``[out, in] @ [in, N]`` product
+    with the long axis innermost; with ``[B, N, width]`` the tiny width would be
+    innermost and the batched matmuls run several times slower (measured here:
+    2.3 ms vs 9.7 ms for B=250, N=200, width 6 in float64).
+    """
     B = thetas.shape[0]
-    h, batched = X, False  # h gains a leading init axis at the first Linear
+    h = X  # [N, ...] until the first Linear, then [B, features, N]
+    batched = False
     for item in chain:
         if item[0] == "flatten":
-            h = h.flatten(2) if batched else h.flatten(1)
+            h = h.flatten(1)
         elif item[0] == "linear":
-            batched = True
             _, w_off, out_f, in_f, b_off = item
             W = thetas[:, w_off : w_off + out_f * in_f].reshape(B, out_f, in_f)
-            h = torch.matmul(h, W.transpose(1, 2))  # [N, in] or [B, N, in] -> [B, N, out]
+            h = torch.matmul(W, h.T) if not batched else torch.bmm(W, h)
+            batched = True
             if b_off is not None:
-                h = h + thetas[:, b_off : b_off + out_f].unsqueeze(1)
+                h = h + thetas[:, b_off : b_off + out_f].unsqueeze(2)
         else:
             h = item[1](h)
     return h
 
 
 def _ce_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    B, N, C = out.shape
-    return torch.nn.functional.cross_entropy(out.reshape(B * N, C), y.long().repeat(B),
-                                             reduction="none").reshape(B, N)
+    B, _, N = out.shape
+    return torch.nn.functional.cross_entropy(out, y.long().expand(B, N), reduction="none")
 
 
 def _mse_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     target = y.to(out.dtype) if y.is_floating_point() else \
-        torch.nn.functional.one_hot(y.long(), out.shape[-1]).to(out.dtype)
-    return 0.5 * (out - target).pow(2).reshape(out.shape[0], out.shape[1], -1).sum(-1)
+        torch.nn.functional.one_hot(y.long(), out.shape[1]).to(out.dtype)
+    return 0.5 * (out - target.reshape(target.shape[0], -1).T.unsqueeze(0)).pow(2).sum(1)
 
 
 _PER_SAMPLE = {"cross_entropy": _ce_per_sample, "mse": _mse_per_sample}
+
+
+GD_STATE_KEYS = ("theta", "steps", "grad_norm", "loss", "converged", "active", "step")
 
 
 def batched_gd(
@@ -226,6 +236,9 @@ def batched_gd(
     grad_tol: float,
     max_steps: int,
     on_step: Callable[[int, int], None] | None = None,
+    state: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> dict[str, torch.Tensor]:
     """Full-batch GD from each row of ``thetas`` ([B, P]) with :func:`spectra.train`'s stopping rule.
 
@@ -234,19 +247,39 @@ def batched_gd(
     ``accuracy`` at the final point.  Converged inits drop out of the
     computation, so the cost follows the slowest ones only while they run.
     ``on_step(step, active)`` is called after every step (progress display).
+
+    ``checkpoint(state)`` is called at most every ``checkpoint_seconds`` with
+    a snapshot (keys :data:`GD_STATE_KEYS`); passing it back as ``state``
+    continues from there.  GD keeps no other state, so the continued run is
+    bit-identical to an uninterrupted one.
     """
+    import time
+
     if thetas.ndim != 2 or thetas.shape[1] != stack.num_params:
         raise InvalidInputError(f"thetas must be [B, {stack.num_params}]; got {tuple(thetas.shape)}")
     X = X.to(stack.dtype) if X.is_floating_point() else X
-    theta = thetas.detach().clone().to(stack.dtype)
-    B = theta.shape[0]
-    steps = torch.full((B,), max_steps, dtype=torch.long)
-    gnorm = torch.full((B,), math.nan, dtype=torch.float64)
-    lossv = torch.full((B,), math.nan, dtype=torch.float64)
-    converged = torch.zeros(B, dtype=torch.bool)
+    B = thetas.shape[0]
+    if state is None:
+        theta = thetas.detach().clone().to(stack.dtype)
+        steps = torch.full((B,), max_steps, dtype=torch.long)
+        gnorm = torch.full((B,), math.nan, dtype=torch.float64)
+        lossv = torch.full((B,), math.nan, dtype=torch.float64)
+        converged = torch.zeros(B, dtype=torch.bool)
+        active = torch.arange(B)
+        start = 0
+    else:
+        theta, steps, gnorm, lossv, converged, active = (torch.as_tensor(state[k]).clone()
+                                                         for k in GD_STATE_KEYS[:-1])
+        theta = theta.to(stack.dtype)
+        converged = converged.to(torch.bool)
+        start = int(state["step"])
+        if theta.shape != (B, stack.num_params):
+            raise InvalidInputError("the saved GD state does not match these inits")
     grad_fn = _grad_fn(stack)
-    active = torch.arange(B)
-    for step in range(max_steps + 1):
+    last_save = time.monotonic()
+    for step in range(start, max_steps + 1):
+        if active.numel() == 0:
+            break
         th = theta[active]
         g, val = grad_fn(th, X, y)
         norms = g.norm(dim=1)
@@ -263,12 +296,16 @@ def batched_gd(
             lossv[idx] = val[stop].detach().to(torch.float64)
             converged[idx] = norms[stop] < grad_tol
         keep = ~stop
+        active = active[keep]
         if not bool(keep.any()):
             break
-        active = active[keep]
         theta[active] = th[keep] - lr * g[keep]
         if on_step is not None:
             on_step(step + 1, int(active.numel()))
+        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
+            checkpoint({"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv,
+                        "converged": converged, "active": active, "step": torch.tensor(step + 1)})
+            last_save = time.monotonic()
     with torch.no_grad():
         out = stack.batched_forward(theta, X)
         acc = (out.argmax(dim=-1) == y).to(torch.float64).mean(dim=1) if out.ndim == 3 and not \

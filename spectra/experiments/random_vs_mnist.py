@@ -13,9 +13,9 @@ from ._common import Context, spectrum_numbers, sub_seed, train_unit, training_n
 from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {"n": 100, "k": 1, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 300},
-    "quick": {"n": 1000, "k": 2, "lr": 0.5, "grad_tol": 1e-3, "max_steps": 2000},
-    "paper": {"n": 1000, "k": 10, "lr": 0.5, "grad_tol": 1e-4, "max_steps": 100000},
+    "tiny": {"threads": 1, "n": 100, "k": 1, "lr": 0.1, "grad_tol": 1e-3, "max_steps": 300},
+    "quick": {"threads": 1, "n": 1000, "k": 2, "lr": 0.1, "grad_tol": 1e-3, "max_steps": 2000},
+    "paper": {"n": 1000, "k": 10, "lr": 0.1, "grad_tol": 1e-4, "max_steps": 100000},
 }
 
 
