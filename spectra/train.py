@@ -30,6 +30,7 @@ parameter space, the paper's initialisation protocol.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -434,3 +435,20 @@ def _as_steps(steps: Iterable[int]) -> set[int]:
     except TypeError as exc:
         raise InvalidInputError(f"callback_steps must be an iterable of step numbers; got {steps!r}") from exc
     return out
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``spectra.train`` is both this module and the function :func:`train`.
+
+    Importing the submodule ``spectra.train`` (``from spectra.train import
+    init_on_sphere``) makes Python bind the *module* to the package attribute
+    ``spectra.train``, shadowing the lazily exported function; calling the
+    module forwards to :func:`train`, so ``spectra.train(model, data, ...)``
+    works whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainHistory:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -264,3 +264,15 @@ def test_sphere_vector_is_dtype_independent_and_validated():
 
 def test_doctests():
     assert doctest.testmod(train_mod, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_spectra_train_stays_callable_after_importing_the_submodule():
+    import importlib
+
+    import spectra
+
+    importlib.import_module("spectra.train")  # binds the module to spectra.train
+    model = torch.nn.Linear(2, 2).double()
+    X, y = torch.randn(10, 2, dtype=torch.float64), torch.randint(0, 2, (10,))
+    history = spectra.train(model, (X, y), lr=0.1, max_steps=3)
+    assert history.steps_taken == 3
