@@ -118,6 +118,22 @@ def test_linear_model_has_zero_residual(loss):
     assert float(R.abs().max()) < 1e-12
 
 
+def test_relu_residual_has_zero_diagonal_blocks():
+    # A ReLU net's output is linear in each single layer's weights, so the second
+    # derivatives within a layer vanish: R's diagonal blocks are zero, tr R = 0.
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    X, y = torch.randn(17, 3, dtype=torch.float64), torch.randint(0, 3, (17,))
+    R = ResidualOperator(model, "cross_entropy", (X, y)).to_dense()
+    assert float(R.abs().max()) > 1e-3  # R itself is not zero
+    start = 0
+    for layer in (model[0], model[2], model[4]):
+        n = layer.weight.numel() + layer.bias.numel()
+        assert float(R[start : start + n, start : start + n].abs().max()) < 1e-12
+        start += n
+    assert abs(float(torch.trace(R))) < 1e-12
+
+
 def test_cached_and_uncached_agree():
     case = CASES[1]
     model, (X, y) = case.build_model(), case.build_data()
