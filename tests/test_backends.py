@@ -233,3 +233,9 @@ def test_arpack_repeated_eigenvalues(which, expected, checks):
     runs = result.provenance["multiplicity_check_runs"]
     assert (runs > 0) if checks == "some" else (runs == 0)
     assert result.residuals.max() < 1e-8
+
+
+def test_lowmem_lanczos_memory_refusal():
+    with pytest.raises(MemoryBudgetError, match="low-memory Lanczos needs"):
+        LanczosBackend().run(DenseOperator(torch.eye(50, dtype=torch.float64)), num_steps=10, engine="lowmem",
+                             num_probes=4, memory_limit=100)

@@ -47,6 +47,7 @@ from ..result import SpectrumResult
 from .base import available_memory_bytes, check_options, format_bytes
 
 BREAKDOWN_TOL = 1e-10  # relative to the rescaled operator (norm ~ 1)
+LOWMEM_BLOCKS = 5  # q_prev, q, r and the product (plus its rescaled copy) of the lowmem engine
 
 
 def rademacher_probes(num_params: int, num_probes: int, seed: int, dtype: torch.dtype,
@@ -87,25 +88,32 @@ class LanczosBackend:
         if probes is None:
             if not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
                 raise InvalidInputError(f"num_probes must be a positive integer; got {num_probes!r}")
+        else:
+            probes = torch.as_tensor(probes)
+            if probes.ndim == 1:
+                probes = probes[:, None]
+            if probes.ndim != 2 or probes.shape[0] != P:
+                raise InvalidInputError(f"probes must have shape [P={P}, num_probes]; got {tuple(probes.shape)}")
+            num_probes = probes.shape[1]
+        itemsize = torch.empty((), dtype=lanczos_dtype).element_size()
+        # Checked before anything of size P x probes is allocated.
+        if engine == "linear_operator":
+            need = lanczos_memory_bytes(P, num_probes, num_steps, itemsize)
+            what = f"the Lanczos basis needs {format_bytes(need)} ({num_steps} steps x {num_probes} probes x P={P})"
+            advice = "use engine='lowmem', fewer probes or steps"
+        else:
+            need = LOWMEM_BLOCKS * int(P) * num_probes * itemsize
+            what = f"low-memory Lanczos needs {format_bytes(need)} ({LOWMEM_BLOCKS} blocks of {num_probes} probes x P={P})"
+            advice = "use fewer probes"
+        have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
+        if need > have:
+            raise MemoryBudgetError(f"{what} but {format_bytes(have)} is available; {advice}")
+        if probes is None:
             V0 = rademacher_probes(P, int(num_probes), seed, lanczos_dtype, op.device)
             probe_kind = "rademacher"
         else:
-            V0 = torch.as_tensor(probes).to(device=op.device, dtype=lanczos_dtype)
-            if V0.ndim == 1:
-                V0 = V0[:, None]
-            if V0.shape[0] != P or V0.ndim != 2:
-                raise InvalidInputError(f"probes must have shape [P={P}, num_probes]; got {tuple(V0.shape)}")
-            num_probes = V0.shape[1]
+            V0 = probes.to(device=op.device, dtype=lanczos_dtype)
             probe_kind = "given"
-        itemsize = torch.empty((), dtype=lanczos_dtype).element_size()
-        if engine == "linear_operator":
-            need = lanczos_memory_bytes(P, num_probes, num_steps, itemsize)
-            have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
-            if need > have:
-                raise MemoryBudgetError(
-                    f"the Lanczos basis needs {format_bytes(need)} ({num_steps} steps x {num_probes} probes x "
-                    f"P={P}) but {format_bytes(have)} is available; use engine='lowmem', fewer probes or steps"
-                )
 
         scale: list[float] = []
 
