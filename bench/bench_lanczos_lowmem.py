@@ -122,12 +122,18 @@ def run_case(label: str, model, data, info: dict, steps_list, probes: int, out: 
                   f"{row['min_err']:.1e} | {row['copies']:.1f} | {secs:.2f} | {mem / 2**20:.1f} MiB |")
 
 
-def run_float32(steps: int, probes: int) -> None:
+def run_float32(steps: int, probes: int, cache_dir: str | None = None) -> None:
     """float32 model: lanczos_dtype float64 vs float32, against the float64 exact spectrum of the same weights."""
     m32, data, info = trained("cnn", {}, "mnist", {"n": 200}, lr=0.1, steps=200, dtype="float32")
     m64 = spectra.models.create("cnn", dtype="float64", seed=0)
     m64.load_state_dict({k: v.double() for k, v in m32.state_dict().items()})
-    lam = ExactBackend().run(HessianOperator(m64, "cross_entropy", (data.X.double(), data.y))).eigenvalues
+    cache = Path(cache_dir, "exact-float32-cnn.npy") if cache_dir else None
+    if cache is not None and cache.exists():
+        lam = np.load(cache)
+    else:
+        lam = ExactBackend().run(HessianOperator(m64, "cross_entropy", (data.X.double(), data.y))).eigenvalues
+        if cache is not None:
+            np.save(cache, lam)
     scale = float(np.abs(lam).max())
     op = HessianOperator(m32, "cross_entropy", data)
     print(f"\n### float32 cnn (P={op.shape[0]}): products in float32, exact reference in float64\n")
@@ -170,7 +176,7 @@ def main() -> None:
         model, data, info = trained(name, margs, dname, dargs, lr, steps)
         run_case(label, model, data, info, lanczos_steps, args.probes, rows, args.cache)
     if not args.cases or "float32" in chosen:
-        run_float32(80, args.probes)
+        run_float32(80, args.probes, args.cache)
 
 
 if __name__ == "__main__":
