@@ -117,8 +117,9 @@ def _load_worker_module():
     return ns
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def launched(tmp_path_factory):
+    """Start the 2-process job when the module starts, so it runs while the in-process tests do."""
     out = tmp_path_factory.mktemp("dist")
     store = out / "store"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -128,6 +129,15 @@ def job(tmp_path_factory):
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", str(store), str(out)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
+    yield out, procs, start
+    for p in procs:  # only if a test failed before collecting them
+        if p.poll() is None:
+            p.kill()
+
+
+@pytest.fixture(scope="module")
+def job(launched):
+    out, procs, start = launched
     logs = []
     for p in procs:
         try:
