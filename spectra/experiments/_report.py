@@ -192,7 +192,7 @@ def render_report(results: dict[str, Any], tables: list[str]) -> str:
              "| topic | paper | measured here | verdict | note |", "|---|---|---|---|---|"]
     for c in results["claims"]:
         cells = [c["topic"], c["paper"], c["ours"], verdict[c["agrees"]], c["note"]]
-        lines.append("| " + " | ".join(str(x).replace("|", "/").replace("\n", " ") for x in cells) + " |")
+        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     for table in tables:
         lines += ["", table]
     if results["notes"]:
@@ -209,9 +209,14 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
             return "nan" if not math.isfinite(x) else f"{x:.4g}"
         return str(x)
 
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    out = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_cell(fmt(x)) for x in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+def _cell(x: Any) -> str:
+    """Text for one markdown table cell: pipes escaped, on one line."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _plain(obj: Any) -> Any:
