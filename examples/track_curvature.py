@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 import spectra
 from spectra.tracking import CurvatureTracker
 
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/track-curvature")
     args = ap.parse_args()
 
+    torch.set_num_threads(1)  # a net this small runs faster on one thread
     model = spectra.models.create("blobnet", hidden=args.hidden, dtype="float64")
     data = spectra.datasets.load("blobs", n=args.n, seed=0, dtype="float64")
     tracker = CurvatureTracker(data, k=args.k, every=args.every, out=args.out, trace="hutchpp",

@@ -164,8 +164,8 @@ def _figure(results: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) ->
                                            ("R = H − G", "eig_R"))):
             ax = axes[row, col]
             eigenvalue_histogram(ax, arrays[key], bins=bins, title=f"{label}: {name}")
-            if key != "eig_R":
-                n = m["outliers_H"] if key == "eig_H" else m["outliers_G"]
+            if key != "eig_R":  # mark the eigenvalues above 10% of lambda_max
+                n = m["large_H"] if key == "eig_H" else m["large_G"]
                 for lam in arrays[key][::-1][:n]:
                     ax.axvline(lam, color="#cc0000", lw=0.6, alpha=0.7)
         axes[row, 0].text(0.98, 0.95, f"{m['large_H']} eigenvalues > 10% λmax, top {m['K_G_top_explained']} "
