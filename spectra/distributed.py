@@ -458,10 +458,10 @@ class DistributedHessianOperator(HessianOperator):
         except DistributedError:
             raise
         except Exception as exc:  # gloo/NCCL errors: a peer crashed, left or hung
-            limit = f"{self.timeout:g} s (timeout=)" if self.timeout is not None else "the process group's timeout"
+            limit = f"timeout={self.timeout:g} s" if self.timeout is not None else "the process group's timeout"
             raise self._fail(
-                f"the {what} all-reduce (collective #{self._seq}) failed: {_first_line(exc)}. Another rank "
-                f"crashed, exited or did not answer within {limit}; this rank stops too"
+                f"the {what} all-reduce (collective #{self._seq}) failed ({_first_line(exc).rstrip('.!')}): "
+                f"another rank crashed, exited or did not answer within {limit}; this rank stops too"
             ) from exc
 
     def _status(self, kind: int, ncols: int, error: BaseException | None = None) -> None:
