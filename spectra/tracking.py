@@ -25,11 +25,13 @@ ARPACK (``eigsh``), ARPACK with ``v0`` from the previous eigenvectors, LOBPCG
 early-stopping Lanczos cold and warm: warm LOBPCG needed *more* products than
 cold ARPACK (each LOBPCG iteration costs ``k``) and ARPACK's ``v0`` saved
 little (it fills ``ncv >= 2k+1`` vectors before it tests convergence), while
-warm early-stopping Lanczos needed the fewest (``docs/beyond.md`` has the
+warm early-stopping Lanczos needed the fewest.  Most of the saving over ARPACK
+comes from stopping early; the warm start itself saves a further few to ten
+per cent over the same Lanczos started cold (``docs/beyond.md`` has the
 numbers; ``examples/track_curvature.py --compare-cold`` measures them).
 Like every Krylov method it can miss an eigenvalue whose direction is nearly
-absent from the start vector; ``compare_cold=True`` re-solves cold with
-ARPACK at each record and logs both.
+absent from the start vector; ``compare_cold=True`` re-solves cold (ARPACK,
+and this Lanczos from a random vector) at each record and logs all three.
 
 >>> import torch
 >>> from spectra.operators.base import DenseOperator
@@ -225,6 +227,7 @@ class CurvatureRecord:
     trace: Any = None  # spectra.trace.TraceEstimate
     density: Any = None  # spectra.result.SpectrumResult (SLQ)
     cold: Eigenpairs | None = None
+    cold_lanczos: Eigenpairs | None = None
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -240,8 +243,9 @@ def curvature_at(model: torch.nn.Module, data: Any, *, step: int = 0, loss: Any 
     ``previous`` (the last record or its eigenpairs) warm-starts the
     eigen-solver.  ``trace``: ``"hutchpp"``, ``"hutchinson"``, ``"exact"`` or
     ``None``; ``density``: an SLQ density with ``density_probes`` probes of
-    ``density_steps`` steps.  ``compare_cold`` also runs cold ARPACK (for
-    measuring what warm starts save).  All probes are seeded by ``seed``.
+    ``density_steps`` steps.  ``compare_cold`` also runs cold ARPACK and the
+    same Lanczos from a random start (to measure what warm starts save).  All
+    probes are seeded by ``seed``.
 
     >>> import torch
     >>> torch.manual_seed(0) and None
@@ -261,6 +265,7 @@ def curvature_at(model: torch.nn.Module, data: Any, *, step: int = 0, loss: Any 
     v0 = warm_vector(prev, op.shape[0], seed + 1, mix) if warm_start else None
     eig = top_eigenpairs(op, k, v0=v0, tol=tol, seed=seed)
     cold = arpack_top(op, k, tol=tol, seed=seed) if compare_cold else None
+    cold_lz = top_eigenpairs(op, k, tol=tol, seed=seed) if (compare_cold and v0 is not None) else None
     tr = None
     if trace is not None:
         from .trace import estimate_trace
@@ -273,7 +278,7 @@ def curvature_at(model: torch.nn.Module, data: Any, *, step: int = 0, loss: Any 
         dens = LanczosBackend().run(op, num_probes=density_probes, num_steps=min(density_steps, op.shape[0]),
                                     seed=seed)
     return CurvatureRecord(step=int(step), loss=op.loss_value, grad_norm=op.grad_norm, eig=eig, trace=tr,
-                           density=dens, cold=cold, seconds=time.perf_counter() - start)
+                           density=dens, cold=cold, cold_lanczos=cold_lz, seconds=time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------ the tracker
@@ -374,6 +379,8 @@ class CurvatureTracker:
                 for i, lam in enumerate(r.cold.values, start=1):
                     add(r.step, "eigenvalue_cold", lam, i)
                 add(r.step, "eig_matvecs_cold", r.cold.num_matvecs)
+            if r.cold_lanczos is not None:
+                add(r.step, "eig_matvecs_cold_lanczos", r.cold_lanczos.num_matvecs)
             if r.trace is not None:
                 add(r.step, "trace", r.trace.estimate, stderr=r.trace.stderr)
                 add(r.step, "trace_matvecs", r.trace.num_matvecs)
@@ -388,14 +395,23 @@ class CurvatureTracker:
         return np.array([r["step"] for r in rows]), np.array([r["value"] for r in rows])
 
     def matvec_summary(self) -> dict[str, Any]:
-        """Products spent on the eigenvalues: warm vs cold (when ``compare_cold`` was on)."""
+        """Products spent on the eigenvalues: warm vs cold (when ``compare_cold`` was on).
+
+        Cold ARPACK and cold Lanczos totals cover the same records as the warm total
+        (all but the first, which has nothing to start from).
+        """
         warm = [r.eig.num_matvecs for r in self.records if r.eig is not None and r.eig.warm]
         first = [r.eig.num_matvecs for r in self.records if r.eig is not None and not r.eig.warm]
         cold = [r.cold.num_matvecs for r in self.records[1:] if r.cold is not None]
         out = {"records": len(self.records), "first_record_matvecs": sum(first),
                "warm_matvecs_total": sum(warm), "warm_records": len(warm)}
+        cold_lz = [r.cold_lanczos.num_matvecs for r in self.records if r.cold_lanczos is not None]
         if cold:
             out.update(cold_arpack_matvecs_total=sum(cold), warm_to_cold_ratio=sum(warm) / max(sum(cold), 1))
+        if cold_lz:
+            out.update(cold_lanczos_matvecs_total=sum(cold_lz),
+                       warm_to_cold_lanczos_ratio=sum(warm) / max(sum(cold_lz), 1))
+        if cold:
             diffs = [float(np.max(np.abs(r.eig.values - r.cold.values)) / max(abs(r.cold.values).max(), 1e-300))
                      for r in self.records if r.cold is not None and r.eig is not None]
             out["max_relative_eigenvalue_difference"] = max(diffs)

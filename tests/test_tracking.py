@@ -78,10 +78,14 @@ def test_warm_start_matches_cold_and_costs_fewer_products(tracked):
     assert [r.step for r in tracker.records] == [0, 40, 80, 120, 160]
     for r in tracker.records:
         np.testing.assert_allclose(r.eig.values, r.cold.values, rtol=1e-6, atol=1e-9)
+        if r.cold_lanczos is not None:
+            np.testing.assert_allclose(r.eig.values, r.cold_lanczos.values, rtol=1e-6, atol=1e-9)
     summary = tracker.matvec_summary()
-    # Measured: 52 warm vs 99 cold-ARPACK products over these four records (ratio 0.53).
+    # Measured over these four records: 52 warm products, 59 for the same Lanczos
+    # started cold (ratio 0.88), 99 for cold ARPACK (ratio 0.53).
     assert summary["warm_records"] == 4
     assert summary["warm_matvecs_total"] <= 0.75 * summary["cold_arpack_matvecs_total"]
+    assert summary["warm_matvecs_total"] < summary["cold_lanczos_matvecs_total"]
     # and each warm record no dearer than its cold start
     for r in tracker.records[1:]:
         assert r.eig.warm and r.eig.num_matvecs <= r.cold.num_matvecs
