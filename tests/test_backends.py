@@ -239,3 +239,9 @@ def test_lowmem_lanczos_memory_refusal():
     with pytest.raises(MemoryBudgetError, match="low-memory Lanczos needs"):
         LanczosBackend().run(DenseOperator(torch.eye(50, dtype=torch.float64)), num_steps=10, engine="lowmem",
                              num_probes=4, memory_limit=100)
+
+
+def test_lanczos_single_probe():
+    A = torch.as_tensor(matrix_with_spectrum(np.linspace(-1.0, 3.0, 40), seed=5))
+    result = LanczosBackend().run(DenseOperator(A), num_probes=1, num_steps=10, seed=0)
+    assert result.nodes.shape == (1, 10) and result.weights.sum() == pytest.approx(1.0)

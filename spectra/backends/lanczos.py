@@ -161,6 +161,8 @@ def _tridiag_linear_operator(closure: Callable[[torch.Tensor], torch.Tensor], V0
     _Q, T = lanczos_tridiag(closure, max_iter=int(num_steps), dtype=V0.dtype, device=torch.device(V0.device),
                             matrix_shape=torch.Size((P, P)), init_vecs=V0, tol=tol)
     del _Q
+    if T.ndim == 2:  # one probe: linear_operator drops the probe dimension
+        T = T.unsqueeze(0)
     return T  # [num_probes, m', m'] with m' <= num_steps
 
 
