@@ -23,6 +23,7 @@ _LAZY = {
     "SpectrumResult": "spectra.result:SpectrumResult",
     "HessianOperator": "spectra.operators.hessian:HessianOperator",
     "GGNOperator": "spectra.operators.ggn:GGNOperator",
+    "ResidualOperator": "spectra.operators.residual:ResidualOperator",
     "Dataset": "spectra.data:Dataset",
     "train": "spectra.train:train",
     "hookimpl": "spectra.hookspecs:hookimpl",
