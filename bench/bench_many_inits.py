@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--no-estimate", action="store_true", help="skip the 5000-init estimate")
+    ap.add_argument("--estimate-inits", type=int, default=250,
+                    help="inits trained to convergence (paper config) for the 5000-init estimate")
     ap.add_argument("--full", action="store_true", help="run the real 5000-init paper configuration")
     ap.add_argument("--out", default="runs/fig8-paper", help="output folder for --full")
     args = ap.parse_args()
@@ -70,35 +72,35 @@ def main() -> None:
                                               init_thetas, looped_reference)
     from spectra.train import default_radius
 
+    from spectra.experiments import config
+
+    fig8 = config("fig8", "paper")
     load0 = os.getloadavg()[0]
-    data = spectra.datasets.load("blobs", n=args.n, std=1.0, seed=0, dtype="float64")
+    data = spectra.datasets.load("blobs", n=args.n, std=fig8["std"], seed=0, dtype="float64")
     X, y = data.X, data.y
     stack = StackedNet(spectra.models.create("blobnet", hidden=args.hidden, dtype="float64"))
     radius = default_radius(stack.template)
     thetas = init_thetas(stack.num_params, [init_seed(0, i) for i in range(args.inits)], radius)
-    lr = 0.5
-    print(f"blobnet h={args.hidden} ({stack.num_params} params), n={args.n}, {args.steps} GD steps, "
+    lr = fig8["lr"]
+    print(f"blobnet h={args.hidden} ({stack.num_params} params), n={args.n}, std {fig8['std']}, lr {lr}, "
+          f"{args.steps} GD steps, "
           f"torch threads {args.threads}, load average at start {load0:.2f}", flush=True)
 
-    # -- vectorised
-    t_gd, out = _median(lambda: batched_gd(stack, thetas, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps),
-                        args.repeats)
-    t_h, eigs = _median(lambda: batched_hessian_eigvals(stack, out["theta"], X, y), args.repeats)
-    vec_gd, vec_h = t_gd / args.inits, t_h / args.inits
-
-    # -- loop through spectra.train (the reference path)
     L = args.loop_inits
     sub = thetas[:L]
-    t0 = time.perf_counter()
-    ref = looped_reference(stack, sub, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps)
-    loop_total = (time.perf_counter() - t0) / L
-    # split its time into GD and Hessian by timing the Hessian part alone
-    t_lh, _ = _median(lambda: _autograd_hessians(stack, out["theta"][:L], X, y), 1)
-    loop_h = t_lh / L
-    loop_gd = loop_total - loop_h
 
-    # -- lean loop
-    def lean():
+    def vec_gd_run():
+        return batched_gd(stack, thetas, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps)
+
+    def loop_gd_run():  # the reference path's GD: spectra.train per init
+        finals = []
+        for th in sub:
+            model = stack.to_model(th)
+            spectra.train(model, (X, y), lr=lr, grad_tol=0.0, max_steps=args.steps, log_every=args.steps)
+            finals.append(stack.from_model(model))
+        return torch.stack(finals)
+
+    def lean_gd_run():  # the least a Python loop can do per step
         finals = []
         for th in sub:
             model = stack.to_model(th)
@@ -112,8 +114,25 @@ def main() -> None:
             finals.append(stack.from_model(model))
         return torch.stack(finals)
 
-    t_lean, lean_thetas = _median(lean, 1)
-    lean_gd = t_lean / L
+    # Interleave the paths, repeat, take medians: on a shared machine the load
+    # changes from minute to minute, and interleaving spreads it evenly.
+    times: dict[str, list[float]] = {"vec_gd": [], "loop_gd": [], "lean_gd": [], "vec_h": [], "loop_h": []}
+    out = lean_thetas = eigs = None
+    for _ in range(args.repeats):
+        t, out = _median(vec_gd_run, 1)
+        times["vec_gd"].append(t / args.inits)
+        t, _ = _median(loop_gd_run, 1)
+        times["loop_gd"].append(t / L)
+        t, lean_thetas = _median(lean_gd_run, 1)
+        times["lean_gd"].append(t / L)
+        t, eigs = _median(lambda: batched_hessian_eigvals(stack, out["theta"], X, y), 1)
+        times["vec_h"].append(t / args.inits)
+        t, _ = _median(lambda: _autograd_hessians(stack, out["theta"][:L], X, y), 1)
+        times["loop_h"].append(t / L)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    vec_gd, vec_h, loop_gd, lean_gd, loop_h = (med[k] for k in ("vec_gd", "vec_h", "loop_gd", "lean_gd", "loop_h"))
+    loop_total = loop_gd + loop_h
+    ref = looped_reference(stack, sub, X, y, lr=lr, grad_tol=0.0, max_steps=args.steps)
 
     top_vec = eigs[:L, -1].numpy()
     rel = float(np.max(np.abs(top_vec - ref["eigvals"][:, -1]) / np.abs(ref["eigvals"][:, -1])))
@@ -171,8 +190,8 @@ def _estimate(stack, X, y, radius, args):
     cfg = config("fig8", "paper")
     if (cfg["hidden"], cfg["n"]) != (args.hidden, args.n):
         print(f"(estimate skipped: the paper config uses h={cfg['hidden']}, n={cfg['n']})")
-        return
-    chunk = 50 if args.quick else cfg["chunk"]
+        return None
+    chunk = 50 if args.quick else args.estimate_inits
     th = init_thetas(stack.num_params, [init_seed(0, i) for i in range(chunk)], radius)
     t0, c0 = time.perf_counter(), time.process_time()
     out = batched_gd(stack, th, X, y, lr=cfg["lr"], grad_tol=cfg["grad_tol"], max_steps=cfg["max_steps"])

@@ -1,18 +1,24 @@
-"""Many initialisations of one small net at once: vmapped GD and exact Hessians.
+"""Many initialisations of one small net at once: batched GD and exact Hessians.
 
 The paper's figure 8 trains the same net from 5000 random points and looks at
 the top Hessian eigenvalue of each.  Looping over 5000 ``nn.Module`` s in
 Python spends most of its time in per-call overhead (the nets have 18-434
 parameters), so here the B parameter vectors are stacked into one ``[B, P]``
-tensor and every step is one ``torch.func.vmap`` call over a functional
-version of the model (``torch.func.functional_call`` on a template module):
+tensor (:class:`StackedNet`, a functional view of a template module):
 
-* GD: ``vmap(grad_and_value(loss))`` gives all B gradients in one call; each
-  init stops on its own when its gradient norm drops below ``grad_tol``
-  (exactly :func:`spectra.train`'s rule), the rest carry on.
-* Hessians: ``vmap(torch.func.hessian(loss))`` gives ``[B, P, P]``, then one
-  batched ``torch.linalg.eigvalsh``; done in sub-batches sized to a memory
-  budget.
+* GD: one forward/backward per step for all B inits.  For chains of
+  ``Linear`` layers and elementwise activations (the paper's MLPs) the
+  forward is batched matmuls laid out ``[B, width, N]`` with ordinary
+  autograd (the B losses are independent, so the gradient of their sum holds
+  each init's gradient); any other module goes through
+  ``torch.func.vmap(torch.func.grad_and_value(...))`` over
+  ``torch.func.functional_call``.  Each init stops on its own when its
+  gradient norm drops below ``grad_tol`` (exactly :func:`spectra.train`'s
+  rule); the rest carry on.  The GD state can be checkpointed and resumed.
+* Hessians: forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
+  with one tangent per parameter, vmapped over blocks of tangents, gives all B
+  Hessians ``[B, P, P]``; then one batched ``torch.linalg.eigvalsh``.  Blocks
+  are sized to a memory budget.
 
 :func:`looped_reference` does the same work one init at a time with
 :func:`spectra.train` and ``torch.autograd.functional.hessian`` (no
