@@ -179,7 +179,7 @@ def init_on_sphere(
 
     >>> m = torch.nn.Linear(4, 3).double()
     >>> r = init_on_sphere(m, radius=1.5, seed=3)
-    >>> round(float(torch.nn.utils.parameters_to_vector(m.parameters()).norm()), 12)
+    >>> round(float(torch.nn.utils.parameters_to_vector(m.parameters()).detach().norm()), 12)
     1.5
     """
     params = trainable_parameters(model)

@@ -38,6 +38,7 @@ tensor (:class:`StackedNet`, a functional view of a template module):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -393,7 +394,12 @@ def _chain_hessian_eigvals(stack: StackedNet, thetas: torch.Tensor, X: torch.Ten
             c1 = min(P, c0 + c_chunk)
             E = torch.zeros(c1 - c0, b, P, dtype=th.dtype)
             E[torch.arange(c1 - c0), :, torch.arange(c0, c1)] = 1.0
-            cols.append(torch.func.vmap(hvp)(E))  # [cols, b, P]
+            with warnings.catch_warnings():
+                # torch's jvp decompositions call torch.jit.script once, which warns
+                # about its own deprecation; nothing the user can act on.
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                        category=DeprecationWarning)
+                cols.append(torch.func.vmap(hvp)(E))  # [cols, b, P]
         H = torch.cat(cols).permute(1, 2, 0)  # H[b, i, j]
         H = 0.5 * (H + H.transpose(1, 2))
         out.append(torch.linalg.eigvalsh(H))
