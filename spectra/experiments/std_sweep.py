@@ -89,9 +89,16 @@ def run_fig9(ctx: Context) -> dict[str, Any]:
     ]
     table = markdown_table(["std", "λ1 mean", "λ1 sd", "λ2 mean", "λ2 sd", "|w| mean", "|w| sd", "loss",
                             "accuracy", "converged"], rows)
+    edge = 2.0 / cfg["lr"]
+    at_edge = [f"{s:g}" for s, l1 in zip(stds, top1) if l1.mean() > 0.8 * edge]
+    measured["edge_of_stability"] = {"two_over_lr": edge, "stds_with_lambda1_above_80pct_of_it": at_edge}
     notes = [f"The same {cfg['num_inits']} sphere inits for every std; GD lr {cfg['lr']:g} to ||grad|| < "
              f"{cfg['grad_tol']:g} or {cfg['max_steps']} steps (overlapping blobs converge slowly: see the "
              "converged column).",
              "Growth beyond init noise: Welch's t between the smallest and largest std (> 3 counts as significant), "
              "and the fraction of inits (the same for every std) whose eigenvalue grew."]
+    if at_edge:
+        notes.append(f"Caution: for std {', '.join(at_edge)} the mean λ1 is above 80% of 2/lr = {edge:g}, the largest "
+                     "curvature GD with this step can sit in (edge of stability); there λ1 reflects the step size as "
+                     "much as the data, and GD did not converge.")
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes}
