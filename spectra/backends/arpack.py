@@ -5,6 +5,15 @@ negative eigenvalues matter for Hessians) or ``"both"`` (``k`` from each end,
 two runs).  Every eigenpair comes with its residual ``||H v - lambda v||``,
 recomputed with fresh products.
 
+``tol`` is ARPACK's relative *residual* tolerance.  For a symmetric operator
+an eigenvalue is far more accurate than its residual: the error is at most
+``r`` and about ``r**2 / gap``, so the default ``tol=1e-6`` typically gives
+eigenvalues to ~1e-12 relative (measured: 1e-13 against the exact spectrum of
+784-10-10, 4e-13 on 784-64-64-10) for about two thirds of the products of
+``tol=0`` (machine-precision residuals).  Each result carries that estimate,
+``min(r, r**2 / gap)`` with the gap to the nearest other computed eigenvalue,
+in ``provenance["eigenvalue_error_estimates"]``.
+
 scipy's BLAS threads and torch's threads fight over few cores (ARPACK paths
 ran 3x slower on 2 cores); BLAS is limited to one thread while ``eigsh`` runs.
 
@@ -50,7 +59,7 @@ class ArpackBackend:
     is_exact = False
     options = {"k", "which", "tol", "ncv", "maxiter", "seed", "return_eigenvectors", "check_multiplicity"}
 
-    def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float = 0.0, ncv: int | None = None,
+    def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float = 1e-6, ncv: int | None = None,
             maxiter: int | None = None, seed: int = 0, return_eigenvectors: bool = False,
             check_multiplicity: bool | str = "auto", **options: Any) -> SpectrumResult:
         check_options(self.name, options, set())
@@ -63,6 +72,8 @@ class ArpackBackend:
             raise InvalidInputError(
                 f"arpack needs k < P; got k={k} for P={P} parameters (use method='exact' for all eigenvalues)"
             )
+        if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+            raise InvalidInputError(f"tol must be a number in [0, 1) (0 means machine precision); got {tol!r}")
         if ncv is not None and not (k < ncv <= P):
             raise InvalidInputError(f"ncv must satisfy k < ncv <= P; got ncv={ncv}, k={k}, P={P}")
         scipy_op = op.to_scipy()
@@ -82,7 +93,7 @@ class ArpackBackend:
                 top = float(values[0].max()) if values else _top_estimate(scipy_op, v0)
                 shift = abs(top) if top > 0 else 1.0
                 sigma = -shift
-            solve = _EndSolver(scipy_op, end, int(k), tol, ncv, maxiter, v0)
+            solve = _EndSolver(scipy_op, end, int(k), tol, ncv, maxiter, v0, int(seed))
             w, v = solve(sigma, None)
             w, v, extra = _recover_multiplicities(solve, sigma, w, v, check_multiplicity)
             deflation_runs += extra
@@ -99,36 +110,63 @@ class ArpackBackend:
         HV = op.matmat(V)
         residuals = (HV - V * torch.as_tensor(lam, dtype=op.dtype, device=op.device)).norm(dim=0)
         op.num_matvecs -= V.shape[1]
+        residuals_np = residuals.cpu().numpy().astype(np.float64)
         return SpectrumResult(
             method=self.name,
             eigenvalues=lam.astype(np.float64),
             eigenvectors=vec if return_eigenvectors else None,
-            residuals=residuals.cpu().numpy().astype(np.float64),
+            residuals=residuals_np,
             num_params=P,
             num_matvecs=solver_matvecs,
             provenance={"k": int(k), "which": which, "tol": tol, "ncv": ncv, "maxiter": maxiter,
                         "seed": seed, "v0": "standard normal, numpy default_rng(seed)",
                         "smallest_end_shift": shift, "multiplicity_check_runs": deflation_runs,
                         "solver_seconds": seconds, "residual_matvecs": int(V.shape[1]),
+                        "eigenvalue_error_estimates": error_estimates(lam, residuals_np).tolist(),
                         "blas_threads": 1},
         )
+
+
+def error_estimates(eigenvalues: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Eigenvalue error estimates ``min(r, r**2 / gap)`` from residual norms.
+
+    ``r`` bounds the error of a symmetric operator's Ritz value; ``r**2 / gap``
+    (Kato-Temple) is the sharper estimate, with ``gap`` taken to the nearest
+    other *computed* eigenvalue, so it is an estimate, not a bound, for the
+    innermost value of each end.
+
+    >>> error_estimates(np.array([1.0, 2.0]), np.array([1e-6, 1e-3])).tolist()
+    [1e-12, 1e-06]
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    r = np.abs(np.asarray(residuals, dtype=np.float64))
+    if lam.size < 2:
+        return r.copy()
+    gaps = np.abs(lam[:, None] - lam[None, :])
+    np.fill_diagonal(gaps, np.inf)
+    gap = gaps.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kt = np.where(gap > 0, r**2 / gap, np.inf)
+    return np.minimum(r, kt)
 
 
 class _EndSolver:
     """One ARPACK run at one end of ``op + sigma I``, optionally with found pairs pushed away."""
 
     def __init__(self, op: Any, end: str, k: int, tol: float, ncv: int | None, maxiter: int | None,
-                 v0: np.ndarray):
+                 v0: np.ndarray, seed: int = 0):
         self.op, self.end, self.k, self.tol, self.ncv, self.maxiter, self.v0 = op, end, k, tol, ncv, maxiter, v0
+        self.seed = seed
 
-    def __call__(self, sigma: float, push: tuple[np.ndarray, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, sigma: float, push: tuple[np.ndarray, float] | None,
+                 v0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 
         target = self.op if sigma == 0.0 and push is None else _shifted(self.op, sigma, push)
         with single_threaded_blas():
             try:
                 w, v = eigsh(target, k=self.k, which=_WHICH[self.end], tol=self.tol, ncv=self.ncv,
-                             maxiter=self.maxiter, v0=self.v0)
+                             maxiter=self.maxiter, v0=self.v0 if v0 is None else v0)
             except ArpackNoConvergence as exc:
                 raise InvalidInputError(
                     f"ARPACK did not converge for which={self.end!r} (k={self.k}, {len(exc.eigenvalues)} "
@@ -158,8 +196,14 @@ def _recover_multiplicities(solve: _EndSolver, sigma: float, w: np.ndarray, v: n
     sign = 1.0 if solve.end == "smallest" else -1.0
     c = sign * 4.0 * scale
     rounds = 0
+    rng = np.random.default_rng([solve.seed, 1])  # reproducible, and independent of the first start
     for rounds in range(1, max_rounds + 1):
-        w_new, v_new = solve(sigma, (v, c))
+        # A fresh start vector, orthogonal to what was found: the first start vector's
+        # component in a degenerate eigenspace is already among the found vectors, so
+        # restarting from it finds no new copy unless rounding happens to add one.
+        start = rng.standard_normal(v.shape[0])
+        start -= v @ (v.T @ start)
+        w_new, v_new = solve(sigma, (v, c), start)
         # eigenvectors of the pushed operator that are orthogonal to v are eigenvectors of op
         v_new = v_new - v @ (v.T @ v_new)
         norms = np.linalg.norm(v_new, axis=0)
