@@ -71,7 +71,7 @@ class DeflatedOperator(SpectralOperator):
 
 
 def deflated_density(op: Any, k: int = 10, *, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
-                     which: str = "largest", arpack_tol: float = 0.0, engine: str = "linear_operator",
+                     which: str = "largest", arpack_tol: float = 0.0, engine: str = "reorth",
                      eigenpairs: tuple[np.ndarray, np.ndarray] | None = None) -> SpectrumResult:
     """Spectral density with the top ``k`` eigenvalues exact and the bulk by SLQ on the deflated operator.
 

@@ -99,7 +99,7 @@ def test_arpack_smallest_end_on_an_exact_null_space(dense):
     np.testing.assert_allclose(got, want[:3], rtol=0, atol=1e-9 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("engine", ["linear_operator", "lowmem"])
+@pytest.mark.parametrize("engine", ["reorth", "linear_operator", "lowmem"])
 @pytest.mark.parametrize("selector,names", SUBSETS, ids=SUBSET_IDS)
 def test_subset_lanczos_quadrature_is_exact_on_the_block(dense, selector, names, engine):
     op = HessianOperator(_model(), "cross_entropy", _data(), params=selector)
@@ -145,7 +145,7 @@ def test_float32_exact_and_arpack(float32_case):
     assert r.residuals.max() < 1e-5 * scale
 
 
-@pytest.mark.parametrize("engine", ["linear_operator", "lowmem"])
+@pytest.mark.parametrize("engine", ["reorth", "linear_operator", "lowmem"])
 @pytest.mark.parametrize("lanczos_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
 def test_float32_lanczos_with_float64_or_float32_tridiagonal(float32_case, engine, lanczos_dtype):
     m32, data, H, lam = float32_case
@@ -179,7 +179,7 @@ def wider():
 # Measured here (10 probes x 60 steps): L1 0.045 (full reorth) / 0.053 (lowmem) at sigma = 1/200
 # of the range, 0.013 for both at 1/20; extremes to ~1e-15 relative.  The tolerances leave room
 # for other BLAS builds and seeds, not for a broken engine (a wrong quadrature gives L1 > 0.5).
-@pytest.mark.parametrize("engine", ["linear_operator", "lowmem"])
+@pytest.mark.parametrize("engine", ["reorth", "linear_operator", "lowmem"])
 def test_lowmem_and_full_reorth_match_exact(wider, engine):
     op, lam = wider
     r = LanczosBackend().run(op, num_probes=10, num_steps=60, seed=0, engine=engine)
