@@ -29,6 +29,7 @@ _LAZY = {
     "hookimpl": "spectra.hookspecs:hookimpl",
     "models": "spectra.models:",
     "datasets": "spectra.datasets:",
+    "distributed": "spectra.distributed:",
     "backends": "spectra.backends:",
     "experiments": "spectra.experiments:",
     "errors": "spectra.errors:",

@@ -173,7 +173,7 @@ def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes:
     if method == "exact" and exact_memory_bytes(P) > have:
         notes.append(f"exact needs {format_bytes(exact_memory_bytes(P))} > {format_bytes(have)}: ran lanczos")
         method = "lanczos"
-    if method == "lanczos" and options.get("engine", "linear_operator") == "linear_operator":
+    if method == "lanczos" and options.get("engine", "reorth") in ("reorth", "linear_operator"):
         probes = options.get("probes")
         n_probes = num_probes if probes is None else (1 if probes.ndim == 1 else probes.shape[1])
         itemsize = torch.empty((), dtype=options.get("lanczos_dtype", torch.float64)).element_size()
@@ -286,10 +286,10 @@ def analyze(
         memory_limit = int(op.agree_min(available_memory_bytes(op.device)))
 
     requested = method
-    method, reason, fallback, backend, run_options = _plan(
-        op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
-        num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
-    with guard():  # a failure on one rank stops the others (spectra.distributed)
+    with guard():  # a failure on one rank, planning included, stops the others (spectra.distributed)
+        method, reason, fallback, backend, run_options = _plan(
+            op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
+            num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
         result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
         raise InvalidInputError(f"backend {method!r} returned {type(result).__name__}, not a SpectrumResult")

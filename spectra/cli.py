@@ -198,6 +198,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
                         "lanczos / its low-memory engine (recorded in the result)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 is fastest for small nets on a busy machine)")
+    g.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: most seconds a rank waits for the others at one synchronisation "
+                        "point before all ranks stop (default: torch's process-group timeout, 30 min)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of probes and SGD order, and the default 'seed' of the model and dataset "
                         "factories (default: %(default)s)")
@@ -487,54 +490,151 @@ def plot_training(history: dict[str, Any], path: Path) -> None:
     _savefig(fig, path)
 
 
+class _Ranks:
+    """The command's view of torch.distributed: a plain process, or one rank of a torchrun launch.
+
+    Under ``torchrun --nproc-per-node N -m spectra analyze ...`` every rank
+    builds the same model and data, trains alike, analyses its shard of the
+    data, and only rank 0 prints and writes.  Each stage runs in
+    :func:`spectra.distributed.fail_together`, so an error on any rank stops
+    every rank with a one-line message instead of leaving them waiting.
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        from . import distributed as sd
+
+        if timeout is not None and not timeout > 0:
+            raise InvalidInputError(f"--timeout must be a positive number of seconds; got {timeout:g}")
+        self.sd = sd
+        self.owns_group = False
+        if sd.launched_by_torchrun() and not sd.is_initialized():
+            # gloo on CPU, nccl for CUDA; the timeout bounds every collective of the group
+            self.owns_group = sd.init_from_env(timeout=timeout)
+        self.active = sd.is_distributed()
+        self.rank, self.world = sd.rank(), sd.world_size()
+        self.main = self.rank == 0
+        self.store = sd._default_store() if self.active else None  # for farewell(), after close()
+
+    def step(self, what: str) -> Any:
+        """A stage every rank runs; when it fails on one rank it fails on all."""
+        import contextlib
+
+        return self.sd.fail_together(what) if self.active else contextlib.nullcontext()
+
+    def share_weights(self, model: Any) -> None:
+        """Rank 0's weights on every rank, bit for bit (training may differ in the last bits between hosts)."""
+        if not self.active:
+            return
+        try:
+            self.sd.broadcast_parameters(model)
+        except Exception as exc:  # noqa: BLE001 - gloo/NCCL errors: a peer crashed or left
+            from .errors import DistributedError
+
+            raise DistributedError(f"rank {self.rank}: could not receive rank 0's weights "
+                                   f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}): "
+                                   "another rank crashed or exited; this rank stops too") from exc
+
+    def close(self) -> None:
+        if self.owns_group:
+            self.sd.destroy()
+
+    def farewell(self) -> None:
+        """After printing an error: wait briefly for the other ranks to print theirs (torchrun kills on exit)."""
+        if self.active:
+            self.sd.farewell(self.store, self.rank, self.world)
+
+
+_RANKS: _Ranks | None = None  # this process's ranks, when the command runs under torchrun
+_RANK_TAG = ""  # "rank 1: " on the ranks of a torchrun launch, for error lines
+
+
 def run_analysis(args: argparse.Namespace) -> int:
-    """The work of ``analyze`` and ``demo``: build, (train), analyse, print, save."""
+    """The work of ``analyze`` and ``demo``: build, (train), analyse, print, save.
+
+    Under torchrun this process is one rank of a data-parallel analysis (see :class:`_Ranks`).
+    """
+    global _RANK_TAG, _RANKS
+    ranks = _Ranks(getattr(args, "timeout", None))
+    if ranks.active:
+        _RANKS, _RANK_TAG = ranks, f"rank {ranks.rank}: "
+        if not ranks.main:  # rank 0 speaks for all: no progress, status lines or warnings twice
+            args.quiet = True
+            warnings.simplefilter("ignore")
+    try:
+        return _run_analysis(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
     import torch
 
     from . import api, datasets, models, plugins
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInputError(f"--threads must be >= 1; got {args.threads}")
-        torch.set_num_threads(args.threads)
-    model_args = _collect_pairs(args.model_arg, "--model-arg")
-    dataset_args = _collect_pairs(args.dataset_arg, "--dataset-arg")
-    out = _OutDir(args.out, args.force) if args.out else None
-    if out is not None:
-        out.check()  # before any work: a refused folder should cost nothing
-    plugins.get_entry("models", args.model)  # unknown names fail fast, listing the known ones
-    plugins.get_entry("datasets", args.dataset)
-    if args.method != "auto":
-        plugins.get_entry("backends", args.method)
+    with ranks.step("while setting up"):
+        if args.threads is not None:
+            if args.threads < 1:
+                raise InvalidInputError(f"--threads must be >= 1; got {args.threads}")
+            torch.set_num_threads(args.threads)
+        model_args = _collect_pairs(args.model_arg, "--model-arg")
+        dataset_args = _collect_pairs(args.dataset_arg, "--dataset-arg")
+        out = _OutDir(args.out, args.force) if args.out and ranks.main else None  # only rank 0 writes
+        if out is not None:
+            out.check()  # before any work: a refused folder should cost nothing
+        plugins.get_entry("models", args.model)  # unknown names fail fast, listing the known ones
+        plugins.get_entry("datasets", args.dataset)
+        if args.method != "auto":
+            plugins.get_entry("backends", args.method)
 
-    dataset_args = _with_defaults("datasets", args.dataset, dataset_args, args.dtype, args.seed)
-    model_args = _with_defaults("models", args.model, model_args, args.dtype, args.seed)
-    data = datasets.load(args.dataset, **dataset_args)
-    model = models.create(args.model, **model_args)
-    # factories without a dtype argument (or an explicit other dtype) still get one consistent dtype
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    dtype = params[0].dtype if params else getattr(torch, args.dtype)
-    if data.X.is_floating_point() and data.X.dtype != dtype:
-        data.X = data.X.to(dtype)
-    check_fit(model, data, args.loss, args.model, args.dataset)
-    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if num_params == 0:
-        raise InvalidInputError(f"model {args.model!r} has no trainable parameters (all have requires_grad=False)")
-    # the backend's own option and memory checks, before training: a bad request costs nothing
-    api.check_request(num_params, method=args.method, k=args.k, which=args.which, num_probes=args.probes,
-                      num_steps=args.steps, seed=args.seed, memory_limit=args.memory_limit,
-                      on_memory=args.on_memory, dtype=dtype)
+        # every rank loads the whole dataset and builds the same model (same seed), then analyses its shard
+        dataset_args = _with_defaults("datasets", args.dataset, dataset_args, args.dtype, args.seed)
+        model_args = _with_defaults("models", args.model, model_args, args.dtype, args.seed)
+        data = datasets.load(args.dataset, **dataset_args)
+        model = models.create(args.model, **model_args)
+        # factories without a dtype argument (or an explicit other dtype) still get one consistent dtype
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        dtype = params[0].dtype if params else getattr(torch, args.dtype)
+        if data.X.is_floating_point() and data.X.dtype != dtype:
+            data.X = data.X.to(dtype)
+        check_fit(model, data, args.loss, args.model, args.dataset)
+        num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if num_params == 0:
+            raise InvalidInputError(f"model {args.model!r} has no trainable parameters "
+                                    "(all have requires_grad=False)")
+        # the backend's own option and memory checks, before training: a bad request costs nothing
+        api.check_request(num_params, method=args.method, k=args.k, which=args.which, num_probes=args.probes,
+                          num_steps=args.steps, seed=args.seed, memory_limit=args.memory_limit,
+                          on_memory=args.on_memory, dtype=dtype)
+        if ranks.active:
+            shard = ranks.sd.shard(data)  # contiguous, sizes differ by at most one sample
 
     history = None
     if args.train:
-        history = _train(args, model, data).to_dict()
+        with ranks.step("while training"):
+            # every rank trains on all the data alike (no waiting on rank 0), then takes rank 0's weights
+            history = _train(args, model, data).to_dict()
+        ranks.share_weights(model)
         _say(args, f"trained {history['steps_taken']} steps ({history['stop_reason']}): loss "
                    f"{_fmt(history['final_loss'])}, gradient norm {_fmt(history['final_grad_norm'])}")
 
-    with _Elapsed(f"computing the Hessian spectrum (method={args.method})", progress_enabled(args)):
-        result = api.analyze(model, data, loss=args.loss, method=args.method, k=args.k, which=args.which,
-                             num_probes=args.probes, num_steps=args.steps, seed=args.seed,
-                             memory_limit=args.memory_limit, on_memory=args.on_memory)
+    where = f" on {ranks.world} ranks" if ranks.active else ""
+    with ranks.step("while computing the spectrum"), \
+            _Elapsed(f"computing the Hessian spectrum (method={args.method}){where}", progress_enabled(args)):
+        result = api.analyze(model, shard if ranks.active else data, loss=args.loss, method=args.method, k=args.k,
+                             which=args.which, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
+                             memory_limit=args.memory_limit, on_memory=args.on_memory, distributed=ranks.active)
+
+    with ranks.step("while rank 0 wrote the result"):
+        if ranks.main:
+            _report(args, result, model_args, dataset_args, history, out)
+    return 0
+
+
+def _report(args: argparse.Namespace, result: Any, model_args: dict[str, Any], dataset_args: dict[str, Any],
+            history: dict[str, Any] | None, out: _OutDir | None) -> None:
+    """Print the summary and write the output folder (rank 0 only under torchrun)."""
+    from . import plugins
+
     entry = plugins.get_entry("models", args.model)
     result.provenance["model"] = {"name": args.model, "arguments": _jsonable(model_args), "plugin": entry.plugin}
     result.provenance["dataset_arguments"] = _jsonable(dataset_args)
@@ -557,7 +657,6 @@ def run_analysis(args: argparse.Namespace) -> int:
                 plot_training(history, stage / TRAINING_PNG)
         written = [*RESULT_FILES, SPECTRUM_PNG] + ([TRAINING_JSON, TRAINING_PNG] if history else [])
         print(f"wrote {out.out}/ ({', '.join(written)})")
-    return 0
 
 
 def _jsonable(value: Any) -> Any:
@@ -579,7 +678,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model="blobnet", model_arg=["hidden=6"], dataset="blobs", dataset_arg=["n=1000", "std=0.5"],
         loss="cross_entropy", dtype="float64", train="gd", lr=0.5, grad_tol=1e-3, max_steps=2000,
         batch_size=None, method="exact", k=10, which="largest", probes=10, steps=80, seed=0,
-        memory_limit=None, on_memory="refuse",
+        memory_limit=None, on_memory="refuse", timeout=None,
         # one thread: a 74-parameter net gains nothing from more, and on a busy 2-core machine
         # extra threads made the demo 3.5x slower (16 s vs 58 s measured)
         threads=1,
@@ -651,7 +750,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except SpectraError as exc:
         text = str(exc).strip().replace("\n", " ")
-        print(f"spectra: error: {text}", file=sys.stderr)
+        tag = "" if text.startswith("rank ") else _RANK_TAG  # a DistributedError names its rank already
+        # one write per line: the ranks of a torchrun launch share this stream
+        sys.stderr.write(f"spectra: error: {tag}{text}\n")
+        sys.stderr.flush()
+        _farewell()
         return 2
     except KeyboardInterrupt:
         print("spectra: interrupted", file=sys.stderr)
@@ -660,10 +763,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a folder that cannot be written, a full disk: one line, not a traceback
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"spectra: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        sys.stderr.write(f"spectra: error: {_RANK_TAG}{exc.strerror or exc}{where}\n")
+        sys.stderr.flush()
+        _farewell()
         return 2
+    except Exception:
+        if _RANKS is None:
+            raise  # a bug: the traceback, as usual
+        # under torchrun, print it now, before the other ranks' exit makes torchrun kill this one
+        import traceback
+
+        sys.stderr.write(f"spectra: error: {_RANK_TAG}unexpected failure:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        _farewell()
+        return 1
     finally:
         warnings.showwarning = saved_showwarning
+
+
+def _farewell() -> None:
+    if _RANKS is not None:
+        _RANKS.farewell()
 
 
 if __name__ == "__main__":  # pragma: no cover

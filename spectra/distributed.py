@@ -32,7 +32,11 @@ Failure policy (fail-stop, no hangs):
   methods) before a mismatched all-reduce could hang or mix data.
 * Failures outside the operator's products (e.g. a backend's memory check on
   one rank) are reported the same way by :meth:`DistributedHessianOperator.guard`,
-  which ``spectra.analyze`` wraps around the solver.
+  which ``spectra.analyze`` wraps around the planning and the solver.
+* Work before or after the operator (loading data, training, writing results on
+  rank 0) goes in :func:`fail_together`: one status all-reduce after the block
+  tells every rank whether any rank failed in it.  The ``spectra analyze``
+  command under torchrun runs every stage this way.
 * A rank that dies closes its connections: gloo peers fail at once and raise
   :class:`DistributedError`.  A rank that hangs is caught by ``timeout``
   (seconds, per collective; default: the process group's own timeout, set by
@@ -65,13 +69,16 @@ from .operators.hessian import HessianOperator
 # status table columns
 _FAILED, _SEQ, _NCOLS, _KIND = range(4)
 _KINDS = {1: "setup (sample count and model agreement)", 2: "gradient", 3: "Hessian product",
-          4: "agreement on a number"}
+          4: "agreement on a number", 5: "fail_together step"}
+_STEP_KIND = 5
 # agreement table columns (first collective)
 _AGREE_FIELDS = ("num_samples", "num_batches", "num_params", "dtype", "chunk_size", "mode", "reduction",
                  "weights_fingerprint", "weights_scale", "data_fingerprint")
 _DTYPE_CODES = {torch.float64: 1, torch.float32: 2, torch.float16: 3, torch.bfloat16: 4}
 _REPORT_WAIT_DEFAULT = 60.0  # seconds a failed rank waits to hand its failure to the others
 _OPERATOR_IDS = itertools.count()
+_STEP_IDS = itertools.count(1)
+_REPORTED = "_spectra_reported"  # attribute set on an exception the other ranks have been told about
 
 
 # ---------------------------------------------------------------- process state
@@ -473,10 +480,7 @@ class DistributedHessianOperator(HessianOperator):
         table[self.rank] = torch.tensor([1.0 if error is not None else 0.0, self._seq, ncols, kind],
                                         dtype=torch.float64)
         if error is not None:
-            store = self._store()
-            if store is not None:
-                with contextlib.suppress(Exception):
-                    store.set(self._key(self._seq, self.rank), f"{type(error).__name__}: {error}")
+            _leave_message(self._store(), self._key(self._seq, self.rank), self.rank, error)
         self._all_reduce(table, "status")
         table = table.cpu()
         failed = [r for r in range(self.world_size) if table[r, _FAILED] > 0 and r != self.rank]
@@ -494,11 +498,7 @@ class DistributedHessianOperator(HessianOperator):
     def _message(self, seq: int, r: int) -> str:
         store = self._store()
         key = self._key(seq, r)
-        if store is not None:
-            with contextlib.suppress(Exception):
-                if store.check([key]):
-                    return store.get(key).decode("utf-8", "replace")
-        return "(no message)"
+        return _read_message(store, key, r)
 
     def _collective(self, tensor: torch.Tensor, kind: int, ncols: int) -> None:
         self._status(kind, ncols)
@@ -506,6 +506,7 @@ class DistributedHessianOperator(HessianOperator):
 
     def _report_failure(self, exc: BaseException) -> None:
         """Hand a local failure to the other ranks (they are waiting in a status all-reduce)."""
+        _mark_reported(exc)  # an enclosing fail_together() must not report it a second time
         if isinstance(exc, DistributedError) or self._failed:
             return
         self._failed = True
@@ -516,6 +517,154 @@ class DistributedHessianOperator(HessianOperator):
             pass
         finally:
             self.timeout = timeout
+
+
+# ------------------------------------------------------ failing together outside the operator
+@contextlib.contextmanager
+def fail_together(what: str, *, timeout: float | None = None, group: Any = None) -> Iterator[None]:
+    """Run a block on every rank; when it raises on any rank, it raises on every rank.
+
+    After the block every rank joins one small status all-reduce (the
+    operator's ``[world, 4]`` table, so a rank stuck in an operator product is
+    told too).  The failing rank re-raises its own exception; the others
+    raise :class:`~spectra.errors.DistributedError` naming the failed rank and
+    its message (left in the process group's store).  Exceptions the operator
+    has already reported to the others (and every ``DistributedError``) are
+    re-raised without a second exchange.  ``what`` ("while loading the data")
+    goes into the message; ``timeout`` (seconds) bounds the wait for the
+    other ranks (default: the process group's timeout).  In a plain process
+    it only runs the block.
+
+    >>> with fail_together("while adding"):  # a plain process: just the block
+    ...     total = 1 + 1
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - every failure is handed to the other ranks
+        error = exc
+    if is_initialized() and _dist().get_world_size(group) > 1 and not _was_reported(error):
+        _exchange_status(what, error, timeout, group)
+    if error is not None:
+        raise error
+
+
+def _exchange_status(what: str, error: Exception | None, timeout: float | None, group: Any) -> None:
+    dist = _dist()
+    me, world = dist.get_rank(group), dist.get_world_size(group)
+    step = next(_STEP_IDS)
+    device = (torch.device("cuda", torch.cuda.current_device()) if str(dist.get_backend(group)) == "nccl"
+              else torch.device("cpu"))
+    table = torch.zeros(world, 4, dtype=torch.float64, device=device)
+    table[me] = torch.tensor([1.0 if error is not None else 0.0, step, 0, _STEP_KIND], dtype=torch.float64)
+    store = _default_store()
+    if error is not None:
+        _mark_reported(error)
+        _leave_message(store, f"spectra/step{step}/rank{me}", me, error)
+        timeout = timeout or _REPORT_WAIT_DEFAULT
+    try:
+        _all_reduce_within(table, timeout, group)
+    except Exception as exc:  # noqa: BLE001 - a peer crashed, exited or hung
+        if error is not None:
+            return  # this rank's own failure is the message that matters
+        limit = f"{timeout:g} s" if timeout is not None else "the process group's timeout"
+        raise DistributedError(
+            f"rank {me}: the status all-reduce {what} failed ({_first_line(exc).rstrip('.!')}): another rank "
+            f"crashed, exited or did not answer within {limit}; this rank stops too") from exc
+    if error is not None:
+        return
+    table = table.cpu()
+    failed = [r for r in range(world) if table[r, _FAILED] > 0 and r != me]
+    if failed:
+        messages = "; ".join(f"rank {r}: {_read_message(store, f'spectra/step{step}/rank{r}', r)}"
+                             for r in failed)
+        raise DistributedError(f"rank {me}: stopping because another rank failed {what} ({messages})")
+    kinds = table[:, _KIND].tolist()
+    steps = table[:, _SEQ].tolist()
+    if any(k != _STEP_KIND for k in kinds) or len(set(steps)) > 1:
+        detail = ", ".join(f"rank {r} at {_KINDS.get(int(k), k)} #{int(s)}"
+                           for r, (s, k) in enumerate(zip(steps, kinds)))
+        raise DistributedError(f"rank {me}: the ranks are out of step {what}: {detail}; every rank must run "
+                               "the same command with the same options")
+
+
+def _all_reduce_within(tensor: torch.Tensor, timeout: float | None, group: Any) -> None:
+    dist = _dist()
+    if timeout is None:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        return
+    work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group, async_op=True)
+    if work.wait(timeout=datetime.timedelta(seconds=float(timeout))) is False:
+        raise RuntimeError(f"no answer within {timeout:g} s")
+
+
+def _default_store() -> Any:
+    try:
+        from torch.distributed import distributed_c10d
+
+        return distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - messages are best effort
+        return None
+
+
+def _failure_key(r: int) -> str:
+    # a rank's latest failure, for a peer that looks under another collective's key
+    # (one rank failed in a fail_together step while the other waited in an operator product)
+    return f"spectra/failure/rank{r}"
+
+
+def _leave_message(store: Any, key: str, r: int, error: BaseException) -> None:
+    if store is None:
+        return
+    text = f"{type(error).__name__}: {error}"
+    with contextlib.suppress(Exception):
+        store.set(key, text)
+        store.set(_failure_key(r), text)
+
+
+def _read_message(store: Any, key: str, r: int) -> str:
+    if store is not None:
+        for k in (key, _failure_key(r)):
+            with contextlib.suppress(Exception):
+                if store.check([k]):
+                    return store.get(k).decode("utf-8", "replace")
+    return "(no message)"
+
+
+def _mark_reported(exc: BaseException) -> None:
+    with contextlib.suppress(Exception):
+        setattr(exc, _REPORTED, True)
+
+
+def _was_reported(exc: BaseException | None) -> bool:
+    return exc is not None and (isinstance(exc, DistributedError) or bool(getattr(exc, _REPORTED, False)))
+
+
+def farewell(store: Any = None, rank: int | None = None, world: int | None = None, timeout: float = 2.0) -> None:
+    """Before a rank exits with an error: mark it done, then wait (at most ``timeout`` s) for the others.
+
+    torchrun stops every rank as soon as one exits with an error, so without
+    this a rank could be killed before it printed why it stopped.  Call it on
+    every rank that fails, after printing.  ``store``, ``rank`` and ``world``
+    default to the process group's (pass ones kept from before :func:`destroy`).
+    Never raises; does nothing without a store.
+    """
+    with contextlib.suppress(Exception):
+        store = _default_store() if store is None else store
+        me = _process_rank() if rank is None else int(rank)
+        world = world_size() if world is None else int(world)
+        if store is None or world < 2:
+            return
+        store.set(f"spectra/farewell/rank{me}", "1")
+        others = [f"spectra/farewell/rank{r}" for r in range(world) if r != me]
+        store.wait(others, datetime.timedelta(seconds=float(timeout)))
+
+
+def destroy() -> None:
+    """Destroy the default process group if one exists (harmless otherwise)."""
+    if is_initialized():
+        with contextlib.suppress(Exception):
+            _dist().destroy_process_group()
 
 
 def operator_class(distributed: bool | str) -> type[HessianOperator]:
@@ -550,7 +699,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = [
-    "DistributedHessianOperator", "broadcast_parameters", "init_from_env", "is_distributed",
+    "DistributedHessianOperator", "broadcast_parameters", "destroy", "fail_together", "farewell", "init_from_env",
+    "is_distributed",
     "is_initialized", "is_main_process", "launched_by_torchrun", "operator_class", "rank", "shard",
     "shard_sizes", "world_size",
 ]
