@@ -508,8 +508,9 @@ class _Ranks:
         self.sd = sd
         self.owns_group = False
         if sd.launched_by_torchrun() and not sd.is_initialized():
-            # gloo on CPU, nccl for CUDA; the timeout bounds every collective of the group
-            self.owns_group = sd.init_from_env(timeout=timeout)
+            # gloo: the command builds models and data on the CPU (NCCL would need CUDA tensors);
+            # the timeout bounds every collective of the group
+            self.owns_group = sd.init_from_env(backend="gloo", timeout=timeout)
         self.active = sd.is_distributed()
         self.rank, self.world = sd.rank(), sd.world_size()
         self.main = self.rank == 0
