@@ -8,17 +8,19 @@ tensor (:class:`StackedNet`, a functional view of a template module):
 
 * GD: one forward/backward per step for all B inits.  For chains of
   ``Linear`` layers and elementwise activations (the paper's MLPs) the
-  forward is batched matmuls laid out ``[B, width, N]`` with ordinary
-  autograd (the B losses are independent, so the gradient of their sum holds
-  each init's gradient); any other module goes through
+  forward and backward passes are written out as batched matmuls laid out
+  ``[B, width, N]`` (:mod:`spectra.experiments._batched_mlp`, no autograd
+  graph); any other module goes through
   ``torch.func.vmap(torch.func.grad_and_value(...))`` over
   ``torch.func.functional_call``.  Each init stops on its own when its
   gradient norm drops below ``grad_tol`` (exactly :func:`spectra.train`'s
   rule); the rest carry on.  The GD state can be checkpointed and resumed.
-* Hessians: forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``)
-  with one tangent per parameter, vmapped over blocks of tangents, gives all B
-  Hessians ``[B, P, P]``; then one batched ``torch.linalg.eigvalsh``.  Blocks
-  are sized to a memory budget.
+* Hessians: for such chains, the exact Hessians ``[B, P, P]`` in closed form
+  (Gauss-Newton part from the forward tangents plus the layer cross terms,
+  :func:`spectra.experiments._batched_mlp.chain_hessian`), a few inits per
+  block; otherwise forward-over-reverse (``torch.func.jvp`` of
+  ``torch.func.grad``) vmapped over inits.  Then one batched
+  ``torch.linalg.eigvalsh``.
 
 :func:`looped_reference` does the same work one init at a time with
 :func:`spectra.train` and ``torch.autograd.functional.hessian`` (no
@@ -326,12 +328,11 @@ def _grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.T
     if stack.chain is None or stack.loss_obj.name not in _PER_SAMPLE:
         return torch.func.vmap(torch.func.grad_and_value(stack.loss), in_dims=(0, None, None))
 
+    from ._batched_mlp import chain_grad
+
     def grad_and_value(thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple:
-        with torch.enable_grad():
-            th = thetas.detach().requires_grad_(True)
-            losses = stack.batched_losses(th, X, y)
-            (g,) = torch.autograd.grad(losses.sum(), th)
-        return g, losses.detach()
+        losses, grads = chain_grad(stack.chain, thetas, X, y, stack.loss_obj.name)
+        return grads, losses
 
     return grad_and_value
 
@@ -360,7 +361,12 @@ def batched_hessian_eigvals(
     hess_fn = torch.func.vmap(torch.func.hessian(stack.loss), in_dims=(0, None, None))
     out = []
     for start in range(0, thetas.shape[0], chunk):
-        H = hess_fn(thetas[start : start + chunk].to(stack.dtype), X, y)
+        with warnings.catch_warnings():
+            # torch's jvp decompositions call torch.jit.script once, which warns
+            # about its own deprecation; nothing the user can act on.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                    category=DeprecationWarning)
+            H = hess_fn(thetas[start : start + chunk].to(stack.dtype), X, y)
         H = 0.5 * (H + H.transpose(1, 2))  # symmetric up to rounding; eigvalsh reads one triangle
         out.append(torch.linalg.eigvalsh(H))
     return torch.cat(out) if out else torch.empty(0, stack.num_params, dtype=stack.dtype)
@@ -368,42 +374,20 @@ def batched_hessian_eigvals(
 
 def _chain_hessian_eigvals(stack: StackedNet, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
                            chunk: int | None) -> torch.Tensor:
-    # Forward-over-reverse on the *batched* gradient: one jvp with a tangent
-    # [B, P] returns H_b t_b for every init b at once, so the P columns of all
-    # B Hessians take P jvps, vmapped in column blocks sized to memory.
+    # Closed-form second-order forward mode through the explicit chain
+    # (spectra.experiments._batched_mlp), a few inits at a time: small blocks
+    # keep the [inits, width, P, N] tangents near the caches.
+    from ._batched_mlp import chain_hessian, hessian_chunk
+
     B, P = thetas.shape
-    N = X.shape[0]
-    widths = sum(item[2] for item in stack.chain if item[0] == "linear") + X[0].numel()
-    per_col_init = 8.0 * N * widths * 8  # bytes one tangent of one init carries (activations, x8 slack)
-    budget = 1.0e9
-    b_chunk = max(1, min(B, chunk or B, int(budget // (per_col_init * min(P, 16)))))
+    first_in = next(item[3] for item in stack.chain if item[0] == "linear")
+    chunk = chunk or hessian_chunk(stack.chain, P, X.shape[0], first_in)
     out = []
-    for start in range(0, B, b_chunk):
-        th = thetas[start : start + b_chunk]
-        b = th.shape[0]
-        c_chunk = max(1, min(P, int(budget // (per_col_init * b))))
-
-        def total_grad(t: torch.Tensor) -> torch.Tensor:
-            return torch.func.grad(lambda u: stack.batched_losses(u, X, y).sum())(t)
-
-        def hvp(tangent: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(total_grad, (th,), (tangent,))[1]
-
-        cols = []
-        for c0 in range(0, P, c_chunk):
-            c1 = min(P, c0 + c_chunk)
-            E = torch.zeros(c1 - c0, b, P, dtype=th.dtype)
-            E[torch.arange(c1 - c0), :, torch.arange(c0, c1)] = 1.0
-            with warnings.catch_warnings():
-                # torch's jvp decompositions call torch.jit.script once, which warns
-                # about its own deprecation; nothing the user can act on.
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
-                                        category=DeprecationWarning)
-                cols.append(torch.func.vmap(hvp)(E))  # [cols, b, P]
-        H = torch.cat(cols).permute(1, 2, 0)  # H[b, i, j]
-        H = 0.5 * (H + H.transpose(1, 2))
+    for start in range(0, B, chunk):
+        H = chain_hessian(stack.chain, thetas[start : start + chunk], X, y, stack.loss_obj.name)
+        H = 0.5 * (H + H.transpose(1, 2))  # symmetric up to rounding; eigvalsh reads one triangle
         out.append(torch.linalg.eigvalsh(H))
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, P, dtype=thetas.dtype)
 
 
 def looped_reference(
