@@ -43,15 +43,13 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
-from torch import nn
 
-from ..errors import InvalidInputError
-from ..losses import LossLike
-from .base import SpectralOperator
-from .hessian import DEFAULT_CHUNK_SIZE, HessianOperator, ParamSelector, model_mode
+from .dataset import DatasetOperator, model_mode
+from .hessian import HessianOperator
 
 __all__ = ["GGNOperator"]
 
@@ -64,7 +62,7 @@ _PRODUCT = {
 AUTO_CACHE_MAX_BYTES = 256 * 2**20
 
 
-class GGNOperator(SpectralOperator):
+class GGNOperator(DatasetOperator):
     """Gauss-Newton matrix ``sum_b w_b J_b^T H_l,b J_b`` of ``loss(model(X), y)`` over a dataset.
 
     Parameters are those of :class:`~spectra.operators.hessian.HessianOperator`
@@ -76,152 +74,79 @@ class GGNOperator(SpectralOperator):
     rebuild it after changing the weights.
 
     The data handling, parameter selection, validation and batch weighting are
-    those of the Hessian operator: a Hessian operator built on the same
-    arguments (without a graph cache) is kept as :attr:`hessian_base`, and it
-    also provides :attr:`loss_value` and :attr:`gradient`.
+    :class:`~spectra.operators.dataset.DatasetOperator`'s, as for the Hessian
+    operator.  A Hessian operator built on the same arguments (without a graph
+    cache) is kept as :attr:`hessian_base`: it provides :attr:`loss_value` and
+    :attr:`gradient`, and its determinism check stands for this operator's.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: LossLike = "cross_entropy",
-        data: Any = None,
-        *,
-        params: ParamSelector = None,
-        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-        train_mode: bool = False,
-        check_determinism: bool = True,
-        reduction: str = "mean",
-        mode: str = "auto",
-        cache_graph: bool | str = "auto",
-    ):
-        # The Hessian operator validates model, loss, data and parameters and
-        # records loss and gradient; its determinism check (two products of
-        # one vector) also catches dropout and shuffling here.
-        base = HessianOperator(model, loss, data, params=params, mode="reverse", cache_graph=False,
-                               chunk_size=chunk_size, train_mode=train_mode,
-                               check_determinism=check_determinism, reduction=reduction)
-        super().__init__(base.shape, base.dtype, base.device)
+    auto_cache_max_bytes = AUTO_CACHE_MAX_BYTES
+
+    # The constructor is DatasetOperator's: it checks the arguments, picks the
+    # parameters and sets the batch weights, then calls _prepare.
+    def _prepare(self, **options: Any) -> None:
+        # A Hessian operator on the same data and parameters records loss and
+        # gradient; its determinism check (two products of one vector) also
+        # catches dropout and shuffling here.
+        base = HessianOperator(self.model, self.loss, self.source, **{**options, "mode": "reverse",
+                                                                      "cache_graph": False})
         self.hessian_base = base
-        self.model = model
-        self.loss = base.loss
-        self.source = base.source
-        self.params = base.params
-        self.param_names = base.param_names
-        self.param_shapes = base.param_shapes
-        self.param_numels = base.param_numels
-        self.num_samples = base.num_samples
-        self.train_mode = base.train_mode
-        self.max_block = chunk_size
         self.loss_value = base.loss_value
         self.gradient = base.gradient
         self.grad_norm = base.grad_norm
         self.check_matvecs = base.check_matvecs
-        if mode not in ("auto", "reverse", "forward"):
-            raise InvalidInputError(f"mode must be 'auto', 'reverse' or 'forward'; got {mode!r}")
-        self.mode = "reverse" if mode == "auto" else mode
-        if cache_graph == "auto":
-            itemsize = torch.empty((), dtype=self.dtype).element_size()
-            cache_graph = self.source.in_memory and self.source.numel() * itemsize <= AUTO_CACHE_MAX_BYTES
-        self.cache_graph = bool(cache_graph) and self.mode == "reverse"
-        self._batched_ok = True
         self._cache: dict[int, tuple[torch.Tensor, ...]] = {}
 
-    # ------------------------------------------------------------------ helpers
-    def flatten(self, tensors: Any) -> torch.Tensor:
-        return self.hessian_base.flatten(tensors)
-
-    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
-        return self.hessian_base.unflatten(vector)
-
     # --------------------------------------------------------------- products
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
-        return self.hessian_base._reduce(local)
-
-    def _reverse_graphs(self, b: int, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _reverse_graphs(self, b: int, X: torch.Tensor, y: torch.Tensor, w: float) -> tuple[torch.Tensor, ...]:
         """Graphs for one batch: outputs ``f``, a dummy ``u`` with ``g_u = J^T u``, and ``dl/df``."""
         if b in self._cache:
             return self._cache[b]
-        base = self.hessian_base
-        out = base.model(X)
+        out = self.model(X)
         # J V as the derivative of the linear map u -> J^T u (the "double vjp" trick):
         # keeps every product in reverse mode, on graphs built once per batch.
         u = torch.zeros_like(out, requires_grad=True)
         g_u = torch.autograd.grad(out, self.params, grad_outputs=u, create_graph=True, allow_unused=True)
         g_u = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(g_u, self.params))
         o = out.detach().requires_grad_(True)
-        g_o = torch.autograd.grad(base._weights[b] * self.loss(o, y), o, create_graph=True)[0]
+        g_o = torch.autograd.grad(w * self.loss(o, y), o, create_graph=True)[0]
         graphs = (out, u, g_u, o, g_o)
         if self.cache_graph:
             self._cache[b] = graphs
         return graphs
 
     def _matmat_reverse(self, V: torch.Tensor) -> torch.Tensor:
-        base = self.hessian_base
-        m = V.shape[1]
         pieces = self.unflatten(V)  # each [m, *shape]
         result = torch.zeros_like(V)
         with model_mode(self.model, self.train_mode):
-            for b, (X, y) in enumerate(self.source):
-                X, y = base._to_device(X, y)
-                out, u, g_u, o, g_o = self._reverse_graphs(b, X, y)
-                if self._batched_ok and m > 1:
-                    try:
-                        result += self._gvp(out, u, g_u, o, g_o, pieces, m, batched=True)
-                        continue
-                    except RuntimeError:
-                        self._batched_ok = False  # an op without a batching rule: one column at a time
-                cols = [self._gvp(out, u, g_u, o, g_o, [p[j : j + 1] for p in pieces], 1, batched=False)
-                        for j in range(m)]
-                result += torch.cat(cols, dim=1)
+            for b, X, y, w in self._batches():
+                graphs = self._reverse_graphs(b, X, y, w)
+                result += self._batched_or_by_column(functools.partial(self._gvp, *graphs), pieces)
         return result
 
     def _gvp(self, out, u, g_u, o, g_o, pieces, m, batched: bool) -> torch.Tensor:
         grad = torch.autograd.grad
-        if not batched:
-            pieces = [p[0] for p in pieces]
         Jv = grad(g_u, u, grad_outputs=pieces, retain_graph=True, is_grads_batched=batched, allow_unused=True)[0]
         if Jv is None:  # the outputs do not depend on the selected parameters
             return torch.zeros(self.shape[0], m, dtype=self.dtype, device=self.device)
         HJv = grad(g_o, o, grad_outputs=Jv, retain_graph=True, is_grads_batched=batched)[0]
-        gv = grad(out, self.params, grad_outputs=HJv, retain_graph=True, is_grads_batched=batched,
-                  allow_unused=True)
-        if not batched:
-            gv = tuple(None if g is None else g[None] for g in gv)
-        return self.hessian_base._flatten_block(gv, m)
+        return self._grad_block(out, HJv, m, batched)
 
-    def _matmat_forward(self, V: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call, grad, jvp, vjp, vmap
+    def _forward_batch(self, output_fn: Callable[..., torch.Tensor], primal: tuple[torch.Tensor, ...],
+                       tangents: list[torch.Tensor], y: torch.Tensor, w: float) -> tuple[torch.Tensor, ...]:
+        from torch.func import grad, jvp, vjp, vmap
 
-        base = self.hessian_base
-        names = self.param_names
-        chosen = set(names)
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in chosen}
-        buffers = dict(self.model.named_buffers())
-        primal = tuple(p.detach() for p in self.params)
-        tangents = self.unflatten(V)  # each [m, *shape]
-        result = torch.zeros_like(V)
-        with model_mode(self.model, self.train_mode):
-            for b, (X, y) in enumerate(self.source):
-                X, y = base._to_device(X, y)
-                w = base._weights[b]
+        out, vjp_fn = vjp(output_fn, *primal)
+        loss_grad = grad(lambda o_: w * self.loss(o_, y))
 
-                def output_fn(*theta: torch.Tensor) -> torch.Tensor:
-                    return functional_call(self.model, {**frozen, **buffers, **dict(zip(names, theta))}, (X,))
+        def column(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            Jv = jvp(output_fn, primal, tangent)[1]
+            # reverse-over-reverse for the small loss Hessian: forward AD through
+            # the loss's backward ops needs scripted decompositions
+            HJv = grad(lambda o_: torch.sum(loss_grad(o_) * Jv))(out)
+            return vjp_fn(HJv)
 
-                out, vjp_fn = vjp(output_fn, *primal)
-                loss_grad = grad(lambda o_: w * self.loss(o_, y))
-
-                def column(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                    Jv = jvp(output_fn, primal, tangent)[1]
-                    # reverse-over-reverse for the small loss Hessian: forward AD through
-                    # the loss's backward ops needs scripted decompositions
-                    HJv = grad(lambda o_: torch.sum(loss_grad(o_) * Jv))(out)
-                    return vjp_fn(HJv)
-
-                result += base._flatten_block(vmap(column)(*tangents), V.shape[1])
-        return result
+        return vmap(column)(*tangents)
 
     # ------------------------------------------------------------- metadata
     def describe(self) -> dict[str, Any]:
@@ -230,6 +155,3 @@ class GGNOperator(SpectralOperator):
         info.update(matrix="ggn", hvp_mode=self.mode, cache_graph=self.cache_graph,
                     ggn_product=_PRODUCT[self.mode])
         return info
-
-    def estimated_dense_bytes(self) -> int:
-        return self.hessian_base.estimated_dense_bytes()

@@ -30,90 +30,25 @@ on CPU in our measurements (bench/bench_core.py).
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
+import functools
 import math
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from ..data import BatchSource, as_batch_source
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
-from ..losses import Loss, LossLike, resolve_loss
-from .base import SpectralOperator
-
-ParamSelector = Union[None, str, Sequence[str], Callable[[str, torch.Tensor], bool]]
-
-# Cache the gradient graph automatically when the in-memory inputs are at most this big.
-AUTO_CACHE_MAX_BYTES = 512 * 2**20
-DEFAULT_CHUNK_SIZE = 32
-
-
-def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tuple[str, nn.Parameter]]:
-    """Trainable ``(name, parameter)`` pairs of ``model`` chosen by ``params``.
-
-    ``params`` may be ``None`` (all trainable), a name, a glob (``"0.*"``), a
-    module prefix (``"layers.0"`` selects ``layers.0.weight`` and
-    ``layers.0.bias``), a list of those, or a predicate ``(name, p) -> bool``.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        total = sum(1 for _ in model.parameters())
-        raise InvalidInputError(
-            "the model has no trainable parameters"
-            + (f" ({total} parameter tensors, all with requires_grad=False)" if total else "")
-        )
-    if params is None:
-        return named
-    if callable(params) and not isinstance(params, str):
-        chosen = [(n, p) for n, p in named if params(n, p)]
-    else:
-        patterns = [params] if isinstance(params, str) else list(params)
-        chosen = []
-        for pattern in patterns:
-            hits = [(n, p) for n, p in named
-                    if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
-                raise InvalidInputError(
-                    f"no trainable parameter matches {pattern!r}; trainable parameters: "
-                    + ", ".join(n for n, _ in named)
-                )
-            chosen.extend(h for h in hits if all(h[0] != c[0] for c in chosen))
-        order = {n: i for i, (n, _) in enumerate(named)}
-        chosen.sort(key=lambda item: order[item[0]])
-    if not chosen:
-        raise InvalidInputError("the parameter selection chose no trainable parameter")
-    return chosen
+from .dataset import (  # noqa: F401  (DEFAULT_CHUNK_SIZE, ParamSelector, select_parameters: re-exported)
+    AUTO_CACHE_MAX_BYTES,
+    DEFAULT_CHUNK_SIZE,
+    DatasetOperator,
+    ParamSelector,
+    model_mode,
+    select_parameters,
+)
 
 
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Put every submodule in train/eval mode for the block, then restore each one.
-
-    In train mode BatchNorm uses the batch statistics but does not update its
-    running statistics: analysing a model must not change it (and an in-place
-    buffer update would break ``torch.func`` transforms).
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    norms = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    model.train(train)
-    if train:
-        for m, _ in norms:
-            m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, was_training in saved:
-            m.training = was_training
-        for m, tracked in norms:
-            m.track_running_stats = tracked
-
-
-class HessianOperator(SpectralOperator):
+class HessianOperator(DatasetOperator):
     """Exact Hessian of ``loss(model(X), y)`` over a dataset, w.r.t. chosen parameters.
 
     Parameters
@@ -144,71 +79,12 @@ class HessianOperator(SpectralOperator):
         Multiply one random vector twice and refuse if the answers differ.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: LossLike = "cross_entropy",
-        data: Any = None,
-        *,
-        params: ParamSelector = None,
-        mode: str = "auto",
-        cache_graph: bool | str = "auto",
-        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-        train_mode: bool = False,
-        check_determinism: bool = True,
-        reduction: str = "mean",
-    ):
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if data is None:
-            raise InvalidInputError("data is required: pass (X, y), a list of batches or a DataLoader")
-        if mode not in ("auto", "reverse", "forward"):
-            raise InvalidInputError(f"mode must be 'auto', 'reverse' or 'forward'; got {mode!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise InvalidInputError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
+    auto_cache_max_bytes = AUTO_CACHE_MAX_BYTES
 
-        self.model = model
-        self.loss: Loss = resolve_loss(loss, reduction)
-        self.source: BatchSource = as_batch_source(data)
-        named = select_parameters(model, params)
-        self.param_names = [n for n, _ in named]
-        self.params = [p for _, p in named]
-        dtypes = {p.dtype for p in self.params}
-        if len(dtypes) > 1:
-            raise InvalidInputError(f"selected parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
-        devices = {p.device for p in self.params}
-        if len(devices) > 1:
-            raise InvalidInputError(f"selected parameters live on several devices {sorted(map(str, devices))}")
-        for n, p in named:
-            if not bool(torch.isfinite(p.detach()).all()):
-                raise NonFiniteError(f"the model's parameter {n!r} contains NaN or Inf")
-        if train_mode:
-            dropout = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _DROPOUT) and m.p > 0})
-            if dropout:
-                # a new dropout mask at every product: the operator would be a random matrix
-                raise NonDeterministicError(
-                    f"train_mode=True with dropout ({', '.join(dropout)}) makes every Hessian product "
-                    "random; analyse in eval mode (the default, train_mode=False)"
-                )
-        P = sum(p.numel() for p in self.params)
-        super().__init__((P, P), self.params[0].dtype, self.params[0].device)
-        self.param_shapes = [p.shape for p in self.params]
-        self.param_numels = [p.numel() for p in self.params]
-        self.train_mode = bool(train_mode)
-        self.mode = "reverse" if mode == "auto" else mode
-        self.max_block = chunk_size
-        self.num_samples = self._global_num_samples(self.source.num_samples)
-        self._weights = [self._batch_weight(n_b) for n_b in self.source.batch_sizes]
-
-        if cache_graph == "auto":
-            itemsize = torch.empty((), dtype=self.dtype).element_size()
-            cache_graph = self.source.in_memory and self.source.numel() * itemsize <= AUTO_CACHE_MAX_BYTES
-        if cache_graph and self.mode != "reverse":
-            cache_graph = False  # only the double-backward path has a graph worth keeping
-        self.cache_graph = bool(cache_graph)
-        self._batched_ok = True
+    # The constructor is DatasetOperator's: it checks the arguments, picks the
+    # parameters and sets the batch weights, then calls _prepare.
+    def _prepare(self, *, check_determinism: bool, **_options: Any) -> None:
         self._cached: list[tuple[torch.Tensor, ...]] | None = None
-
         self.loss_value, self.gradient = self._first_pass()
         self.grad_norm = float(self.gradient.norm())
         self.check_matvecs = 0
@@ -216,18 +92,6 @@ class HessianOperator(SpectralOperator):
             self._check_determinism()
 
     # ------------------------------------------------------------------ helpers
-    def _batch_weight(self, n_b: int) -> float:
-        return n_b / self.num_samples if self.loss.reduction == "mean" else 1.0
-
-    def _to_device(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        X = X.to(self.device)
-        if X.is_floating_point():
-            X = X.to(self.dtype)
-        y = y.to(self.device)
-        if y.is_floating_point():
-            y = y.to(self.dtype)
-        return X, y
-
     def _forward_loss(self, X: torch.Tensor, y: torch.Tensor, batch_index: int) -> torch.Tensor:
         try:
             output = self.model(X)
@@ -253,26 +117,13 @@ class HessianOperator(SpectralOperator):
             )
         return value
 
-    def flatten(self, tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Concatenate per-parameter tensors into one flat vector of length P."""
-        return torch.cat([t.reshape(-1) for t in tensors])
-
-    def unflatten(self, vector: torch.Tensor) -> list[torch.Tensor]:
-        """Split a flat vector (or a block ``[P, m]``) into per-parameter pieces."""
-        pieces = torch.split(vector, self.param_numels, dim=0)
-        if vector.ndim == 1:
-            return [piece.view(shape) for piece, shape in zip(pieces, self.param_shapes)]
-        m = vector.shape[1]
-        return [piece.T.reshape(m, *shape) for piece, shape in zip(pieces, self.param_shapes)]
-
     def _first_pass(self) -> tuple[float, torch.Tensor]:
         """Validate every batch, record the loss and gradient, build the cache if asked."""
         total_loss = 0.0
         grad = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
         cached = [] if self.cache_graph else None
         with model_mode(self.model, self.train_mode):
-            for b, ((X, y), w) in enumerate(zip(self.source, self._weights)):
-                X, y = self._to_device(X, y)
+            for b, X, y, w in self._batches():
                 value = self._forward_loss(X, y, b)
                 if not bool(torch.isfinite(value)):
                     raise NonFiniteError(f"the loss is {float(value.detach())} on batch {b}; the Hessian is undefined")
@@ -321,91 +172,41 @@ class HessianOperator(SpectralOperator):
             )
 
     # --------------------------------------------------------------- products
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
-        return self._reduce(local)
-
-    # Hooks for data-parallel subclasses (spectra.distributed): the sample count
-    # over all shards, and the sum of a local block over all shards.
-    def _global_num_samples(self, local: int) -> int:
-        return local
-
-    def _reduce(self, local: torch.Tensor) -> torch.Tensor:
-        return local
-
     def _matmat_reverse(self, V: torch.Tensor, fresh: bool = False) -> torch.Tensor:
         pieces = self.unflatten(V)  # each [m, *shape]
         out = torch.zeros_like(V)
         grads = self._cached if (self._cached is not None and not fresh) else self._fresh_grads()
         with model_mode(self.model, self.train_mode):
             for g in grads:
-                out += self._backward_of_grad(g, pieces, V.shape[1])
+                out += self._batched_or_by_column(functools.partial(self._grad_block, g), pieces)
         return out
 
     def _fresh_grads(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """Per-batch weighted gradients with their graphs, built one batch at a time."""
-        for b, (X, y) in enumerate(self.source):
-            X, y = self._to_device(X, y)
+        for b, X, y, w in self._batches():
             value = self._forward_loss(X, y, b)
-            yield torch.autograd.grad(self._weights[b] * value, self.params, create_graph=True)
+            yield torch.autograd.grad(w * value, self.params, create_graph=True)
 
-    def _backward_of_grad(self, g: tuple[torch.Tensor, ...], pieces: list[torch.Tensor], m: int) -> torch.Tensor:
-        if self._batched_ok and m > 1:
-            try:
-                hv = torch.autograd.grad(g, self.params, grad_outputs=pieces, retain_graph=True,
-                                         is_grads_batched=True, allow_unused=True)
-                return self._flatten_block(hv, m)
-            except RuntimeError:
-                # Some ops have no batching rule; fall back to one column at a time.
-                self._batched_ok = False
-        cols = []
-        for j in range(m):
-            hv = torch.autograd.grad(g, self.params, grad_outputs=[piece[j] for piece in pieces],
-                                     retain_graph=True, allow_unused=True)
-            cols.append(self._flatten_block(tuple(h[None] if h is not None else None for h in hv), 1))
-        return torch.cat(cols, dim=1)
+    def _forward_batch(self, output_fn: Callable[..., torch.Tensor], primal: tuple[torch.Tensor, ...],
+                       tangents: list[torch.Tensor], y: torch.Tensor, w: float) -> tuple[torch.Tensor, ...]:
+        from torch.func import grad, jvp, vmap
 
-    def _flatten_block(self, hv: tuple[torch.Tensor | None, ...], m: int) -> torch.Tensor:
-        parts = [torch.zeros(m, n, dtype=self.dtype, device=self.device) if h is None else h.reshape(m, -1)
-                 for h, n in zip(hv, self.param_numels)]
-        return torch.cat(parts, dim=1).T
+        grad_fn = grad(lambda theta: w * self.loss(output_fn(*theta), y))
 
-    def _matmat_forward(self, V: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call, grad, jvp, vmap
+        def hvp(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return jvp(grad_fn, (primal,), (tuple(tangent),))[1]
 
-        names = self.param_names
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in set(names)}
-        buffers = dict(self.model.named_buffers())
-        primal = tuple(p.detach() for p in self.params)
-        tangents = self.unflatten(V)  # each [m, *shape]
-        out = torch.zeros_like(V)
-        with model_mode(self.model, self.train_mode):
-            for b, (X, y) in enumerate(self.source):
-                X, y = self._to_device(X, y)
-                w = self._weights[b]
-
-                def batch_loss(theta: tuple[torch.Tensor, ...]) -> torch.Tensor:
-                    state = {**frozen, **buffers, **dict(zip(names, theta))}
-                    return w * self.loss(functional_call(self.model, state, (X,)), y)
-
-                grad_fn = grad(batch_loss)
-
-                def hvp(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                    return jvp(grad_fn, (primal,), (tuple(tangent),))[1]
-
-                try:
-                    hv = vmap(hvp)(*tangents)
-                except RuntimeError as exc:
-                    if "random" not in str(exc):
-                        raise
-                    # vmap refuses random ops (dropout, noise) in the model: the same refusal
-                    # the determinism check gives in reverse mode
-                    raise NonDeterministicError(
-                        "the model draws random numbers in its forward pass, so the Hessian is not "
-                        "deterministic; analyse in eval mode, without dropout or noise"
-                    ) from exc
-                out += self._flatten_block(hv, V.shape[1])
-        return out
+        try:
+            return vmap(hvp)(*tangents)
+        except RuntimeError as exc:
+            if "random" not in str(exc):
+                raise
+            # vmap refuses random ops (dropout, noise) in the model: the same refusal
+            # the determinism check gives in reverse mode
+            raise NonDeterministicError(
+                "the model draws random numbers in its forward pass, so the Hessian is not "
+                "deterministic; analyse in eval mode, without dropout or noise"
+            ) from exc
 
     # ------------------------------------------------------------- metadata
     def describe(self) -> dict[str, Any]:
@@ -429,9 +230,6 @@ class HessianOperator(SpectralOperator):
             "grad_norm": self.grad_norm,
             "data": dict(self.source.info),
         }
-
-    def estimated_dense_bytes(self) -> int:
-        return self.shape[0] ** 2 * torch.empty((), dtype=self.dtype).element_size()
 
 
 def dense_bytes(num_params: int, itemsize: int = 8) -> int:

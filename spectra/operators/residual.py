@@ -20,45 +20,32 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import InvalidInputError
-from ..losses import LossLike
 from .base import SpectralOperator
+from .dataset import DatasetOperator
 from .ggn import GGNOperator
-from .hessian import DEFAULT_CHUNK_SIZE, HessianOperator, ParamSelector
+from .hessian import HessianOperator
 
 __all__ = ["ResidualOperator"]
 
 
-class ResidualOperator(SpectralOperator):
+class ResidualOperator(DatasetOperator):
     """``H - G`` for ``loss(model(X), y)`` over a dataset (same arguments as the Hessian operator).
 
     Use :meth:`from_operators` to combine a Hessian and a Gauss-Newton
-    operator you already have.  :attr:`hessian` and :attr:`ggn` count their
-    own products; :attr:`num_matvecs` counts products with ``R``.
+    operator you already have (the result then has only the attributes those
+    provide).  :attr:`hessian` and :attr:`ggn` count their own products;
+    :attr:`num_matvecs` counts products with ``R``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss: LossLike = "cross_entropy",
-        data: Any = None,
-        *,
-        params: ParamSelector = None,
-        mode: str = "auto",
-        cache_graph: bool | str = "auto",
-        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-        train_mode: bool = False,
-        check_determinism: bool = True,
-        reduction: str = "mean",
-    ):
-        H = HessianOperator(model, loss, data, params=params, mode=mode, cache_graph=cache_graph,
-                            chunk_size=chunk_size, train_mode=train_mode,
-                            check_determinism=check_determinism, reduction=reduction)
-        # The Hessian operator has validated everything; the GGN's own check would repeat it.
-        G = GGNOperator(model, loss, H.source, params=params, chunk_size=chunk_size, train_mode=train_mode,
-                        check_determinism=False, reduction=reduction, cache_graph=cache_graph)
+    # The constructor is DatasetOperator's: it checks the arguments and picks
+    # the parameters, then calls _prepare.
+    def _prepare(self, **options: Any) -> None:
+        H = HessianOperator(self.model, self.loss, self.source, **options)
+        # The Hessian operator has checked determinism; the GGN's own check would repeat it.
+        G = GGNOperator(self.model, self.loss, self.source,
+                        **{**options, "mode": "auto", "check_determinism": False})
         self._init_from(H, G)
 
     @classmethod
@@ -76,7 +63,7 @@ class ResidualOperator(SpectralOperator):
         return obj
 
     def _init_from(self, H: SpectralOperator, G: SpectralOperator) -> None:
-        super().__init__(H.shape, H.dtype, H.device)
+        SpectralOperator.__init__(self, H.shape, H.dtype, H.device)
         self.hessian, self.ggn = H, G
         self.max_block = getattr(H, "max_block", None)
         for attr in ("params", "param_names", "param_shapes", "param_numels", "num_samples", "loss",
@@ -98,6 +85,3 @@ class ResidualOperator(SpectralOperator):
         info = dict(self.hessian.describe()) if hasattr(self.hessian, "describe") else {}
         info.update(matrix="residual", residual="H - G (difference of the exact Hessian and GGN products)")
         return info
-
-    def estimated_dense_bytes(self) -> int:
-        return self.shape[0] ** 2 * torch.empty((), dtype=self.dtype).element_size()
