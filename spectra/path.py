@@ -38,8 +38,6 @@ point.  The caller's model is never modified: the work happens on a copy.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ from torch import nn
 
 from ._io import atomic_save_npz, atomic_write_json, atomic_write_text
 from .errors import InvalidInputError
+from .tracking import tidy_csv
 
 __all__ = ["PathResult", "curvature_path", "interpolation_losses", "point_on_line", "BN_POLICIES"]
 
@@ -98,16 +97,11 @@ class PathResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["t", "quantity", "index", "value", "stderr"], lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "value": repr(r["value"]), "stderr": "" if math.isnan(r["stderr"]) else repr(r["stderr"])})
         atomic_save_npz(out / "path.npz", ts=self.ts, loss=self.loss, grad_norm=self.grad_norm,
                         accuracy=self.accuracy, eigenvalues=self.eigenvalues, trace=self.trace,
                         trace_stderr=self.trace_stderr, eig_matvecs=self.eig_matvecs,
                         trace_matvecs=self.trace_matvecs)
-        atomic_write_text(out / "path.csv", buf.getvalue())
+        atomic_write_text(out / "path.csv", tidy_csv(rows, ["t", "quantity", "index", "value", "stderr"]))
         atomic_write_json(out / "path.json", {"format": "spectra-curvature-path", "format_version": 1,
                                               "distance": self.distance, "bn_policy": self.bn_policy,
                                               "info": self.info, "rows": rows})

@@ -286,6 +286,26 @@ def curvature_at(model: torch.nn.Module, data: Any, *, step: int = 0, loss: Any 
 TABLE_COLUMNS = ("step", "quantity", "index", "value", "stderr")
 
 
+def tidy_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text of tidy rows: ``value`` and ``stderr`` written exactly (``repr``), a NaN ``stderr`` left empty.
+
+    Shared by the training track (``curvature.csv``) and the path between two
+    points (``path.csv``, whose first column is ``t``).
+
+    >>> print(tidy_csv([{"step": 3, "quantity": "trace", "index": 0, "value": 0.1, "stderr": math.nan}],
+    ...                TABLE_COLUMNS), end="")
+    step,quantity,index,value,stderr
+    3,trace,0,0.1,
+    """
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "value": repr(row["value"]),
+                         "stderr": "" if math.isnan(row["stderr"]) else repr(row["stderr"])})
+    return buf.getvalue()
+
+
 class CurvatureTracker:
     """Record curvature at chosen steps; a tidy table, saved atomically and plotted.
 
@@ -418,13 +438,7 @@ class CurvatureTracker:
         return out
 
     def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows():
-            writer.writerow({**row, "value": repr(row["value"]), "stderr": "" if math.isnan(row["stderr"])
-                             else repr(row["stderr"])})
-        return buf.getvalue()
+        return tidy_csv(self.rows(), TABLE_COLUMNS)
 
     def save(self, out: str | Path) -> Path:
         """Write ``curvature.csv``, ``curvature.json`` and ``curvature.npz`` into ``out`` (atomically)."""
