@@ -7,6 +7,8 @@ Subcommands::
                     [--loss cross_entropy|mse] [--train gd|sgd --lr .. --grad-tol .. --max-steps ..]
                     [--method auto|exact|arpack|lanczos|<plugin>] [--k .. --which ..]
                     [--probes .. --steps ..] [--seed ..] [--dtype ..] [--out DIR] [--force] [--quiet]
+                    [--timeout SECONDS]
+    torchrun --nproc-per-node N -m spectra analyze ...   (data-parallel; rank 0 prints and writes)
     spectra show DIR
     spectra demo [--out DIR]
 
