@@ -39,33 +39,36 @@ def kwargs_for(name: str, kind: str):
     return st.dictionaries(keys, values, max_size=4)
 
 
-@pytest.mark.parametrize("name", ["mlp", "blobnet", "cnn"])
-def test_model_factories_work_or_raise_spectra_errors(name):
+def _is_model(model) -> None:
+    assert isinstance(model, torch.nn.Module)
+
+
+def _is_dataset(data) -> None:
+    assert isinstance(data, spectra.Dataset) and len(data) > 0
+    assert bool(torch.isfinite(data.X).all())
+
+
+# kind: (factory, how its error messages start, check of what it returns)
+FACTORIES = {
+    "models": (spectra.models.create, "model ", _is_model),
+    "datasets": (spectra.datasets.load, "dataset ", _is_dataset),
+}
+
+
+@pytest.mark.parametrize("kind,name", [("models", n) for n in ("mlp", "blobnet", "cnn")]
+                         + [("datasets", n) for n in ("blobs", "random", "mnist", "digits")])
+def test_factories_work_or_raise_spectra_errors(kind, name):
+    factory, prefix, check_result = FACTORIES[kind]
+
     @FUZZ
-    @given(kwargs=kwargs_for(name, "models"))
+    @given(kwargs=kwargs_for(name, kind))
     def check(kwargs):
         try:
-            model = spectra.models.create(name, **kwargs)
+            made = factory(name, **kwargs)
         except SpectraError as exc:
-            assert str(exc).startswith("model ")
+            assert str(exc).startswith(prefix)
             return
-        assert isinstance(model, torch.nn.Module)
-
-    check()
-
-
-@pytest.mark.parametrize("name", ["blobs", "random", "mnist", "digits"])
-def test_dataset_factories_work_or_raise_spectra_errors(name):
-    @FUZZ
-    @given(kwargs=kwargs_for(name, "datasets"))
-    def check(kwargs):
-        try:
-            data = spectra.datasets.load(name, **kwargs)
-        except SpectraError as exc:
-            assert str(exc).startswith("dataset ")
-            return
-        assert isinstance(data, spectra.Dataset) and len(data) > 0
-        assert bool(torch.isfinite(data.X).all())
+        check_result(made)
 
     check()
 
