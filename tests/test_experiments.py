@@ -1,8 +1,10 @@
 """The paper's experiments at the "tiny" scale: structure, robust claims, resume, and fig-8's two paths.
 
 Tolerances: the vectorised and looped fig-8 paths do the same float64
-arithmetic in a different order, so the top eigenvalues agree to 1e-9
-relative (measured ~1e-15 on short runs); resumed runs must be bit-identical.
+arithmetic in a different order (closed-form batched derivatives vs autograd),
+so the top eigenvalues agree to 1e-12 relative and all eigenvalues to 1e-12
+absolute (measured <= 2e-15 on these runs), gradient norms to 1e-11 relative
+(measured 4e-14); resumed runs must be bit-identical.
 """
 
 from __future__ import annotations
@@ -128,9 +130,9 @@ def test_vectorised_and_looped_paths_agree(hidden, loss, lr, tol, radius):
     # a mix of stopped and capped inits exercises the masking
     assert out["converged"].any() and not out["converged"].all()
     np.testing.assert_array_equal(out["steps"].numpy(), ref["steps"])
-    np.testing.assert_allclose(eigs[:, -1], ref["eigvals"][:, -1], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(eigs, ref["eigvals"], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(out["grad_norm"].numpy(), ref["grad_norm"], rtol=1e-8)
+    np.testing.assert_allclose(eigs[:, -1], ref["eigvals"][:, -1], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(eigs, ref["eigvals"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["grad_norm"].numpy(), ref["grad_norm"], rtol=1e-11)
 
 
 def test_general_vmap_path_matches_fast_path():
@@ -169,7 +171,7 @@ def test_init_seeds_do_not_depend_on_chunking():
 def test_fig8_tiny_loop_check_and_interrupted_resume(tmp_path, monkeypatch):
     whole = run("fig8", tmp_path / "whole", scale="tiny", quiet=True)
     check = whole["measured"]["loop_check"]
-    assert check["max_rel_diff_top"] < 1e-9 and check["same_steps"]
+    assert check["max_rel_diff_top"] < 1e-11 and check["same_steps"]
     _check_folder(tmp_path / "whole" / "fig8", "fig8")
 
     # interrupt after the first chunk, as a kill would

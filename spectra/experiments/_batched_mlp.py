@@ -49,7 +49,8 @@ def _act_derivs(m: torch.nn.Module, z: torch.Tensor, order: int) -> tuple:
     building and multiplying a 0/1 tensor.
     """
     if isinstance(m, torch.nn.ReLU):
-        return torch.relu(z), "relu", None
+        # z is a fresh layer output that nothing else reads: rectify it in place
+        return torch.relu_(z), "relu", None
     if isinstance(m, torch.nn.Identity):
         return z, torch.ones_like(z), None
     if isinstance(m, torch.nn.LeakyReLU):
@@ -91,18 +92,23 @@ def _targets(y: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.nn.functional.one_hot(y.long(), C).to(dtype).T
 
 
-def _head(f: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-init mean loss ``[B]``, ``N * dL/df`` ``[B, C, N]`` and softmax ``p`` (None for mse).
+def _head(f: torch.Tensor, y: torch.Tensor, loss: str,
+          keep_p: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-init mean loss ``[B]``, ``N * dL/df`` ``[B, C, N]`` and softmax ``p`` (None for mse, or unless ``keep_p``).
 
     The 1/N of the mean is left to the caller, who applies it once to the
-    small ``[B, P]`` (or ``[B, P, T]``) result.
+    small ``[B, P]`` (or ``[B, P, P]``) result.
     """
     Y = _targets(y, f.shape[1], f.dtype)
     if loss == "cross_entropy":
         logp = torch.log_softmax(f, dim=1)
-        p = logp.exp()
-        losses = -(logp * Y).sum(1).mean(1)
-        return losses, p - Y, p
+        B, _, N = f.shape
+        if y.is_floating_point():  # class probabilities as targets
+            losses = -(logp * Y).sum(1).mean(1)
+        else:
+            losses = -logp.gather(1, y.long().reshape(1, 1, N).expand(B, 1, N)).squeeze(1).mean(1)
+        p = logp.exp_()
+        return losses, (p - Y if keep_p else p.sub_(Y)), (p if keep_p else None)
     if loss == "mse":
         r = f - Y
         return 0.5 * r.pow(2).sum(1).mean(1), r, None
@@ -153,7 +159,7 @@ def chain_grad(chain: list, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tens
             tape.append((item, s1, h))
         else:  # _mlp_chain refuses a flatten after the first linear
             raise ValueError("flatten inside the chain")
-    losses, g, _ = _head(h, y, loss)
+    losses, g, _ = _head(h, y, loss, keep_p=False)
     grads = thetas.new_empty(B, P)
     for k in range(len(tape) - 1, -1, -1):
         item = tape[k][0]
