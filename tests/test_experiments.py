@@ -276,3 +276,12 @@ def test_cli_reproduce(tmp_path, capsys):
     assert "earlier run" in capsys.readouterr().err
     assert main(["reproduce", "fig99", "--out", str(tmp_path)]) == 2
     assert main(["reproduce", "fig3", "--out", str(tmp_path), "--seed", "-3"]) == 2
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "3", '"text"', '{"format": "other"}', "{not json"])
+def test_load_results_refuses_what_is_not_an_experiment_result(tmp_path, content):
+    from spectra.errors import ResultFormatError
+
+    (tmp_path / "results.json").write_text(content, encoding="utf-8")
+    with pytest.raises(ResultFormatError, match="results.json"):
+        load_results(tmp_path)

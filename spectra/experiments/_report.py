@@ -233,7 +233,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         data = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultFormatError(f"{f} is corrupt: {exc}") from exc
-    if data.get("format") != "spectra-experiment":
+    if not isinstance(data, dict) or data.get("format") != "spectra-experiment":
         raise ResultFormatError(f"{f} is not a spectra experiment result")
     if not isinstance(data.get("format_version"), int) or data["format_version"] > 1:
         raise ResultFormatError(f"{f} has format version {data.get('format_version')!r}; this spectra reads 1")
