@@ -286,13 +286,17 @@ def batched_gd(
             raise InvalidInputError("the saved GD state does not match these inits")
     grad_fn = _grad_fn(stack)
     last_save = time.monotonic()
+    # The running inits' parameters are kept compact in ``th`` and written back
+    # to ``theta`` when an init stops or a checkpoint is taken: a step with no
+    # stop is then only the gradient, one norm, one check and the update
+    # (the per-step overhead is what the last few slow inits pay for).
+    th = theta[active]
     for step in range(start, max_steps + 1):
         if active.numel() == 0:
             break
-        th = theta[active]
         g, val = grad_fn(th, X, y)
         norms = g.norm(dim=1)
-        if not bool(torch.isfinite(val).all() and torch.isfinite(norms).all()):
+        if not bool(torch.isfinite(norms + val).all()):
             bad = int(active[~(torch.isfinite(val) & torch.isfinite(norms))][0])
             raise NonFiniteError(f"training diverged at step {step} for init {bad} (lr={lr} may be too large)")
         stop = norms < grad_tol
@@ -300,18 +304,21 @@ def batched_gd(
             stop = torch.ones_like(stop)
         if bool(stop.any()):
             idx = active[stop]
+            theta[idx] = th[stop]
             steps[idx] = step
             gnorm[idx] = norms[stop].to(torch.float64)
             lossv[idx] = val[stop].detach().to(torch.float64)
             converged[idx] = norms[stop] < grad_tol
-        keep = ~stop
-        active = active[keep]
-        if not bool(keep.any()):
-            break
-        theta[active] = th[keep] - lr * g[keep]
+            keep = ~stop
+            active = active[keep]
+            if active.numel() == 0:
+                break
+            th, g = th[keep], g[keep]
+        th = th - lr * g
         if on_step is not None:
             on_step(step + 1, int(active.numel()))
         if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
+            theta[active] = th
             checkpoint({"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv,
                         "converged": converged, "active": active, "step": torch.tensor(step + 1)})
             last_save = time.monotonic()
