@@ -141,6 +141,9 @@ class DatasetOperator(SpectralOperator):
 
     #: ``cache_graph="auto"`` caches when the in-memory inputs take at most this many bytes.
     auto_cache_max_bytes: int = AUTO_CACHE_MAX_BYTES
+    #: Batched products compute broadcast-factor ``bmm`` calls as one wide matrix
+    #: product (:mod:`spectra.operators._fold`); same numbers, 1.2-2x faster blocks on CPU.
+    fold_batched_products: bool = True
 
     def __init__(
         self,
@@ -264,8 +267,15 @@ class DatasetOperator(SpectralOperator):
         ``batched``: ``grad_outputs`` carry a leading axis of ``m`` columns;
         otherwise they are one column (``m = 1``).
         """
-        g = torch.autograd.grad(outputs, self.params, grad_outputs=grad_outputs, retain_graph=True,
-                                is_grads_batched=batched, allow_unused=True)
+        if batched and self.fold_batched_products:
+            from ._fold import fold_shared_factor_bmm
+
+            with fold_shared_factor_bmm():
+                g = torch.autograd.grad(outputs, self.params, grad_outputs=grad_outputs, retain_graph=True,
+                                        is_grads_batched=True, allow_unused=True)
+        else:
+            g = torch.autograd.grad(outputs, self.params, grad_outputs=grad_outputs, retain_graph=True,
+                                    is_grads_batched=batched, allow_unused=True)
         if not batched:
             g = tuple(None if t is None else t[None] for t in g)
         return self._flatten_block(g, m)
