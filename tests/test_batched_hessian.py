@@ -138,3 +138,17 @@ def test_hessian_chunk_scales_with_the_problem():
     chain = bt.StackedNet(_net("relu 2-6-6-2 (blobnet)")).chain
     small, big = hessian_chunk(chain, 74, 200, 2), hessian_chunk(chain, 74, 20000, 2)
     assert small >= 1 and big == 1 and small > big
+
+
+def test_gd_gradient_in_blocks_matches_one_call_and_autograd():
+    # more inits than one closed-form block: the blocked gradients must be the same numbers
+    stack, _, X, y = _problem("relu 2-6-6-2 (blobnet)", "cross_entropy", N=7)
+    B = bt._GD_BLOCK + 37
+    thetas = torch.randn(B, stack.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads, losses = bt._grad_fn(stack)(thetas, X, y)
+    whole_losses, whole = chain_grad(stack.chain, thetas, X, y, "cross_entropy")
+    torch.testing.assert_close(grads, whole, rtol=0, atol=1e-15)
+    torch.testing.assert_close(losses, whole_losses, rtol=0, atol=1e-15)
+    for b in (0, bt._GD_BLOCK, B - 1):
+        _, ref_grad, _ = _autograd(stack, thetas[b], X, y)
+        torch.testing.assert_close(grads[b], ref_grad, rtol=0, atol=1e-13)

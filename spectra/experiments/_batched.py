@@ -330,6 +330,12 @@ def batched_gd(
             "converged": converged, "accuracy": acc}
 
 
+# Inits per closed-form gradient call: blocks of 256 keep the [block, width, N]
+# activations (2.5 MB for width 6, N = 200) near the caches; measured here 22
+# vs 28 us per init-step for 1000 inits in one call (CPU time, median of 7).
+_GD_BLOCK = 256
+
+
 def _grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
     """``(thetas, X, y) -> (grads [B, P], losses [B])``."""
     if stack.chain is None or stack.loss_obj.name not in _PER_SAMPLE:
@@ -338,8 +344,12 @@ def _grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.T
     from ._batched_mlp import chain_grad
 
     def grad_and_value(thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple:
-        losses, grads = chain_grad(stack.chain, thetas, X, y, stack.loss_obj.name)
-        return grads, losses
+        if thetas.shape[0] <= _GD_BLOCK:
+            losses, grads = chain_grad(stack.chain, thetas, X, y, stack.loss_obj.name)
+            return grads, losses
+        parts = [chain_grad(stack.chain, thetas[i : i + _GD_BLOCK], X, y, stack.loss_obj.name)
+                 for i in range(0, thetas.shape[0], _GD_BLOCK)]
+        return torch.cat([p[1] for p in parts]), torch.cat([p[0] for p in parts])
 
     return grad_and_value
 
