@@ -62,7 +62,7 @@ def run_inits(ctx: Context, key: str, *, hidden: int, n: int, std: float, lr: fl
     stack = StackedNet(create("blobnet", hidden=hidden, dtype="float64"), loss=loss)
     radius = default_radius(stack.template)
     parts: list[dict[str, np.ndarray]] = []
-    t_start, done_now = time.perf_counter(), 0
+    work_seconds, done_now = 0.0, 0  # chunk seconds (time before an interruption included) and inits
     num_chunks = -(-num_inits // chunk)
     for c in range(num_chunks):
         unit = f"{key}_c{c:05d}"
@@ -99,7 +99,8 @@ def run_inits(ctx: Context, key: str, *, hidden: int, n: int, std: float, lr: fl
                                         "gd_seconds": t1 - t0, "hessian_seconds": t2 - t1})
         parts.append(arrays)
         done_now += len(idx)
-        rate = (time.perf_counter() - t_start) / done_now
+        work_seconds += t2 - t0  # t0 was moved back by the GD time spent before a resume
+        rate = work_seconds / done_now
         left = num_inits - sum(len(p["index"]) for p in parts)
         ctx.log(f"{key}: chunk {c + 1}/{num_chunks} ({len(idx)} inits, GD {t1 - t0:.1f}s, Hessians "
                 f"{t2 - t1:.1f}s, max steps {int(out['steps'].max())}); about {rate * left / 60:.1f} min left")
