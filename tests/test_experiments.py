@@ -198,6 +198,10 @@ def test_fig8_tiny_loop_check_and_interrupted_resume(tmp_path, monkeypatch):
         for key in ("eigs", "steps", "theta", "loss"):
             np.testing.assert_array_equal(a[key], b[key])
     assert resumed["measured"]["top_eigenvalue"] == whole["measured"]["top_eigenvalue"]
+    # the resumed run's time counts the interrupted process up to its saved chunk
+    assert whole["processes"] == 1 and whole["wall_time_s"] == pytest.approx(whole["wall_time_this_process_s"], abs=0.05)
+    assert resumed["processes"] == 2
+    assert resumed["wall_time_s"] > resumed["wall_time_this_process_s"] and resumed["cpu_time_s"] > 0
 
 
 def test_fig7_resume_from_checkpoint_is_identical(tmp_path, monkeypatch):

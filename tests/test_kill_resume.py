@@ -130,6 +130,8 @@ def test_a_killed_experiment_resumes_to_the_uninterrupted_result(killed_and_resu
     # finished units were loaded, not recomputed: their files were not rewritten
     after = _stamps(resumed / "progress")
     for name, stamp in stamps_at_kill.items():
+        if name == "clock.json":
+            continue  # the run's time bookkeeping, rewritten by design at every saved unit
         assert after[name] == stamp, f"{name} was rewritten on resume"
     assert set(after) == set(_stamps(full / "progress"))  # and the missing ones were done
 

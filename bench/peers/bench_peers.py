@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NETS = {"small": [784, 10, 10], "big": [784, 64, 64, 10]}
 SIGMA_FRACTION = 1 / 100  # broadening for density errors: 1/100 of the exact spectral range
 K = 10
+KEEP_MARKER = "<!-- bench_peers.py writes everything above this line; sections below it are kept -->"
 
 
 # ------------------------------------------------------------------ helpers
@@ -437,7 +438,13 @@ def main() -> None:
     ]
     from spectra._io import atomic_write_text
 
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    # Sections written by hand or by other benchmarks sit below the marker and are kept.
+    kept = ""
+    if os.path.exists(args.out):
+        old = open(args.out, encoding="utf-8").read()
+        if KEEP_MARKER in old:
+            kept = old[old.index(KEEP_MARKER) + len(KEEP_MARKER):].lstrip("\n")
+    atomic_write_text(args.out, "\n".join(lines) + "\n" + KEEP_MARKER + "\n\n" + kept)
     print(f"wrote {args.out}")
 
 

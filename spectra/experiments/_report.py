@@ -44,6 +44,7 @@ RESULTS = "results.json"
 REPORT = "report.md"
 ARRAYS = "arrays.npz"
 PROGRESS = "progress"
+CLOCK = "clock.json"  # in progress/: time spent by earlier processes of a resumed run
 _UNIT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -112,6 +113,15 @@ class RunDir:
                 )
         else:
             atomic_write_json(fp_file, fingerprint)
+        # Time spent by earlier processes of a resumed run, up to their last saved unit
+        # (work after it was lost and is redone, so it is counted again here).
+        self.earlier = {"wall_s": 0.0, "cpu_s": 0.0, "processes": 0}
+        clock = self.progress / CLOCK
+        if clock.exists():
+            try:
+                self.earlier = {**self.earlier, **json.loads(clock.read_text(encoding="utf-8"))}
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ResultFormatError(f"{clock} is corrupt ({exc}); use --force to start over") from exc
 
     # ------------------------------------------------------------------ units
     def _unit_paths(self, key: str) -> tuple[Path, Path]:
@@ -127,6 +137,14 @@ class RunDir:
         npz, js = self._unit_paths(key)
         atomic_save_npz(npz, **{k: np.asarray(v) for k, v in arrays.items()})
         atomic_write_json(js, meta)
+        wall, cpu = self._elapsed()
+        atomic_write_json(self.progress / CLOCK, {"wall_s": wall, "cpu_s": cpu,
+                                                  "processes": self.earlier["processes"] + 1})
+
+    def _elapsed(self) -> tuple[float, float]:
+        """Wall and CPU seconds of the whole run so far, earlier processes included."""
+        return (self.earlier["wall_s"] + time.perf_counter() - self.started,
+                self.earlier["cpu_s"] + time.process_time() - self.cpu_started)
 
     def load_unit(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         npz, js = self._unit_paths(key)
@@ -159,6 +177,7 @@ class RunDir:
         from ..result import versions
 
         files = sorted(p.name for p in self.path.iterdir() if p.is_file() and p.name not in (RESULTS, REPORT))
+        wall, cpu = self._elapsed()
         results = {
             "format": "spectra-experiment",
             "format_version": 1,
@@ -171,10 +190,12 @@ class RunDir:
             "claims": [c.to_dict() for c in claims],
             "notes": notes or [],
             "files": files + [RESULTS, REPORT],
-            "wall_time_s": time.perf_counter() - self.started,
-            # CPU seconds of this process (all its threads): a fairer measure than wall
-            # time when the machine is shared.
-            "cpu_time_s": time.process_time() - self.cpu_started,
+            # Over all processes of a resumed run (up to each one's last saved unit).
+            "wall_time_s": wall,
+            # CPU seconds (all threads): a fairer measure than wall time when the machine is shared.
+            "cpu_time_s": cpu,
+            "processes": self.earlier["processes"] + 1,
+            "wall_time_this_process_s": time.perf_counter() - self.started,
             "versions": versions(),
         }
         atomic_write_text(self.path / REPORT, render_report(results, tables or []))
@@ -187,7 +208,9 @@ def render_report(results: dict[str, Any], tables: list[str]) -> str:
     verdict = {True: "agrees", False: "**differs**", None: "n/a"}
     lines = [f"# {results['figure']}: {results['title']}", "",
              f"Scale `{results['scale']}`, seed {results['seed']}, "
-             f"{results['wall_time_s']:.1f} s wall time, {results['cpu_time_s']:.1f} s CPU time.", "",
+             f"{results['wall_time_s']:.1f} s wall time, {results['cpu_time_s']:.1f} s CPU time"
+             + (f" (over {results['processes']} processes: the run was resumed)." if results.get("processes", 1) > 1
+                else "."), "",
              "## The paper's claims beside our measurements", "",
              "| topic | paper | measured here | verdict | note |", "|---|---|---|---|---|"]
     for c in results["claims"]:
