@@ -71,3 +71,37 @@ def test_folded_block_products_match_the_reference_hessian(name, monkeypatch):
         torch.testing.assert_close(results[folded], H @ V, rtol=1e-10, atol=1e-12)
     assert folded_calls, "the batched products never met a broadcast bmm: the fold path did not run"
     torch.testing.assert_close(results[True], results[False], rtol=1e-12, atol=1e-14)
+
+
+# (columns of the identity, tensors each chunk of 32 columns touches): unit vectors inside one
+# tensor, across two, and all of them (P = 42 + 7 + 21 + 3 = 73; 0.weight is 0..41, 0.bias 42..48,
+# 2.weight 49..69, 2.bias 70..72)
+UNIT_BLOCKS = [
+    (range(0, 12), [1]),
+    (range(38, 46), [2]),
+    (range(0, 73), [1, 3, 2]),  # chunks 0..31, 32..63, 64..72
+]
+
+
+@pytest.mark.parametrize("columns,touched", UNIT_BLOCKS)
+def test_zero_pieces_are_skipped_and_products_stay_exact(columns, touched, monkeypatch):
+    """Unit-vector blocks (as to_dense sends) backpropagate only through the tensors they touch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(30, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
+    H = reference_hessian(model, "cross_entropy", X, y)
+    assert H.shape == (73, 73)
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    widths = []
+    real = torch.autograd.grad
+
+    def spy(outputs, inputs, grad_outputs=None, **kw):
+        if kw.get("is_grads_batched"):
+            widths.append(len(outputs))
+        return real(outputs, inputs, grad_outputs=grad_outputs, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    E = torch.eye(73, dtype=torch.float64)[:, list(columns)]
+    torch.testing.assert_close(op.matmat(E), H[:, list(columns)], rtol=1e-10, atol=1e-12)
+    assert widths == touched

@@ -267,6 +267,16 @@ class DatasetOperator(SpectralOperator):
         ``batched``: ``grad_outputs`` carry a leading axis of ``m`` columns;
         otherwise they are one column (``m = 1``).
         """
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+        grad_outputs = (grad_outputs,) if isinstance(grad_outputs, torch.Tensor) else tuple(grad_outputs)
+        # A zero cotangent adds nothing: drop it, and the backward work behind it.
+        # Blocks of unit vectors (to_dense) are zero outside one parameter tensor.
+        nonzero = [i for i, go in enumerate(grad_outputs) if bool(go.any())]
+        if not nonzero:
+            return torch.zeros(self.shape[0], m, dtype=self.dtype, device=self.device)
+        if len(nonzero) < len(grad_outputs):
+            outputs = tuple(outputs[i] for i in nonzero)
+            grad_outputs = tuple(grad_outputs[i] for i in nonzero)
         if batched and self.fold_batched_products:
             from ._fold import fold_shared_factor_bmm
 
