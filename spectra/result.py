@@ -152,15 +152,16 @@ class SpectrumResult:
             out["negative_sum"] = float(lam[neg].sum())
             out["num_negative_below_tol"] = int((neg & (lam > -tol)).sum())
             top = np.sort(lam)[::-1][: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol)
+            n_out, edge = _outliers_by_gap(top, tol, truncated=lam.size > top.size)
             out.update(num_outliers=n_out, bulk_edge=edge, outliers=top[:n_out].tolist())
         else:
             out["num_negative"] = int(round(P * out["negative_fraction"]))
             out["negative_sum"] = float(P * (mass[neg] * atoms[neg]).sum())
             # Converged extreme Ritz values (weight ~ 1/P each) are the outliers.
             extremes = np.sort(self.nodes.max(axis=1))[::-1]
-            top = np.unique(np.round(self.nodes.ravel(), 10))[::-1][: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol)
+            distinct = np.unique(np.round(self.nodes.ravel(), 10))[::-1]
+            top = distinct[: max_outliers + 1]
+            n_out, edge = _outliers_by_gap(top, tol, truncated=distinct.size > top.size)
             out.update(num_outliers=int(round(P * mass[atoms > edge].sum())) if n_out else 0,
                        bulk_edge=edge, top_ritz_values=extremes[:5].tolist(),
                        num_probes=int(self.nodes.shape[0]), num_steps=int(self.nodes.shape[1]))
@@ -315,13 +316,28 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
         raise ResultFormatError(f"{where} holds neither eigenvalues nor Lanczos nodes")
 
 
-def _outliers_by_gap(top_desc: np.ndarray, tol: float) -> tuple[int, float]:
-    """Split the top of a spectrum at its largest ratio gap; return (count, edge)."""
+def _outliers_by_gap(top_desc: np.ndarray, tol: float, truncated: bool = False) -> tuple[int, float]:
+    """Split the top of a spectrum at its largest ratio gap; return (count, edge).
+
+    ``truncated``: ``top_desc`` is only the top of a longer spectrum, so the
+    value after its last entry is unknown and no gap may be placed there
+    (measuring it against ``tol`` would invent one).
+
+    >>> top = np.array([10.0, 9.0, 1.0, 0.9])
+    >>> _outliers_by_gap(top, 1e-3)  # the whole spectrum: all four stand above zero
+    (4, 0.001)
+    >>> _outliers_by_gap(top, 1e-3, truncated=True)  # the top of a longer one
+    (2, 1.0)
+    """
     pos = top_desc[top_desc > tol]
     if pos.size == 0:
         return 0, float(tol)
     floor = np.maximum(np.append(top_desc[1 : pos.size + 1], -np.inf), tol)[: pos.size]
     ratios = pos / floor
+    if truncated and pos.size == top_desc.size:
+        ratios = ratios[:-1]
+        if ratios.size == 0:
+            return 0, float(pos[0])
     i = int(np.argmax(ratios))
     if ratios[i] <= 1.0:
         return 0, float(pos[0])
