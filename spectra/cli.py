@@ -23,12 +23,14 @@ and sets ``handler=<function(args) -> int>`` on its parsers.
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import io
 import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -336,6 +338,19 @@ def _first_layer_hint(model: Any) -> str:
     return ""
 
 
+OWNER = ".owner"  # in a staging folder: "pid host" of the run writing it
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 class _OutDir:
     """Writes into a staging folder next to ``--out``; moves the files in only when all are written.
 
@@ -370,11 +385,31 @@ class _OutDir:
     def __enter__(self) -> Path:
         self.check()
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep_stale_stages()
         self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
         from ._io import _umask
 
         os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result folder should not be
+        (self.stage / OWNER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
         return self.stage
+
+    def _sweep_stale_stages(self) -> None:
+        """Remove staging folders of earlier runs into the same ``--out`` whose process is gone.
+
+        A SIGKILLed run cannot clean up after itself; its stage names its owner
+        (pid and host), and a stage whose owner no longer runs on this host is
+        deleted.  Stages of live runs, of other hosts, or without an owner file
+        are left alone.
+        """
+        for stage in self.out.parent.glob(f".{glob.escape(self.out.name)}.*.partial"):
+            try:
+                pid_text, host = (stage / OWNER).read_text(encoding="utf-8").split()
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                continue
+            if host != socket.gethostname() or _process_alive(pid):
+                continue
+            shutil.rmtree(stage, ignore_errors=True)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self.stage is not None
@@ -385,6 +420,7 @@ class _OutDir:
             shutil.rmtree(self.stage, ignore_errors=True)
 
     def _commit(self, stage: Path) -> None:
+        (stage / OWNER).unlink(missing_ok=True)
         if not self.out.exists():
             os.replace(stage, self.out)  # one rename: the whole result appears at once
             return

@@ -334,3 +334,31 @@ def test_progress_bars_go_to_stderr_on_a_terminal_unless_quiet(capsys, monkeypat
     assert "training (gd)" not in out and "lambda_max" in out
     code, out, err = main_capture(capsys, *argv, "--quiet")
     assert code == 0 and err == "" and "lambda_max" in out
+
+
+def test_stages_of_dead_runs_are_swept(tmp_path, capsys):
+    """A SIGKILLed run leaves its staging folder; the next run into the same --out removes it."""
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    host = socket.gethostname()
+    # (stage name, owner line or None, swept?)
+    stages = [
+        (".out.k1ll3d.partial", f"{dead_pid} {host}", True),
+        (".out.l1ve.partial", f"{os.getpid()} {host}", False),       # a run still going
+        (".out.0ther.partial", f"{dead_pid} elsewhere", False),      # another host's run: not ours to judge
+        (".out.n0own.partial", None, False),                         # no owner file: left alone
+        (".other.k1ll3d.partial", f"{dead_pid} {host}", False),      # a stage of another --out
+    ]
+    for name, owner, _ in stages:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "arrays.npz").write_bytes(b"half-written")
+        if owner is not None:
+            (tmp_path / name / cli.OWNER).write_text(owner + "\n")
+    code, _, _ = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 0
+    for name, _, swept in stages:
+        assert (tmp_path / name).exists() is not swept, name
+    assert (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / cli.OWNER).exists()
