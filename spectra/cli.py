@@ -387,10 +387,10 @@ class _OutDir:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_stages()
         self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
-        from ._io import _umask
+        from ._io import _umask, atomic_write_text
 
         os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result folder should not be
-        (self.stage / OWNER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+        atomic_write_text(self.stage / OWNER, f"{os.getpid()} {socket.gethostname()}\n")
         return self.stage
 
     def _sweep_stale_stages(self) -> None:
