@@ -64,6 +64,18 @@ class _UsageError(Exception):
     pass
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped, so an error stays on one line.
+
+    User input reaches error messages, and ``str.splitlines`` (like terminals)
+    breaks lines at more than ``\\n``: ``\\r``, ``\\x1e``, ``\\u2028`` ...
+
+    >>> _one_line("unrecognized arguments: a\\x1eb\\nc")
+    'unrecognized arguments: a\\\\x1eb\\\\nc'
+    """
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def parse_key_value(text: str, option: str) -> tuple[str, Any]:
     """``"sizes=[784,10,10]"`` -> ``("sizes", [784, 10, 10])``; values are JSON where they parse, else strings.
 
@@ -783,12 +795,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = build_parser().parse_args(argv)
         except _UsageError as exc:
-            print(f"spectra: error: {exc}", file=sys.stderr)
+            print(f"spectra: error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
         args.argv = argv
         return int(args.handler(args) or 0)
     except SpectraError as exc:
-        text = str(exc).strip().replace("\n", " ")
+        text = _one_line(str(exc).strip().replace("\n", " "))
         tag = "" if text.startswith("rank ") else _RANK_TAG  # a DistributedError names its rank already
         # one write per line: the ranks of a torchrun launch share this stream
         sys.stderr.write(f"spectra: error: {tag}{text}\n")

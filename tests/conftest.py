@@ -11,3 +11,11 @@ import torch  # noqa: E402
 # The suite's nets are tiny: a second intra-op thread only adds contention on a
 # 2-core machine (a tiny net ran 3.5x slower with 2 threads on a busy machine).
 torch.set_num_threads(1)
+
+# The fuzz tests draw the same examples on every run, so CI is reproducible;
+# HYPOTHESIS_PROFILE=explore draws new ones (run it now and then, locally).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("reproducible", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=400, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))

@@ -197,6 +197,9 @@ def test_list_everything_and_help(capsys):
         (["analyze", *SMALL, "--train", "sgd"], "needs a batch_size"),
         (["analyze", *SMALL, "--method", "arpack", "--k", "40"], "k"),
         (["show", "/nonexistent/spectra/result"], "holds no spectra result"),
+        # characters that str.splitlines breaks on come back escaped (found by the fuzz test)
+        (["show", "analyze", "\x1e"], "unrecognized arguments: \\x1e"),
+        (["show", "a\u2028b\rc"], "a\\u2028b\\rc"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(capsys, argv, fragment):
