@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # The suite's nets are tiny: a second intra-op thread only adds contention on a
@@ -19,3 +20,13 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("reproducible", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, max_examples=400, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts on one torch thread, whatever an earlier one set (the CLI's --threads,
+    an experiment's config), and leaves the count as it found it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,6 @@ from spectra.experiments._batched_mlp import chain_grad, chain_hessian, hessian_
 nn = torch.nn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _net(kind: str) -> nn.Module:
     torch.manual_seed(0)

@@ -15,19 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import spectra
 from spectra import cli
 from spectra.errors import InvalidInputError
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # tiny nets: a second intra-op thread only adds contention on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SMALL = ["--model", "blobnet", "--model-arg", "hidden=2", "--dataset", "blobs", "--dataset-arg", "n=50"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import spectra
 
@@ -27,13 +26,6 @@ METHODS = {
     "lanczos-lowmem": {"num_probes": 3, "num_steps": 12, "engine": "lowmem"},
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _fresh(seed: int = 0):

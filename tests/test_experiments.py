@@ -9,6 +9,7 @@ absolute (measured <= 2e-15 on these runs), gradient norms to 1e-11 relative
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -21,14 +22,6 @@ from spectra.experiments import EXPERIMENTS, config, run
 from spectra.experiments import _batched as bt
 from spectra.experiments._report import load_results
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second torch thread only adds scheduling waits (badly so on a busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _check_folder(path, figure):
@@ -168,6 +161,24 @@ def test_init_seeds_do_not_depend_on_chunking():
     assert torch.equal(a, b)
 
 
+@contextlib.contextmanager
+def interrupted_at_call(monkeypatch, module, name: str, call: int):
+    """Inside the block, the ``call``-th call of ``module.name`` raises KeyboardInterrupt (as a kill would)."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, dying)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(module, name, real)
+
+
 def test_fig8_tiny_loop_check_and_interrupted_resume(tmp_path, monkeypatch):
     whole = run("fig8", tmp_path / "whole", scale="tiny", quiet=True)
     check = whole["measured"]["loop_check"]
@@ -177,18 +188,8 @@ def test_fig8_tiny_loop_check_and_interrupted_resume(tmp_path, monkeypatch):
     # interrupt after the first chunk, as a kill would
     import spectra.experiments._batched as batched
 
-    real, calls = batched.batched_gd, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(batched, "batched_gd", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, batched, "batched_gd", 2), pytest.raises(KeyboardInterrupt):
         run("fig8", tmp_path / "cut", scale="tiny", quiet=True)
-    monkeypatch.setattr(batched, "batched_gd", real)
     assert not (tmp_path / "cut" / "fig8" / "results.json").exists()
     with pytest.raises(InvalidInputError, match="resume"):
         run("fig8", tmp_path / "cut", scale="tiny", quiet=True)
@@ -208,18 +209,8 @@ def test_fig7_resume_from_checkpoint_is_identical(tmp_path, monkeypatch):
     whole = run("fig7", tmp_path / "whole", scale="tiny", quiet=True)
     import spectra.experiments.training_evolution as te
 
-    real, calls = te.exact_eigenvalues, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(te, "exact_eigenvalues", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(monkeypatch, te, "exact_eigenvalues", 4), pytest.raises(KeyboardInterrupt):
         run("fig7", tmp_path / "cut", scale="tiny", quiet=True)
-    monkeypatch.setattr(te, "exact_eigenvalues", real)
     run("fig7", tmp_path / "cut", scale="tiny", quiet=True, resume=True)
     with np.load(tmp_path / "whole" / "fig7" / "arrays.npz") as a, \
             np.load(tmp_path / "cut" / "fig7" / "arrays.npz") as b:

@@ -15,14 +15,6 @@ from spectra.errors import InvalidInputError, NonFiniteError
 from spectra.train import default_radius, init_on_sphere, sphere_vector, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: a second torch thread only adds scheduling waits (badly so on a busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _linear_problem(n=30, d=3, c=2, seed=0):
     g = torch.Generator().manual_seed(seed)
