@@ -54,10 +54,6 @@ def gradient_fn(model, data):
     return grad
 
 
-def gradient_seconds(model, data, repeats):
-    return median_seconds(gradient_fn(model, data), repeats)
-
-
 def bench_net(name: str, sizes: list[int], n: int, repeats: int, do_exact: bool, do_func_hessian: bool):
     model, data = build(sizes, n)
     rows = []

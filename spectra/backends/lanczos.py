@@ -196,13 +196,13 @@ def _tridiag_reorth(closure: Callable[[torch.Tensor], torch.Tensor], V0: torch.T
             r = r - beta[:, j - 1, None] * Q[:, j - 1]
         basis = Q[:, : j + 1]  # [n, j+1, P]
         before = r.norm(dim=1)
-        r = r - torch.bmm(torch.bmm(basis, r[:, :, None]).transpose(1, 2), basis)[:, 0]
+        r = _remove_projection(r, basis)
         after = r.norm(dim=1)
         # Kahan-Parlett: a vector that lost much of its norm to the projection
         # carries rounding from it; one more pass restores orthogonality.
         again = alive & (after < 0.7 * before)
         if bool(again.any()):
-            r = r - torch.bmm(torch.bmm(basis, r[:, :, None]).transpose(1, 2), basis)[:, 0]
+            r = _remove_projection(r, basis)
             after = r.norm(dim=1)
             if second_passes is not None:
                 second_passes.append(int(again.sum()))
@@ -215,9 +215,19 @@ def _tridiag_reorth(closure: Callable[[torch.Tensor], torch.Tensor], V0: torch.T
         q = torch.where(alive[:, None], r / torch.where(alive, after, torch.ones_like(after))[:, None],
                         torch.zeros_like(r))
         Q[:, j + 1] = q
-    T = torch.diag_embed(alpha[:, :steps])
+    return _tridiagonal(alpha, beta, steps)
+
+
+def _remove_projection(r: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``r_i - B_i^T (B_i r_i)`` for every probe ``i``: ``r`` is ``[n, P]``, ``basis`` ``[n, k, P]``."""
+    return r - torch.bmm(torch.bmm(basis, r[:, :, None]).transpose(1, 2), basis)[:, 0]
+
+
+def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, steps: int) -> torch.Tensor:
+    """The ``[n, steps, steps]`` tridiagonals with diagonals ``alpha[:, :steps]`` and off-diagonals ``beta``."""
     off = beta[:, : steps - 1]
-    return T + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
+    return (torch.diag_embed(alpha[:, :steps]) + torch.diag_embed(off, offset=1)
+            + torch.diag_embed(off, offset=-1))
 
 
 def _tridiag_linear_operator(closure: Callable[[torch.Tensor], torch.Tensor], V0: torch.Tensor,
@@ -258,10 +268,7 @@ def _tridiag_lowmem(closure: Callable[[torch.Tensor], torch.Tensor], V0: torch.T
             break
         safe = torch.where(b > BREAKDOWN_TOL, b, torch.ones_like(b))
         q_prev, q, b_prev = q, r / safe, b
-    T = torch.diag_embed(alpha[:, :steps])
-    off = beta[:, : steps - 1]
-    T = T + torch.diag_embed(off, offset=1) + torch.diag_embed(off, offset=-1)
-    return T
+    return _tridiagonal(alpha, beta, steps)
 
 
 def _quadrature(T: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -271,7 +271,9 @@ class DatasetOperator(SpectralOperator):
         grad_outputs = (grad_outputs,) if isinstance(grad_outputs, torch.Tensor) else tuple(grad_outputs)
         # A zero cotangent adds nothing: drop it, and the backward work behind it.
         # Blocks of unit vectors (to_dense) are zero outside one parameter tensor.
-        nonzero = [i for i, go in enumerate(grad_outputs) if bool(go.any())]
+        # (one host sync for all of them: this runs for every batch of every product)
+        flags = torch.stack([go.any() for go in grad_outputs]).tolist()
+        nonzero = [i for i, flag in enumerate(flags) if flag]
         if not nonzero:
             return torch.zeros(self.shape[0], m, dtype=self.dtype, device=self.device)
         if len(nonzero) < len(grad_outputs):
