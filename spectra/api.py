@@ -163,7 +163,7 @@ def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes:
     """``on_memory="lanczos"``: exact -> lanczos when the dense Hessian does not fit, and the
     low-memory Lanczos engine when the basis does not fit; ``options`` gains ``engine``."""
     from .backends.exact import exact_memory_bytes
-    from .backends.lanczos import lanczos_memory_bytes
+    from .backends.lanczos import BASIS_ENGINES, DEFAULT_ENGINE, lanczos_memory_bytes
 
     if method not in ("exact", "lanczos"):
         return method, None
@@ -173,7 +173,7 @@ def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes:
     if method == "exact" and exact_memory_bytes(P) > have:
         notes.append(f"exact needs {format_bytes(exact_memory_bytes(P))} > {format_bytes(have)}: ran lanczos")
         method = "lanczos"
-    if method == "lanczos" and options.get("engine", "reorth") in ("reorth", "linear_operator"):
+    if method == "lanczos" and options.get("engine", DEFAULT_ENGINE) in BASIS_ENGINES:
         probes = options.get("probes")
         n_probes = num_probes if probes is None else (1 if probes.ndim == 1 else probes.shape[1])
         itemsize = torch.empty((), dtype=options.get("lanczos_dtype", torch.float64)).element_size()

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import density as _density
+from .backends.lanczos import DEFAULT_ENGINE
 from .errors import InvalidInputError
 from .operators.base import SpectralOperator
 from .result import SpectrumResult
@@ -71,7 +72,7 @@ class DeflatedOperator(SpectralOperator):
 
 
 def deflated_density(op: Any, k: int = 10, *, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
-                     which: str = "largest", arpack_tol: float = 0.0, engine: str = "reorth",
+                     which: str = "largest", arpack_tol: float = 0.0, engine: str = DEFAULT_ENGINE,
                      eigenpairs: tuple[np.ndarray, np.ndarray] | None = None) -> SpectrumResult:
     """Spectral density with the top ``k`` eigenvalues exact and the bulk by SLQ on the deflated operator.
 

@@ -56,6 +56,8 @@ from ..result import SpectrumResult
 from .base import available_memory_bytes, check_options, format_bytes
 
 ENGINES = ("reorth", "linear_operator", "lowmem")
+DEFAULT_ENGINE = "reorth"
+BASIS_ENGINES = ("reorth", "linear_operator")  # the engines that store the whole Krylov basis
 BREAKDOWN_TOL = 1e-10  # relative to the rescaled operator (norm ~ 1)
 LOWMEM_BLOCKS = 5  # q_prev, q, r and the product (plus its rescaled copy) of the lowmem engine
 
@@ -81,7 +83,7 @@ class LanczosBackend:
     options = {"num_probes", "num_steps", "seed", "probes", "engine", "memory_limit", "lanczos_dtype"}
 
     def run(self, op: Any, *, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
-            probes: torch.Tensor | None = None, engine: str = "reorth",
+            probes: torch.Tensor | None = None, engine: str = DEFAULT_ENGINE,
             memory_limit: int | None = None, lanczos_dtype: torch.dtype = torch.float64,
             **options: Any) -> SpectrumResult:
         check_options(self.name, options, set())
@@ -107,7 +109,7 @@ class LanczosBackend:
             num_probes = probes.shape[1]
         itemsize = torch.empty((), dtype=lanczos_dtype).element_size()
         # Checked before anything of size P x probes is allocated.
-        if engine in ("reorth", "linear_operator"):
+        if engine in BASIS_ENGINES:
             need = lanczos_memory_bytes(P, num_probes, num_steps, itemsize)
             what = f"the Lanczos basis needs {format_bytes(need)} ({num_steps} steps x {num_probes} probes x P={P})"
             advice = "use engine='lowmem', fewer probes or steps"
