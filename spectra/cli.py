@@ -544,8 +544,10 @@ class _Ranks:
     """The command's view of torch.distributed: a plain process, or one rank of a torchrun launch.
 
     Under ``torchrun --nproc-per-node N -m spectra analyze ...`` every rank
-    builds the same model and data, trains alike, analyses its shard of the
-    data, and only rank 0 prints and writes.  Each stage runs in
+    builds the same model, loads only its shard of the data (the whole
+    dataset with ``--train``, since training is not data-parallel, or when the
+    dataset cannot load a shard), trains alike, analyses its shard, and only
+    rank 0 prints and writes.  Each stage runs in
     :func:`spectra.distributed.fail_together`, so an error on any rank stops
     every rank with a one-line message instead of leaving them waiting.
     """
@@ -572,6 +574,22 @@ class _Ranks:
 
         return self.sd.fail_together(what) if self.active else contextlib.nullcontext()
 
+    def check_shards(self, record: dict[str, int]) -> None:
+        """Refuse shards that do not tile one dataset: every rank must load the same number of samples.
+
+        One all-reduce of each rank's ``info["shard"]`` record; every rank then
+        reaches the same verdict, so run it in a :meth:`step` of its own.
+        """
+        if not self.active:
+            return
+        import torch
+
+        table = torch.zeros(self.world, 3, dtype=torch.float64)
+        table[self.rank] = torch.tensor([record["num_samples_total"], record["start"], record["stop"]],
+                                        dtype=torch.float64)
+        self.sd._all_reduce_within(table, None, None)
+        _check_tiling([[int(v) for v in row] for row in table.tolist()])
+
     def share_weights(self, model: Any) -> None:
         """Rank 0's weights on every rank, bit for bit (training may differ in the last bits between hosts)."""
         if not self.active:
@@ -593,6 +611,25 @@ class _Ranks:
         """After printing an error: wait briefly for the other ranks to print theirs (torchrun kills on exit)."""
         if self.active:
             self.sd.farewell(self.store, self.rank, self.world)
+
+
+def _check_tiling(rows: list[list[int]]) -> None:
+    """``rows[r] = [num_samples_total, start, stop]`` of rank ``r``: the shards must cut one dataset in order.
+
+    >>> _check_tiling([[5, 0, 3], [5, 3, 5]])
+    >>> _check_tiling([[5, 0, 3], [6, 3, 6]])
+    Traceback (most recent call last):
+    spectra.errors.InvalidInputError: the ranks loaded datasets of different sizes (rank 0: 5, rank 1: 6 samples); the dataset must be the same on every rank (same arguments and seed)
+    """
+    totals = [row[0] for row in rows]
+    if len(set(totals)) > 1:
+        per_rank = ", ".join(f"rank {r}: {t}" for r, t in enumerate(totals))
+        raise InvalidInputError(f"the ranks loaded datasets of different sizes ({per_rank} samples); the dataset "
+                                "must be the same on every rank (same arguments and seed)")
+    stops = [0] + [row[2] for row in rows]
+    if any(row[1] != stops[r] for r, row in enumerate(rows)) or stops[-1] != totals[0]:
+        cuts = ", ".join(f"rank {r}: {row[1]}:{row[2]}" for r, row in enumerate(rows))
+        raise InvalidInputError(f"the ranks' shards do not cut the {totals[0]} samples in order ({cuts})")
 
 
 _RANKS: _Ranks | None = None  # this process's ranks, when the command runs under torchrun
@@ -629,6 +666,9 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
             torch.set_num_threads(args.threads)
         model_args = _collect_pairs(args.model_arg, "--model-arg")
         dataset_args = _collect_pairs(args.dataset_arg, "--dataset-arg")
+        if "shard" in dataset_args:
+            raise InvalidInputError("--dataset-arg shard is not a dataset argument: under torchrun each rank "
+                                    "loads its own shard")
         out = _OutDir(args.out, args.force) if args.out and ranks.main else None  # only rank 0 writes
         if out is not None:
             out.check()  # before any work: a refused folder should cost nothing
@@ -637,10 +677,18 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
         if args.method != "auto":
             plugins.get_entry("backends", args.method)
 
-        # every rank loads the whole dataset and builds the same model (same seed), then analyses its shard
+        # every rank builds the same model (same seed).  Analysis only: each rank loads just its shard
+        # (the dataset's loader cuts it, or the whole is loaded, cut and let go).  With --train every rank
+        # keeps the whole dataset, since training is not data-parallel, and analyses its shard afterwards.
         dataset_args = _with_defaults("datasets", args.dataset, dataset_args, args.dtype, args.seed)
         model_args = _with_defaults("models", args.model, model_args, args.dtype, args.seed)
-        data = datasets.load(args.dataset, **dataset_args)
+        if ranks.active and not args.train:
+            data = datasets.load(args.dataset, shard=(ranks.rank, ranks.world), **dataset_args)
+            if not datasets.loads_shards(args.dataset):
+                _say(args, f"note: dataset {args.dataset!r} cannot load a shard: every rank loads all "
+                           f"{data.info['shard']['num_samples_total']} samples and keeps its part")
+        else:
+            data = datasets.load(args.dataset, **dataset_args)
         model = models.create(args.model, **model_args)
         # factories without a dtype argument (or an explicit other dtype) still get one consistent dtype
         params = [p for p in model.parameters() if p.is_floating_point()]
@@ -657,7 +705,12 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
                           num_steps=args.steps, seed=args.seed, memory_limit=args.memory_limit,
                           on_memory=args.on_memory, dtype=dtype)
         if ranks.active:
-            shard = ranks.sd.shard(data)  # contiguous, sizes differ by at most one sample
+            # contiguous, sizes differ by at most one sample
+            shard = ranks.sd.shard(data, ranks.rank, ranks.world) if args.train else data
+
+    with ranks.step("while comparing the ranks' shards"):
+        if ranks.active:
+            ranks.check_shards(shard.info["shard"])
 
     history = None
     if args.train:

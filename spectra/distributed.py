@@ -190,6 +190,35 @@ def _bounds(sizes: Sequence[int], r: int) -> tuple[int, int]:
     return start, start + sizes[r]
 
 
+def shard_record(num: int, rank: int, world: int) -> dict[str, int]:
+    """Where rank ``rank`` of ``world`` cuts ``num`` samples: the ``info["shard"]`` record of :func:`shard`.
+
+    ``{"rank", "world", "start", "stop", "num_samples_total"}``: the rank holds
+    samples ``start:stop``.  A dataset loader that loads only its shard (the
+    ``shard=(rank, world)`` keyword, see :mod:`spectra.hookspecs`) picks those
+    rows and stores this record, so that it returns what ``shard()`` of the
+    whole dataset would.  Refuses a rank that would get no samples.
+
+    >>> shard_record(10, 1, 3)
+    {'rank': 1, 'world': 3, 'start': 4, 'stop': 7, 'num_samples_total': 10}
+    """
+    for value, what in ((num, "num"), (rank, "rank"), (world, "world")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(f"shard_record needs integers; got {what}={value!r}")
+    if world < 1 or not 0 <= rank < world or num < 0:
+        raise InvalidInputError(f"shard needs 0 <= rank < world and num >= 0; got rank={rank}, world={world}, "
+                                f"num={num}")
+    # shard_sizes() arithmetically, without a list of `world` sizes (world may be anything a user typed)
+    base, extra = divmod(num, world)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    if stop == start:
+        raise InvalidInputError(
+            f"rank {rank} of {world} gets no samples: {num} samples cannot be shared by {world} ranks"
+        )
+    return {"rank": rank, "world": world, "start": start, "stop": stop, "num_samples_total": num}
+
+
 def shard(data: Any, rank: int | None = None, world: int | None = None) -> Any:
     """This rank's contiguous part of ``data``; ``rank``/``world`` default to the process group's.
 
@@ -216,12 +245,9 @@ def shard(data: Any, rank: int | None = None, world: int | None = None) -> Any:
     if world < 1 or not 0 <= rank < world:
         raise InvalidInputError(f"shard needs 0 <= rank < world; got rank={rank}, world={world}")
     if isinstance(data, Dataset):
-        sizes = shard_sizes(len(data), world)
-        _refuse_empty(sizes, rank, world, len(data))
-        a, b = _bounds(sizes, rank)
-        info = {**data.info, "shard": {"rank": rank, "world": world, "start": a, "stop": b,
-                                       "num_samples_total": len(data)}}
-        return Dataset(data.X[a:b], data.y[a:b], name=data.name, info=info)
+        record = shard_record(len(data), rank, world)
+        a, b = record["start"], record["stop"]
+        return Dataset(data.X[a:b], data.y[a:b], name=data.name, info={**data.info, "shard": record})
     if _is_batch(data):
         X, y = data
         sizes = shard_sizes(len(X), world)
@@ -702,5 +728,5 @@ __all__ = [
     "DistributedHessianOperator", "broadcast_parameters", "destroy", "fail_together", "farewell", "init_from_env",
     "is_distributed",
     "is_initialized", "is_main_process", "launched_by_torchrun", "operator_class", "rank", "shard",
-    "shard_sizes", "world_size",
+    "shard_record", "shard_sizes", "world_size",
 ]

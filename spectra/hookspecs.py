@@ -44,6 +44,21 @@ def spectra_register_datasets(registry):  # type: ignore[no-untyped-def]
     ``registry.register(name, factory, description="")``: ``factory(**kwargs)``
     returns a :class:`spectra.data.Dataset` (or a pair ``(X, y)`` of tensors).
     Loaders should be deterministic given their ``seed`` and never download.
+
+    Sharded loading (optional): a loader that declares a keyword parameter
+    named ``shard`` (default ``None``) is called with ``shard=(rank, world)``
+    when one rank of a data-parallel run needs only its part
+    (``spectra.datasets.load(name, shard=(rank, world), ...)``, and
+    ``torchrun ... -m spectra analyze`` without ``--train``).  It must then
+    return exactly what ``spectra.distributed.shard(whole, rank, world)``
+    returns for its whole dataset: rows ``start:stop`` in the same order, the
+    same ``info`` plus ``info["shard"] =
+    spectra.distributed.shard_record(len(whole), rank, world)`` (which also
+    gives ``start`` and ``stop``), as a ``Dataset``.  spectra checks the
+    record and the length.  The point is memory: build only those rows where
+    the source allows (read them, or draw them from a generator that can skip
+    ahead).  Loaders without ``shard`` still work: the whole dataset is loaded
+    and cut.  ``shard`` is reserved for this meaning.
     """
 
 
