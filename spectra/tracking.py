@@ -44,7 +44,9 @@ and this Lanczos from a random vector) at each record and logs all three.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -54,8 +56,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ._io import atomic_save_npz, atomic_write_json, atomic_write_text
-from .errors import InvalidInputError
+from ._io import atomic_save_npz, atomic_write_json, atomic_write_text, to_json
+from .errors import InvalidInputError, ResultFormatError
 
 __all__ = ["Eigenpairs", "top_eigenpairs", "CurvatureRecord", "curvature_at", "CurvatureTracker"]
 
@@ -306,14 +308,76 @@ def tidy_csv(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def record_rows(r: CurvatureRecord) -> list[dict[str, Any]]:
+    """The tidy rows of one record, in table order (see :meth:`CurvatureTracker.rows`)."""
+    out: list[dict[str, Any]] = []
+
+    def add(step: int, quantity: str, value: float, index: int = 0, stderr: float = math.nan) -> None:
+        out.append({"step": step, "quantity": quantity, "index": index, "value": float(value),
+                    "stderr": float(stderr)})
+
+    add(r.step, "loss", r.loss)
+    add(r.step, "grad_norm", r.grad_norm)
+    for name, v in r.extra.items():
+        add(r.step, name, v)
+    if r.eig is not None:
+        for i, (lam, res) in enumerate(zip(r.eig.values, r.eig.residuals), start=1):
+            add(r.step, "eigenvalue", lam, i)
+            add(r.step, "eigen_residual", res, i)
+        add(r.step, "eig_matvecs", r.eig.num_matvecs)
+        add(r.step, "eig_warm", float(r.eig.warm))
+    if r.cold is not None:
+        for i, lam in enumerate(r.cold.values, start=1):
+            add(r.step, "eigenvalue_cold", lam, i)
+        add(r.step, "eig_matvecs_cold", r.cold.num_matvecs)
+    if r.cold_lanczos is not None:
+        add(r.step, "eig_matvecs_cold_lanczos", r.cold_lanczos.num_matvecs)
+    if r.trace is not None:
+        add(r.step, "trace", r.trace.estimate, stderr=r.trace.stderr)
+        add(r.step, "trace_matvecs", r.trace.num_matvecs)
+    if r.density is not None:
+        add(r.step, "density_matvecs", r.density.num_matvecs)
+    add(r.step, "seconds", r.seconds)
+    return out
+
+
+TRACK_FORMAT = "spectra-curvature-track"
+# 2: curvature.npz holds the whole state (settings, table, last eigenvectors), so a track can be resumed
+TRACK_FORMAT_VERSION = 2
+NPZ, CSV, JSON = "curvature.npz", "curvature.csv", "curvature.json"
+TRACK_FILES = (NPZ, CSV, JSON)  # the order save() writes them in: the npz is the snapshot, the others its views
+# Quantities the tracker writes itself; extra values passed to record() may not reuse these names, so a
+# saved table can be read back into records without ambiguity.
+BUILTIN_QUANTITIES = frozenset({
+    "loss", "grad_norm", "eigenvalue", "eigen_residual", "eig_matvecs", "eig_warm", "eigenvalue_cold",
+    "eig_matvecs_cold", "eig_matvecs_cold_lanczos", "trace", "trace_matvecs", "density_matvecs", "seconds"})
+# The options of curvature_at a tracker passes on (all of them define its table), with their defaults.
+OPTION_DEFAULTS = {name: p.default for name, p in inspect.signature(curvature_at).parameters.items()
+                   if p.kind is p.KEYWORD_ONLY and name not in ("step", "loss", "k", "previous")}
+
+
 class CurvatureTracker:
-    """Record curvature at chosen steps; a tidy table, saved atomically and plotted.
+    """Record curvature at chosen steps; a tidy table, saved atomically, resumable and plotted.
 
     ``steps``: the steps to record (an iterable), or ``every`` = record each
     multiple of it; the final step of :func:`spectra.train` is always
     recorded.  Other options go to :func:`curvature_at`.  With ``out`` (a
-    folder), ``curvature.csv``, ``curvature.json`` and ``curvature.npz`` are
-    rewritten (atomically) after every record.
+    folder), ``curvature.npz``, ``curvature.csv`` and ``curvature.json`` are
+    rewritten (atomically, in that order) after every record.
+
+    **Resuming.**  ``curvature.npz`` is the snapshot: the settings, the whole
+    table and the last eigenvectors (the warm-start state); the CSV and JSON
+    are views of it.  ``resume=True`` continues the track already in ``out``:
+    the settings must be the ones it was started with (k, loss, the schedule
+    and every option; a difference is refused by name), its records are
+    restored, the next record warm-starts from the saved eigenvectors exactly
+    as the uninterrupted run would have, and steps up to the last recorded one
+    are never redone (``wants`` is false for them and the callback skips
+    them), so training restarted from an earlier checkpoint replays without
+    duplicate rows.  An empty ``out`` starts a fresh track.  Without
+    ``resume``, a folder that already holds a track is refused unless
+    ``force=True`` (which deletes the three files first).
+    :meth:`load` reads a saved track for its table and plots.
 
     >>> import torch, spectra
     >>> torch.manual_seed(0) and None
@@ -326,14 +390,43 @@ class CurvatureTracker:
     [0, 10, 20]
     >>> sorted({row["quantity"] for row in tracker.rows()})[:4]
     ['accuracy', 'eig_matvecs', 'eig_warm', 'eigen_residual']
+
+    A run that stopped after step 10 (its weights at step 10 kept, here in
+    memory; in practice ``model.load_state_dict(torch.load(path,
+    weights_only=True))``) continues with the same call plus ``resume=True``
+    and ``spectra.train(..., start_step=10)``:
+
+    >>> import tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> torch.manual_seed(1) and None
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
+    >>> first = CurvatureTracker((X, y), k=2, every=10, trace_matvecs=12, out=out)
+    >>> _ = spectra.train(net, (X, y), lr=0.5, max_steps=10, grad_tol=0, callbacks=first,
+    ...                   callback_steps=first.schedule(10))
+    >>> again = CurvatureTracker((X, y), k=2, every=10, trace_matvecs=12, out=out, resume=True)
+    >>> again.resumed, again.last_step, again.wants(10), again.wants(20)
+    (2, 10, False, True)
+    >>> _ = spectra.train(net, (X, y), lr=0.5, start_step=10, max_steps=10, grad_tol=0, callbacks=again,
+    ...                   callback_steps=again.schedule(20))
+    >>> [r.step for r in CurvatureTracker.load(out).records], again.records[-1].eig.warm
+    ([0, 10, 20], True)
     """
 
     def __init__(self, data: Any, *, loss: Any = "cross_entropy", k: int = 5, steps: Iterable[int] | None = None,
-                 every: int | None = None, out: str | Path | None = None, **options: Any):
+                 every: int | None = None, out: str | Path | None = None, resume: bool = False,
+                 force: bool = False, **options: Any):
         if steps is None and every is None:
             raise InvalidInputError("give the steps to record (steps=[...]) or a period (every=N)")
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise InvalidInputError(f"every must be a positive integer; got {every!r}")
+        unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+        if unknown:
+            raise InvalidInputError(f"unknown CurvatureTracker option(s) {', '.join(unknown)}; "
+                                    f"known: {', '.join(OPTION_DEFAULTS)}")
+        if resume and force:
+            raise InvalidInputError("resume=True continues the track in out and force=True replaces it: give one")
+        if (resume or force) and out is None:
+            raise InvalidInputError("resume=True and force=True need out= (the folder of the track)")
         self.data = data
         self.loss = loss
         self.k = int(k)
@@ -342,6 +435,73 @@ class CurvatureTracker:
         self.out = None if out is None else Path(out)
         self.options = options
         self.records: list[CurvatureRecord] = []
+        self.resumed = 0  # records restored from out by resume=True
+        self.repaired: list[str] = []  # views rewritten on resume because a kill had left them behind the npz
+        self._saved_settings: dict[str, Any] | None = None  # set by load(): the settings read from the file
+        self._check_gap = False  # the first record after a resume checks no scheduled step was skipped
+        if self.out is not None:
+            self._open(resume, force)
+
+    def _open(self, resume: bool, force: bool) -> None:
+        """Refuse, replace or resume a track already in ``out``."""
+        assert self.out is not None
+        if self.out.exists() and not self.out.is_dir():
+            raise InvalidInputError(f"out={self.out} exists and is not a folder")
+        present = [name for name in TRACK_FILES if (self.out / name).exists()]
+        if not present:
+            return
+        if force:
+            for name in present:
+                (self.out / name).unlink()
+            return
+        if not resume:
+            raise InvalidInputError(
+                f"{self.out} already holds a curvature track ({', '.join(present)}); pass resume=True to "
+                "continue it, force=True to replace it, or choose another out")
+        saved = _read_track(self.out)
+        differences = _differences(saved.settings, self.settings())
+        if differences:
+            raise InvalidInputError(
+                f"cannot resume the curvature track in {self.out}: {'; '.join(differences)}; use the settings "
+                "it was started with, or force=True to start over")
+        self.records = saved.records
+        self.resumed = len(saved.records)
+        self._check_gap = bool(saved.records)
+        if saved.stale:
+            self.repaired = saved.stale
+            self._write_views(self.out)
+
+    @classmethod
+    def load(cls, out: str | Path) -> CurvatureTracker:
+        """Read the track saved in ``out`` (validated; for its table, summary and plots).
+
+        The snapshot ``curvature.npz`` is read; views a kill left one record
+        behind are ignored (not rewritten).  A damaged or foreign file raises
+        :class:`~spectra.errors.ResultFormatError` naming it.  The tracker has
+        no data: to continue recording, build one with ``resume=True``.
+        """
+        out = Path(out)
+        if not out.is_dir():
+            raise ResultFormatError(f"{out} is not a folder holding a curvature track")
+        saved = _read_track(out)
+        s = saved.settings
+        tracker = cls(None, loss=s["loss"], k=s["k"], steps=s["steps"], every=s["every"])
+        tracker.options = dict(s["options"])
+        tracker.records = saved.records
+        tracker.resumed = len(saved.records)
+        tracker._saved_settings = s
+        return tracker
+
+    def settings(self) -> dict[str, Any]:
+        """What defines the table (JSON-ready): k, loss, the schedule and every option, defaults filled in."""
+        if self._saved_settings is not None:
+            return json.loads(json.dumps(self._saved_settings))
+        from .losses import resolve_loss
+
+        lo = resolve_loss(self.loss)
+        return _plain({"k": self.k, "loss": lo.name, "loss_reduction": lo.reduction, "steps": self.steps,
+                       "every": self.every,
+                       "options": {name: self.options.get(name, default) for name, default in OPTION_DEFAULTS.items()}})
 
     # -- scheduling -----------------------------------------------------------
     def schedule(self, max_steps: int) -> list[int]:
@@ -351,63 +511,73 @@ class CurvatureTracker:
         return list(range(0, max_steps + 1, self.every))
 
     def wants(self, step: int) -> bool:
+        """Whether ``step`` is scheduled and after the last recorded step (recorded steps are never redone)."""
+        if self.records and step <= self.records[-1].step:
+            return False
         if self.steps is not None:
             return step in self.steps
         return step % self.every == 0
 
+    @property
+    def last_step(self) -> int | None:
+        """The last recorded step (``None`` before the first record)."""
+        return self.records[-1].step if self.records else None
+
     # -- recording ------------------------------------------------------------
     def record(self, model: torch.nn.Module, step: int, **extra: float) -> CurvatureRecord:
-        """Record the curvature now (the plain call for any training loop); ``extra`` values go in the table."""
+        """Record the curvature now (the plain call for any training loop); ``extra`` values go in the table.
+
+        Steps must increase: a step at or before the last recorded one is refused.
+        """
+        if self.data is None:
+            raise InvalidInputError("this tracker was loaded for reading (CurvatureTracker.load); to continue "
+                                    "recording, build it with its data, the same settings and resume=True")
+        step = int(step)
+        if self.records and step <= self.records[-1].step:
+            raise InvalidInputError(f"step {step} is not after the last recorded step {self.records[-1].step}: "
+                                    "a track's steps increase and recorded steps are not redone")
+        clash = sorted(set(extra) & BUILTIN_QUANTITIES)
+        if clash:
+            raise InvalidInputError(f"extra value name(s) {', '.join(clash)} are table quantities of the tracker "
+                                    "itself; choose other names")
+        if self._check_gap:
+            self._refuse_gap(step)
         previous = self.records[-1] if self.records else None
         rec = curvature_at(model, self.data, step=step, loss=self.loss, k=self.k, previous=previous,
                            **self.options)
         rec.extra = {k: float(v) for k, v in extra.items()}
         self.records.append(rec)
+        self._check_gap = False
         if self.out is not None:
             self.save(self.out)
         return rec
 
+    def _refuse_gap(self, step: int) -> None:
+        """After a resume: a scheduled step between the last record and ``step`` would be missing for good."""
+        last = self.records[-1].step
+        if self.steps is not None:
+            missed = [s for s in self.steps if last < s < step]
+        else:
+            nxt = (last // self.every + 1) * self.every
+            missed = [nxt] if nxt < step else []
+        if missed:
+            raise InvalidInputError(
+                f"the resumed track's last record is step {last}, but training continues at step {step}: "
+                f"scheduled step {missed[0]} would never be recorded; restart training from a checkpoint at or "
+                f"before step {missed[0]}")
+
     def __call__(self, model: torch.nn.Module, info: dict) -> None:
         """The :func:`spectra.train` callback: ``f(model, info)``."""
         step = int(info["step"])
+        if self.records and step <= self.records[-1].step:
+            return  # recorded already: the final call repeating a scheduled step, or a replay after a resume
         if self.wants(step) or info.get("final"):
-            if self.records and self.records[-1].step == step:
-                return  # the final call repeats a scheduled step
             self.record(model, step, accuracy=info.get("accuracy", math.nan))
 
     # -- the table --------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         """Tidy rows ``{step, quantity, index, value, stderr}`` (index: eigenvalue rank from 1, else 0)."""
-        out: list[dict[str, Any]] = []
-
-        def add(step: int, quantity: str, value: float, index: int = 0, stderr: float = math.nan) -> None:
-            out.append({"step": step, "quantity": quantity, "index": index, "value": float(value),
-                        "stderr": float(stderr)})
-
-        for r in self.records:
-            add(r.step, "loss", r.loss)
-            add(r.step, "grad_norm", r.grad_norm)
-            for name, v in r.extra.items():
-                add(r.step, name, v)
-            if r.eig is not None:
-                for i, (lam, res) in enumerate(zip(r.eig.values, r.eig.residuals), start=1):
-                    add(r.step, "eigenvalue", lam, i)
-                    add(r.step, "eigen_residual", res, i)
-                add(r.step, "eig_matvecs", r.eig.num_matvecs)
-                add(r.step, "eig_warm", float(r.eig.warm))
-            if r.cold is not None:
-                for i, lam in enumerate(r.cold.values, start=1):
-                    add(r.step, "eigenvalue_cold", lam, i)
-                add(r.step, "eig_matvecs_cold", r.cold.num_matvecs)
-            if r.cold_lanczos is not None:
-                add(r.step, "eig_matvecs_cold_lanczos", r.cold_lanczos.num_matvecs)
-            if r.trace is not None:
-                add(r.step, "trace", r.trace.estimate, stderr=r.trace.stderr)
-                add(r.step, "trace_matvecs", r.trace.num_matvecs)
-            if r.density is not None:
-                add(r.step, "density_matvecs", r.density.num_matvecs)
-            add(r.step, "seconds", r.seconds)
-        return out
+        return [row for r in self.records for row in record_rows(r)]
 
     def column(self, quantity: str, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one quantity from the table."""
@@ -441,25 +611,61 @@ class CurvatureTracker:
         return tidy_csv(self.rows(), TABLE_COLUMNS)
 
     def save(self, out: str | Path) -> Path:
-        """Write ``curvature.csv``, ``curvature.json`` and ``curvature.npz`` into ``out`` (atomically)."""
+        """Write ``curvature.npz`` (the snapshot), then ``curvature.csv`` and ``curvature.json`` into ``out``.
+
+        Each file is written atomically.  A kill between the writes leaves the
+        views one record behind the snapshot; :meth:`load` and ``resume=True``
+        detect that and trust the snapshot (``resume`` rewrites the views).
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        if self.records:
-            arrays["step"] = np.array([r.step for r in self.records], dtype=np.int64)
-            arrays["eigenvalues"] = np.array([r.eig.values for r in self.records if r.eig is not None])
-            dens = [r.density for r in self.records if r.density is not None]
-            if dens and len(dens) == len(self.records):
-                arrays["density_nodes"] = np.stack([d.nodes for d in dens])
-                arrays["density_weights"] = np.stack([d.weights for d in dens])
-        atomic_save_npz(out / "curvature.npz", **arrays)
-        atomic_write_text(out / "curvature.csv", self.to_csv())
-        atomic_write_json(out / "curvature.json", {
-            "format": "spectra-curvature-track", "format_version": 1, "k": self.k, "loss": str(self.loss),
-            "options": {k: v for k, v in self.options.items() if isinstance(v, (int, float, str, bool, type(None)))},
-            "matvecs": self.matvec_summary(), "columns": list(TABLE_COLUMNS), "rows": self.rows(),
-        })
+        atomic_save_npz(out / NPZ, **self._state_arrays())
+        self._write_views(out)
         return out
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """Everything a resume needs, as arrays (strings as unicode arrays: no pickle)."""
+        numbered = [(i, row) for i, r in enumerate(self.records) for row in record_rows(r)]
+        arrays: dict[str, np.ndarray] = {
+            "format": np.array(TRACK_FORMAT),
+            "format_version": np.array(TRACK_FORMAT_VERSION, dtype=np.int64),
+            "settings": np.array(json.dumps(self.settings(), sort_keys=True)),
+            "records": np.array(len(self.records), dtype=np.int64),
+            "step": np.array([r.step for r in self.records], dtype=np.int64),
+            "table_record": np.array([i for i, _ in numbered], dtype=np.int64),
+            "table_step": np.array([row["step"] for _, row in numbered], dtype=np.int64),
+            "table_quantity": np.array([row["quantity"] for _, row in numbered], dtype=str),
+            "table_index": np.array([row["index"] for _, row in numbered], dtype=np.int64),
+            "table_value": np.array([row["value"] for _, row in numbered], dtype=np.float64),
+            "table_stderr": np.array([row["stderr"] for _, row in numbered], dtype=np.float64),
+            # what the table does not hold about each solve
+            "eig_solver": np.array([r.eig.solver if r.eig is not None else "" for r in self.records], dtype=str),
+            "eig_converged": np.array([bool(r.eig is not None and r.eig.converged) for r in self.records]),
+            "eig_steps": np.array([r.eig.steps if r.eig is not None else 0 for r in self.records], dtype=np.int64),
+        }
+        eigs = [r.eig.values for r in self.records if r.eig is not None]
+        if eigs:
+            arrays["eigenvalues"] = np.array(eigs)
+        last = self.records[-1].eig if self.records else None
+        if last is not None and last.vectors is not None:
+            # the warm-start state: the next record starts from these, resumed or not
+            arrays["last_eigenvectors"] = last.vectors.detach().to("cpu", torch.float64).numpy()
+        dens = [r.density for r in self.records if r.density is not None]
+        if dens and len(dens) == len(self.records) and all(d.nodes is not None for d in dens):
+            arrays["density_nodes"] = np.stack([d.nodes for d in dens])
+            arrays["density_weights"] = np.stack([d.weights for d in dens])
+        return arrays
+
+    def _write_views(self, out: Path) -> None:
+        rows = self.rows()
+        atomic_write_text(out / CSV, tidy_csv(rows, TABLE_COLUMNS))
+        settings = self.settings()
+        atomic_write_json(out / JSON, {
+            "format": TRACK_FORMAT, "format_version": TRACK_FORMAT_VERSION, "snapshot": NPZ,
+            "records": len(self.records), "last_step": self.last_step, "k": self.k, "loss": settings["loss"],
+            "options": {k: v for k, v in self.options.items() if isinstance(v, (int, float, str, bool, type(None)))},
+            "settings": settings, "matvecs": self.matvec_summary(), "columns": list(TABLE_COLUMNS), "rows": rows,
+        })
 
     # -- plotting -----------------------------------------------------------------
     def plot(self, axes: Sequence[Any] | None = None) -> tuple[Any, Any]:
@@ -491,3 +697,194 @@ class CurvatureTracker:
         axes[2].set_xlabel("step")
         fig.tight_layout()
         return fig, axes
+
+
+# ------------------------------------------------------------------ reading a saved track
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy (what a comparison with settings read back from a file needs)."""
+    return json.loads(to_json(obj))
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"<setting> differs (saved .., now ..)"`` for each setting that defines the table and differs."""
+    missing = object()
+    out = []
+    for key in ("k", "loss", "loss_reduction", "steps", "every"):
+        if saved.get(key, missing) != now.get(key, missing):
+            out.append(f"{key} differs (saved {saved.get(key)!r}, now {now.get(key)!r})")
+    old, new = saved.get("options") or {}, now.get("options") or {}
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, missing) != new.get(key, missing):
+            out.append(f"{key} differs (saved {old.get(key)!r}, now {new.get(key)!r})")
+    return out
+
+
+@dataclass
+class _SavedTrack:
+    settings: dict[str, Any]
+    records: list[CurvatureRecord]
+    stale: list[str]  # views a kill left one record behind the snapshot (or never wrote)
+
+
+def _read_track(out: Path) -> _SavedTrack:
+    """Read and check the track in ``out``: the snapshot, then its two views."""
+    path = out / NPZ
+    if not path.is_file():
+        raise ResultFormatError(f"{path} is missing: it holds the track's state (curvature.csv and "
+                                "curvature.json alone cannot be resumed); use force=True to start over")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+    except Exception as exc:  # a damaged zip raises one of several types (BadZipFile, OSError, ValueError, ...)
+        raise ResultFormatError(f"{path} cannot be read as an npz archive ({type(exc).__name__}: {exc}); "
+                                "it is damaged or not a curvature track") from exc
+    fmt = arrays.get("format")
+    if fmt is None or fmt.shape != () or str(fmt) != TRACK_FORMAT:
+        if "format" not in arrays and _json_format_version(out / JSON) == 1:
+            raise ResultFormatError(f"{path} was written by an older spectra (curvature track format 1), which "
+                                    "saved no resume state (no eigenvectors); use force=True to start over")
+        raise ResultFormatError(f"{path} is not a spectra curvature track (no 'format' entry {TRACK_FORMAT!r})")
+    try:
+        version = int(arrays["format_version"])
+        if version > TRACK_FORMAT_VERSION:
+            raise ResultFormatError(f"{path} has curvature track format version {version}; this spectra reads "
+                                    f"up to {TRACK_FORMAT_VERSION} (it was written by a newer spectra)")
+        settings = json.loads(str(arrays["settings"]))
+        if not isinstance(settings, dict) or not isinstance(settings.get("options"), dict) or \
+                not {"k", "loss", "steps", "every"} <= set(settings):
+            raise ResultFormatError(f"{path}: its 'settings' entry is not a tracker's settings")
+        records = _records_from_arrays(arrays, settings, path)
+    except ResultFormatError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ResultFormatError(f"{path} is damaged ({type(exc).__name__}: {exc})") from exc
+    stale = [name for name in (CSV, JSON) if not _view_in_step(out / name, records)]
+    return _SavedTrack(settings=settings, records=records, stale=stale)
+
+
+def _json_format_version(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _records_from_arrays(arrays: dict[str, np.ndarray], settings: dict[str, Any], path: Path) -> list[CurvatureRecord]:
+    """Rebuild the records from the snapshot's table; check that they give the same table back."""
+    from .result import SpectrumResult
+    from .trace import TraceEstimate
+
+    n = int(arrays["records"])
+    steps = arrays["step"]
+    rec_of = arrays["table_record"]
+    table = [arrays[f"table_{c}"] for c in ("step", "quantity", "index", "value", "stderr")]
+    if steps.shape != (n,) or any(t.shape != rec_of.shape for t in table) or \
+            any(arrays[m].shape != (n,) for m in ("eig_solver", "eig_converged", "eig_steps")):
+        raise ResultFormatError(f"{path}: its arrays disagree in length ({n} records)")
+    if rec_of.size and (np.any(np.diff(rec_of) < 0) or rec_of[0] < 0 or rec_of[-1] >= n):
+        raise ResultFormatError(f"{path}: its table's record numbers are out of order")
+    if n > 1 and np.any(np.diff(steps) <= 0):
+        raise ResultFormatError(f"{path}: its steps do not increase")
+    t_step, t_quantity, t_index, t_value, t_stderr = table
+    nodes, weights = arrays.get("density_nodes"), arrays.get("density_weights")
+    records = []
+    for i in range(n):
+        rows = np.flatnonzero(rec_of == i)
+        if not rows.size or np.any(t_step[rows] != steps[i]):
+            raise ResultFormatError(f"{path}: record {i} (step {int(steps[i])}) has no rows or rows of another step")
+        scalar: dict[str, float] = {}
+        extra: dict[str, float] = {}
+        ranked: dict[str, dict[int, float]] = {"eigenvalue": {}, "eigen_residual": {}, "eigenvalue_cold": {}}
+        trace_stderr = math.nan
+        for j in rows:
+            q, v = str(t_quantity[j]), float(t_value[j])
+            if q in ranked:
+                ranked[q][int(t_index[j])] = v
+            elif q in BUILTIN_QUANTITIES:
+                scalar[q] = v
+                if q == "trace":
+                    trace_stderr = float(t_stderr[j])
+            else:
+                extra[q] = v
+        eig = cold = cold_lz = trace = density = None
+        if ranked["eigenvalue"]:
+            ranks = sorted(ranked["eigenvalue"])
+            eig = Eigenpairs(values=np.array([ranked["eigenvalue"][r] for r in ranks]), vectors=None,
+                             residuals=np.array([ranked["eigen_residual"].get(r, math.nan) for r in ranks]),
+                             num_matvecs=int(scalar["eig_matvecs"]), converged=bool(arrays["eig_converged"][i]),
+                             solver=str(arrays["eig_solver"][i]), warm=bool(scalar["eig_warm"]),
+                             steps=int(arrays["eig_steps"][i]))
+        if ranked["eigenvalue_cold"]:
+            values = np.array([ranked["eigenvalue_cold"][r] for r in sorted(ranked["eigenvalue_cold"])])
+            cold = Eigenpairs(values=values, vectors=None, residuals=np.full(values.size, math.nan),
+                              num_matvecs=int(scalar["eig_matvecs_cold"]), converged=True, solver="arpack",
+                              warm=False)
+        if "eig_matvecs_cold_lanczos" in scalar:
+            # only its cost is in the table
+            cold_lz = Eigenpairs(values=np.full(0, math.nan), vectors=None, residuals=np.full(0, math.nan),
+                                 num_matvecs=int(scalar["eig_matvecs_cold_lanczos"]), converged=True,
+                                 solver="lanczos", warm=False)
+        if "trace" in scalar:
+            trace = TraceEstimate(estimate=scalar["trace"], stderr=trace_stderr,
+                                  method=str(settings["options"].get("trace")),
+                                  num_matvecs=int(scalar["trace_matvecs"]))
+        if "density_matvecs" in scalar:
+            density = SpectrumResult(method="lanczos", num_matvecs=int(scalar["density_matvecs"]),
+                                     nodes=None if nodes is None else nodes[i],
+                                     weights=None if weights is None else weights[i])
+        records.append(CurvatureRecord(step=int(steps[i]), loss=scalar["loss"], grad_norm=scalar["grad_norm"],
+                                       eig=eig, trace=trace, density=density, cold=cold, cold_lanczos=cold_lz,
+                                       seconds=scalar["seconds"], extra=extra))
+    if records and records[-1].eig is not None:
+        vectors = arrays.get("last_eigenvectors")
+        k = records[-1].eig.values.size
+        if vectors is None or vectors.ndim != 2 or vectors.shape[1] != k or not np.all(np.isfinite(vectors)):
+            raise ResultFormatError(f"{path} lacks the last record's {k} eigenvectors (the warm-start state)")
+        records[-1].eig.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float64))
+    # The records must give back the saved table, value for value: anything else is not our file.
+    rebuilt = [row for r in records for row in record_rows(r)]
+    same = len(rebuilt) == rec_of.size and all(
+        row["step"] == t_step[j] and row["quantity"] == t_quantity[j] and row["index"] == t_index[j]
+        for j, row in enumerate(rebuilt)) and \
+        np.array_equal([row["value"] for row in rebuilt], t_value.astype(np.float64), equal_nan=True) and \
+        np.array_equal([row["stderr"] for row in rebuilt], t_stderr.astype(np.float64), equal_nan=True)
+    if not same:
+        raise ResultFormatError(f"{path}: its table does not rebuild from its records (damaged, or not written "
+                                "by a CurvatureTracker)")
+    return records
+
+
+def _view_in_step(path: Path, records: list[CurvatureRecord]) -> bool:
+    """True if the view at ``path`` matches the snapshot's records; False if it is missing or one record behind.
+
+    A view that is neither (another run's, edited, damaged) raises: it is never silently overwritten.
+    """
+    if not path.exists():
+        return False
+    n = len(records)
+
+    def rows(m: int) -> list[dict[str, Any]]:
+        return [row for r in records[:m] for row in record_rows(r)]
+
+    if path.name == CSV:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text == tidy_csv(rows(n), TABLE_COLUMNS):
+            return True
+        if n and text == tidy_csv(rows(n - 1), TABLE_COLUMNS):
+            return False
+        raise ResultFormatError(f"{path} does not match {NPZ} (it is neither the snapshot's table nor the table "
+                                "one record before it): the files are not from one run; use force=True to start over")
+    try:
+        view = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultFormatError(f"{path} is not valid JSON ({exc}); it is damaged") from exc
+    if not isinstance(view, dict) or view.get("format") != TRACK_FORMAT:
+        raise ResultFormatError(f"{path} is not a spectra curvature track (format {TRACK_FORMAT!r} expected)")
+    if view.get("records") == n and view.get("rows") == _plain(rows(n)):
+        return True
+    if n and view.get("records") == n - 1 and view.get("rows") == _plain(rows(n - 1)):
+        return False
+    raise ResultFormatError(f"{path} does not match {NPZ} ({view.get('records')!r} records there, {n} in the "
+                            "snapshot): the files are not from one run; use force=True to start over")
