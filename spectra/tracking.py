@@ -10,7 +10,9 @@ Two ways in:
   (one row per step, quantity and index), writes it atomically as CSV and
   JSON (plus an ``.npz`` of arrays) after every record, and plots it.  It is
   also a :func:`spectra.train` callback: ``train(..., callbacks=tracker,
-  callback_steps=tracker.steps)``.
+  callback_steps=tracker.schedule(max_steps))``.  A killed run continues with
+  ``resume=True`` (same settings; the records and the warm-start state come
+  back from ``curvature.npz``, recorded steps are skipped).
 
 **Warm starts.**  The top eigenpairs come from a Lanczos run with full
 reorthogonalisation that stops as soon as the ``k`` largest Ritz pairs have
@@ -485,7 +487,10 @@ class CurvatureTracker:
             raise ResultFormatError(f"{out} is not a folder holding a curvature track")
         saved = _read_track(out)
         s = saved.settings
-        tracker = cls(None, loss=s["loss"], k=s["k"], steps=s["steps"], every=s["every"])
+        try:
+            tracker = cls(None, loss=s["loss"], k=s["k"], steps=s["steps"], every=s["every"])
+        except (InvalidInputError, TypeError, ValueError) as exc:
+            raise ResultFormatError(f"{out / NPZ}: its settings are not a tracker's ({exc})") from exc
         tracker.options = dict(s["options"])
         tracker.records = saved.records
         tracker.resumed = len(saved.records)
@@ -543,6 +548,12 @@ class CurvatureTracker:
         if self._check_gap:
             self._refuse_gap(step)
         previous = self.records[-1] if self.records else None
+        if previous is not None and previous.eig is not None and previous.eig.vectors is not None:
+            # Restored eigenvectors come from the file on the CPU; the warm start is built where the
+            # uninterrupted run built it, on the model's device.
+            param = next(iter(model.parameters()), None)
+            if param is not None and previous.eig.vectors.device != param.device:
+                previous.eig.vectors = previous.eig.vectors.to(param.device)
         rec = curvature_at(model, self.data, step=step, loss=self.loss, k=self.k, previous=previous,
                            **self.options)
         rec.extra = {k: float(v) for k, v in extra.items()}

@@ -278,7 +278,7 @@ DAMAGE = {
     "csv edited": (lambda d: _io.atomic_write_text(d / CSV, (d / CSV).read_text().replace("loss,0,", "loss,0,1")),
                    CSV, "does not match"),
     "format 1": (lambda d: (_io.atomic_save_npz(d / NPZ, step=np.arange(5), eigenvalues=np.ones((5, 2))),
-                            _io.atomic_write_json(d / JSON, {"format": "spectra-curvature-track", "format_version": 1})),
+                            _io.atomic_write_json(d / JSON, {"format": tracking.TRACK_FORMAT, "format_version": 1})),
                  NPZ, "older spectra .*format 1"),
 }
 
