@@ -65,7 +65,7 @@ def test_folded_block_products_match_the_reference_hessian(name, monkeypatch):
     monkeypatch.setattr(fold._FoldSharedFactor, "__torch_dispatch__", spy)
     results = {}
     for folded in (True, False):
-        op = HessianOperator(model, loss, (X, y))
+        op = HessianOperator(model, loss, (X, y), mode="reverse")  # the autograd path folds
         op.fold_batched_products = folded
         results[folded] = op.matmat(V)
         torch.testing.assert_close(results[folded], H @ V, rtol=1e-10, atol=1e-12)
@@ -92,7 +92,7 @@ def test_zero_pieces_are_skipped_and_products_stay_exact(columns, touched, monke
     X, y = torch.randn(30, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
     H = reference_hessian(model, "cross_entropy", X, y)
     assert H.shape == (73, 73)
-    op = HessianOperator(model, "cross_entropy", (X, y))
+    op = HessianOperator(model, "cross_entropy", (X, y), mode="reverse")
     widths = []
     real = torch.autograd.grad
 

@@ -48,6 +48,7 @@ import torch
 
 from ..errors import InvalidInputError, NonFiniteError
 from ..losses import LossLike, resolve_loss
+from ..operators._activations import ELEMENTWISE_ACTIVATIONS
 from ..train import sphere_vector, trainable_parameters
 
 __all__ = ["StackedNet", "init_seed", "init_thetas", "batched_gd", "batched_hessian_eigvals", "looped_reference"]
@@ -145,8 +146,7 @@ class StackedNet:
 # tensors with ordinary autograd: the B losses are independent, so the
 # gradient of their sum holds every init's own gradient.
 
-_ELEMENTWISE = (torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid, torch.nn.Identity, torch.nn.LeakyReLU,
-                torch.nn.GELU, torch.nn.ELU, torch.nn.Softplus)
+_ELEMENTWISE = ELEMENTWISE_ACTIVATIONS
 
 
 def _mlp_chain(stack: "StackedNet") -> list | None:

@@ -36,51 +36,15 @@ from __future__ import annotations
 
 import torch
 
+from ..operators._activations import activation_derivatives as _act_derivs
+from ..operators._activations import times_first_derivative
+
 __all__ = ["chain_grad", "chain_hessian", "hessian_chunk"]
 
 
-# ----------------------------------------------------------------------------- activations
-
-def _act_derivs(m: torch.nn.Module, z: torch.Tensor, order: int) -> tuple:
-    """``(sigma(z), sigma'(z), sigma''(z) or None)``; None stands for an exact zero.
-
-    ReLU returns ``sigma'`` as the string ``"relu"``: :func:`_times_s1` then
-    masks with one fused kernel (torch's own relu backward) instead of
-    building and multiplying a 0/1 tensor.
-    """
-    if isinstance(m, torch.nn.ReLU):
-        # z is a fresh layer output that nothing else reads: rectify it in place
-        return torch.relu_(z), "relu", None
-    if isinstance(m, torch.nn.Identity):
-        return z, torch.ones_like(z), None
-    if isinstance(m, torch.nn.LeakyReLU):
-        # torch's leaky_relu backward takes the negative slope at z == 0
-        return (torch.nn.functional.leaky_relu(z, m.negative_slope),
-                torch.ones_like(z).masked_fill_(z <= 0, m.negative_slope), None)
-    if isinstance(m, torch.nn.Tanh):
-        a = torch.tanh(z)
-        s1 = 1 - a * a
-        return a, s1, (-2 * a * s1 if order > 1 else None)
-    if isinstance(m, torch.nn.Sigmoid):
-        a = torch.sigmoid(z)
-        s1 = a * (1 - a)
-        return a, s1, (s1 * (1 - 2 * a) if order > 1 else None)
-    # any other elementwise module: its derivatives by autograd on the elementwise map
-    with torch.enable_grad():
-        zz = z.detach().requires_grad_(True)
-        a = m(zz)
-        (s1,) = torch.autograd.grad(a.sum(), zz, create_graph=order > 1)
-        s2 = None
-        if order > 1 and s1.requires_grad:
-            (s2,) = torch.autograd.grad(s1.sum(), zz, materialize_grads=True)
-    return a.detach(), s1.detach(), s2
-
-
 def _times_s1(s1: torch.Tensor | str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sigma'(z) * g`` (``sigma'`` broadcast over g's tangent axis, if any); ``a = sigma(z)``."""
-    if isinstance(s1, str):  # relu: g where a > 0, else 0 (0 at z == 0, as torch's relu backward)
-        return torch.ops.aten.threshold_backward(g, a if a.ndim == g.ndim else a.unsqueeze(2), 0)
-    return g * (s1 if s1.ndim == g.ndim else s1.unsqueeze(2))
+    """``sigma'(z) * g``, broadcast over g's tangent axis (2, in the ``[B, width, T, N]`` layout)."""
+    return times_first_derivative(s1, a, g, tangent_axis=2)
 
 
 # ----------------------------------------------------------------------------- loss heads

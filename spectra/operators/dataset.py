@@ -139,6 +139,8 @@ class DatasetOperator(SpectralOperator):
     :meth:`_global_num_samples` and :meth:`_reduce`.
     """
 
+    #: The product modes this operator accepts.
+    modes: tuple[str, ...] = ("auto", "reverse", "forward")
     #: ``cache_graph="auto"`` caches when the in-memory inputs take at most this many bytes.
     auto_cache_max_bytes: int = AUTO_CACHE_MAX_BYTES
     #: Batched products compute broadcast-factor ``bmm`` calls as one wide matrix
@@ -163,8 +165,9 @@ class DatasetOperator(SpectralOperator):
             raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if data is None:
             raise InvalidInputError("data is required: pass (X, y), a list of batches or a DataLoader")
-        if mode not in ("auto", "reverse", "forward"):
-            raise InvalidInputError(f"mode must be 'auto', 'reverse' or 'forward'; got {mode!r}")
+        if mode not in self.modes:
+            names = ", ".join(repr(m) for m in self.modes)
+            raise InvalidInputError(f"mode must be one of {names} for {type(self).__name__}; got {mode!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise InvalidInputError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
 
@@ -196,7 +199,8 @@ class DatasetOperator(SpectralOperator):
         self.param_shapes = [p.shape for p in self.params]
         self.param_numels = [p.numel() for p in self.params]
         self.train_mode = bool(train_mode)
-        self.mode = "reverse" if mode == "auto" else mode
+        # "auto" and "chain" start as "reverse"; a subclass may switch to "chain" in _prepare
+        self.mode = "forward" if mode == "forward" else "reverse"
         self.max_block = chunk_size
         # (a data-parallel subclass compares the settings above across ranks here)
         self.num_samples = self._global_num_samples(self.source.num_samples)

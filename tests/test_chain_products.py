@@ -1,0 +1,192 @@
+"""Chain products (the R-operator written out) against autograd's dense Hessian, and when they are used.
+
+Ground truth: ``torch.autograd.functional.hessian`` in float64
+(:func:`spectra.testing.reference_hessian`).  Every operator here is also
+asserted to have taken the path the test is about (``op.mode``) and, for the
+chain, not to run autograd's double backward during its products.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spectra.errors import InvalidInputError
+from spectra.operators import chain as chain_module
+from spectra.operators.hessian import HessianOperator
+from spectra.testing import assert_operator_matches, reference_hessian
+
+RTOL = 1e-10  # float64 products against the dense reference
+
+
+def _net(*layers: nn.Module, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(*layers).double()
+
+
+def _data(n: int, shape: tuple[int, ...], classes: int, seed: int, float_targets: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, *shape, generator=g, dtype=torch.float64)
+    y = torch.randn(n, classes, generator=g, dtype=torch.float64) if float_targets else \
+        torch.randint(0, classes, (n,), generator=g)
+    return X, y
+
+
+# (id, model builder, data builder, loss, params selector)
+CHAINS = [
+    ("relu-ce", lambda: _net(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)),
+     lambda: _data(23, (4,), 3, 1), "cross_entropy", None),
+    ("flatten-relu2-ce", lambda: _net(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(),
+                                      nn.Linear(5, 4)),
+     lambda: _data(17, (2, 3), 4, 2), "cross_entropy", None),
+    ("tanh-sigmoid-mse-labels", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Sigmoid(),
+                                             nn.Linear(4, 2)),
+     lambda: _data(19, (3,), 2, 3), "mse", None),
+    ("softplus-mse-float-targets", lambda: _net(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 3)),
+     lambda: _data(15, (3,), 3, 4, float_targets=True), "mse", None),
+    ("gelu-elu-leaky-ce", lambda: _net(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 4), nn.ELU(), nn.LeakyReLU(0.2),
+                                       nn.Linear(4, 3)),
+     lambda: _data(21, (3,), 3, 5), "cross_entropy", None),
+    ("no-bias-identity", lambda: _net(nn.Linear(3, 4, bias=False), nn.Identity(), nn.Tanh(),
+                                      nn.Linear(4, 2, bias=False)),
+     lambda: _data(12, (3,), 2, 6), "cross_entropy", None),
+    ("nested-sequential", lambda: _net(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), nn.Sequential(nn.Linear(4, 3))),
+     lambda: _data(13, (3,), 3, 7), "cross_entropy", None),
+    ("subset-middle-layer", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)),
+     lambda: _data(18, (3,), 3, 8), "cross_entropy", "2"),
+    ("subset-first-bias-last-weight", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Sigmoid(),
+                                                   nn.Linear(4, 3)),
+     lambda: _data(18, (3,), 3, 9), "mse", ["0.bias", "4.weight"]),
+    ("subset-last-layer", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)),
+     lambda: _data(14, (3,), 3, 10), "cross_entropy", "2.*"),
+]
+
+
+def _forbid_autograd_products(op: HessianOperator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the autograd product path (double backward) fail if anything takes it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the autograd double-backward path ran")
+
+    monkeypatch.setattr(op, "_grad_block", refuse)
+    monkeypatch.setattr(op, "_fresh_grads", refuse)
+
+
+@pytest.mark.parametrize("layout", ["one-batch", "three-batches"])
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("name,build_model,build_data,loss,params", CHAINS, ids=[c[0] for c in CHAINS])
+def test_chain_products_match_dense_reference(name, build_model, build_data, loss, params, layout, cache,
+                                              monkeypatch):
+    model, (X, y) = build_model(), build_data()
+    data = (X, y) if layout == "one-batch" else [(X[:5], y[:5]), (X[5:11], y[5:11]), (X[11:], y[11:])]
+    op = HessianOperator(model, loss, data, params=params, cache_graph=cache)
+    assert op.mode == "chain" and op.describe()["chain_products"] == "used"
+    H = reference_hessian(model, loss, X, y, param_names=op.param_names)
+    _forbid_autograd_products(op, monkeypatch)  # the chain path, not autograd's
+    assert_operator_matches(op, H, num_vectors=4, rtol=RTOL)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(op @ v, H @ v, rtol=RTOL, atol=RTOL * float(H.abs().max()))
+
+
+DENSE = [c for c in CHAINS if c[0] in ("relu-ce", "flatten-relu2-ce", "tanh-sigmoid-mse-labels",
+                                       "subset-first-bias-last-weight")]
+
+
+@pytest.mark.parametrize("cache,block", [(True, None), (False, 5)])
+@pytest.mark.parametrize("name,build_model,build_data,loss,params", DENSE, ids=[c[0] for c in DENSE])
+def test_chain_to_dense_and_blocks(name, build_model, build_data, loss, params, cache, block):
+    """to_dense's triangle-and-mirror path (blocks that cut through parameters) and batched blocks."""
+    model, (X, y) = build_model(), build_data()
+    op = HessianOperator(model, loss, [(X[:8], y[:8]), (X[8:], y[8:])], params=params, chunk_size=7,
+                         cache_graph=cache)
+    assert op.mode == "chain"
+    H = reference_hessian(model, loss, X, y, param_names=op.param_names)
+    D = op.to_dense(block)
+    torch.testing.assert_close(D, H, rtol=0, atol=1e-12 * float(H.abs().max()))
+    assert torch.equal(D, D.T) and op.num_matvecs == H.shape[0]
+    V = torch.randn(H.shape[0], 9, dtype=torch.float64)
+    by_column = torch.cat([op.matmat(V[:, j : j + 1]) for j in range(9)], dim=1)
+    torch.testing.assert_close(op.matmat(V), by_column, rtol=1e-12, atol=1e-14)
+
+
+def test_chain_float32():
+    model, (X, y) = CHAINS[1][1](), CHAINS[1][2]()
+    H = reference_hessian(model, "cross_entropy", X, y)
+    op = HessianOperator(model.float(), "cross_entropy", (X.float(), y))
+    assert op.mode == "chain" and op.dtype == torch.float32
+    assert_operator_matches(op, H, rtol=1e-5)
+
+
+def test_relu_at_exactly_zero_follows_autograd():
+    """A pre-activation of exactly 0 takes torch's relu derivative (0) in both paths."""
+    model = _net(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight[0] = 0.0
+        model[0].bias[0] = 0.0  # unit 0 is exactly 0 for every input
+    X, y = _data(9, (2,), 2, 11)
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    assert op.mode == "chain"
+    assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
+
+
+class _Residual(nn.Sequential):
+    def forward(self, x):  # not a chain: adds its input back
+        return super().forward(x) + x
+
+
+# (id, model, loss, why the chain does not apply: a fragment of chain_products / the mode="chain" error)
+NOT_CHAINS = [
+    ("conv", lambda: _net(nn.Conv1d(1, 2, 2), nn.Flatten(), nn.Linear(8, 3)), "cross_entropy", "Conv1d"),
+    ("custom-loss", lambda: _net(nn.Linear(3, 3)), lambda o, t: nn.functional.cross_entropy(o, t),
+     "not a built-in loss"),
+    ("sequential-subclass", lambda: _Residual(nn.Linear(3, 3)).double(), "cross_entropy", "overrides"),
+    ("dropout", lambda: _net(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 3)), "cross_entropy", "Dropout"),
+    ("not-sequential", lambda: nn.Linear(3, 3).double(), "cross_entropy", "not a Sequential"),
+]
+
+
+@pytest.mark.parametrize("name,build,loss,why", NOT_CHAINS, ids=[c[0] for c in NOT_CHAINS])
+def test_auto_falls_back_to_autograd_and_chain_refuses(name, build, loss, why):
+    model = build()
+    X = torch.randn(10, 1, 5, dtype=torch.float64) if name == "conv" else torch.randn(10, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,))
+    op = HessianOperator(model, loss, (X, y))
+    assert op.mode == "reverse" and why in op.describe()["chain_products"]
+    ref_loss = "cross_entropy" if callable(loss) else loss
+    assert_operator_matches(op, reference_hessian(model, ref_loss, X, y), rtol=RTOL)
+    with pytest.raises(InvalidInputError, match=f"mode='chain' cannot be used here: .*{why}"):
+        HessianOperator(model, loss, (X, y), mode="chain")
+
+
+def test_hooked_layer_is_not_a_chain():
+    model = _net(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
+    model[2].register_forward_hook(lambda m, i, o: 2 * o)
+    X, y = _data(10, (3,), 3, 12)
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    assert op.mode == "reverse" and "forward hooks" in op.chain_note
+    assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
+
+
+@pytest.mark.parametrize("broken,stage", [("gradient", "gradient differs"), ("product", "product differs")])
+def test_a_wrong_chain_is_caught_against_autograd(broken, stage, monkeypatch):
+    """The construction checks catch a chain that disagrees with autograd: auto falls back, chain refuses."""
+    real = getattr(chain_module.LayerChain, broken)
+
+    def off_by_a_bit(self, *args, **kwargs):
+        return [None if t is None else 1.001 * t for t in real(self, *args, **kwargs)]
+
+    monkeypatch.setattr(chain_module.LayerChain, broken, off_by_a_bit)
+    model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    assert op.mode == "reverse" and stage in op.chain_note
+    assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
+    with pytest.raises(InvalidInputError, match=stage):
+        HessianOperator(model, "cross_entropy", (X, y), mode="chain")
+
+
+def test_other_operators_refuse_chain_mode():
+    from spectra.operators.ggn import GGNOperator
+
+    model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
+    with pytest.raises(InvalidInputError, match="mode must be one of .* for GGNOperator; got 'chain'"):
+        GGNOperator(model, "cross_entropy", (X, y), mode="chain")
