@@ -194,11 +194,11 @@ def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Mo
     return model
 
 
-def _resolve_data(data: Any, data_args: dict[str, Any] | None) -> Any:
+def _resolve_data(data: Any, data_args: dict[str, Any] | None, shard: tuple[int, int] | None = None) -> Any:
     if isinstance(data, str):
         from . import datasets
 
-        return datasets.load(data, **(data_args or {}))
+        return datasets.load(data, shard=shard, **(data_args or {}))
     if data_args:
         raise InvalidInputError("data_args is only used when data is a registry name")
     return data
@@ -261,11 +261,10 @@ def analyze(
     """
     if on_memory not in ("refuse", "lanczos"):
         raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
-    data_is_name = isinstance(data, str)
     model = _resolve_model(model, model_args)
-    data = _resolve_data(data, data_args)
     op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
     op_class = operator_class(matrix)
+    shard = None
     if distributed:
         from . import distributed as _distributed
 
@@ -275,8 +274,10 @@ def analyze(
                                         "to analyse each rank's data on its own")
             op_class = _distributed.DistributedHessianOperator
             op_options.update({k_: options.pop(k_) for k_ in ("timeout", "group") if k_ in options})
-            if data_is_name:
-                data = _distributed.shard(data)
+            group = op_options.get("group")
+            # a registry dataset is loaded as this rank's shard only (spectra.datasets.load(shard=...))
+            shard = (_distributed._dist().get_rank(group), _distributed._dist().get_world_size(group))
+    data = _resolve_data(data, data_args, shard)
     start = time.perf_counter()
     op = op_class(model, loss, data, params=params, **op_options)
     setup_seconds = time.perf_counter() - start

@@ -46,6 +46,14 @@ def build_model() -> nn.Module:
     return nn.Sequential(nn.Linear(D, 5), nn.Tanh(), nn.Linear(5, C)).double()
 
 
+BLOBS = {"n": 15, "seed": 3}  # spectra.datasets.load("blobs", **BLOBS): 2-D inputs, 2 classes
+
+
+def build_blob_model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))  # float32, like the blobs
+
+
 def build_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(10)
     return torch.randn(N, D, generator=g, dtype=torch.float64), torch.randint(0, C, (N,), generator=g)
@@ -130,6 +138,28 @@ def main() -> None:
             arrays["api_arpack"] = r.eigenvalues
             record["api_provenance_world"] = r.provenance.get("distributed", {}).get("world_size")
         outcome("api", via_api)
+
+    # 1b'. a registry dataset by name: each rank loads only its shard (datasets.load(shard=...))
+    if "distributed" in inspect.signature(spectra.analyze).parameters:
+        def by_name() -> None:
+            import spectra.datasets as registry
+
+            loaded = []
+            real = registry.load
+
+            def spy(name, **kwargs):
+                loaded.append(kwargs.get("shard"))
+                return real(name, **kwargs)
+
+            registry.load = spy
+            try:
+                r = spectra.analyze(build_blob_model(), "blobs", data_args=BLOBS, method="exact", distributed=True)
+            finally:
+                registry.load = real
+            arrays["api_by_name_exact"] = r.eigenvalues
+            record["api_by_name_shards"] = [list(s) if s is not None else None for s in loaded]
+            record["api_by_name_samples"] = r.num_samples
+        outcome("api_by_name", by_name)
 
     # 1c. replicated data (every rank holds all of it): right Hessian, with a warning
     def replicated() -> None:

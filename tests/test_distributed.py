@@ -237,6 +237,23 @@ def test_api_distributed_switch(job, reference):
         assert job["records"][r]["api_provenance_world"] == 2
 
 
+def test_api_registry_dataset_loads_only_this_ranks_shard(job):
+    """analyze(model, "blobs", distributed=True): rank r asks the registry for shard (r, 2) and gets one process's answer."""
+    if "api_by_name" not in job["records"][0]["steps"]:
+        pytest.skip("spectra.analyze has no distributed= parameter in this tree")
+    import spectra
+
+    ns = _load_worker_module()
+    single = spectra.analyze(ns["build_blob_model"](), "blobs", data_args=ns["BLOBS"], method="exact").eigenvalues
+    for r in range(2):
+        assert _step(job, r, "api_by_name")["ok"], _step(job, r, "api_by_name")
+        assert job["records"][r]["api_by_name_shards"] == [[r, 2]]
+        assert job["records"][r]["api_by_name_samples"] == ns["BLOBS"]["n"]
+        # float32 model and data: agreement to float32 round-off
+        np.testing.assert_allclose(job["records"][r]["arrays"]["api_by_name_exact"], single,
+                                   rtol=0, atol=1e-5 * np.abs(single).max())
+
+
 @pytest.mark.parametrize("scenario,failing_type,match", [
     ("product_failure", "SimulatedFailure", "simulated failure on rank 1"),
     ("construction_failure", "InvalidInputError", "cannot take batch"),
