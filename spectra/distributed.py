@@ -322,6 +322,7 @@ class DistributedHessianOperator(HessianOperator):
     """
 
     is_distributed = True
+    chain_fallback_allowed = False  # a chain that disagrees with autograd on one rank raises on all
 
     def __init__(self, model: nn.Module, loss: Any = "cross_entropy", data: Any = None, *,
                  group: Any = None, timeout: float | None = None, **kwargs: Any):

@@ -158,6 +158,27 @@ def test_auto_falls_back_to_autograd_and_chain_refuses(name, build, loss, why):
         HessianOperator(model, loss, (X, y), mode="chain")
 
 
+def test_shared_layer_is_not_a_chain():
+    torch.manual_seed(0)
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.Tanh(), shared).double()
+    X, y = _data(10, (3,), 3, 13)
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    assert op.mode == "reverse" and "shares a parameter" in op.chain_note
+    assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
+
+
+def test_a_data_parallel_operator_raises_instead_of_falling_back(monkeypatch):
+    """A fallback on one rank alone would desynchronise the ranks: chain_fallback_allowed=False raises."""
+    real = chain_module.LayerChain.gradient
+    monkeypatch.setattr(chain_module.LayerChain, "gradient",
+                        lambda self, *a, **k: [None if t is None else 2 * t for t in real(self, *a, **k)])
+    monkeypatch.setattr(HessianOperator, "chain_fallback_allowed", False)
+    model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
+    with pytest.raises(InvalidInputError, match="chain products cannot be used here: its gradient differs"):
+        HessianOperator(model, "cross_entropy", (X, y))
+
+
 def test_hooked_layer_is_not_a_chain():
     model = _net(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
     model[2].register_forward_hook(lambda m, i, o: 2 * o)

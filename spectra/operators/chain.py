@@ -92,7 +92,10 @@ def _leaves(module: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
         if type(module).forward is not nn.Sequential.forward:
             raise UnsupportedChain(f"{type(module).__name__} overrides Sequential.forward")
         out = []
-        for name, child in module.named_children():
+        # _modules, as Sequential.forward runs them (named_children() skips a repeated module)
+        for name, child in module._modules.items():
+            if child is None:
+                continue
             out += _leaves(child, f"{where}.{name}" if where else name)
         return out
     return [(where, module)]
@@ -133,6 +136,8 @@ class LayerChain:
                     if t is not None and not isinstance(t, nn.Parameter):
                         raise UnsupportedChain(f"{name}.{attr} is computed (a parametrization?), not a Parameter")
                 w, b = index.get(id(m.weight)), None if m.bias is None else index.get(id(m.bias))
+                if any(i is not None and i in seen for i in (w, b)):
+                    raise UnsupportedChain(f"{name} shares a parameter with an earlier layer")
                 seen.update(i for i in (w, b) if i is not None)
                 steps.append(_Linear(m, w, b))
             elif type(m) is nn.Flatten and not steps and not flatten:

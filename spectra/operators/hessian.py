@@ -113,17 +113,24 @@ class HessianOperator(DatasetOperator):
         try:
             self.loss_value, self.gradient = self._first_pass()
         except _ChainMismatch as exc:
-            self._refuse_chain(mode, str(exc))
+            self._refuse_chain(mode, str(exc), disagreement=True)
             self.loss_value, self.gradient = self._first_pass()
         self.grad_norm = float(self.gradient.norm())
         self.check_matvecs = 0
         if check_determinism:
             self._check_determinism(mode)
 
-    def _refuse_chain(self, mode: str, reason: str) -> None:
+    #: Whether ``mode="auto"`` may switch to autograd products when the chain disagrees with
+    #: autograd on this process's data.  A data-parallel subclass sets False: a switch on one
+    #: rank alone would desynchronise the ranks' collective calls, so it raises instead.
+    chain_fallback_allowed: bool = True
+
+    def _refuse_chain(self, mode: str, reason: str, disagreement: bool = False) -> None:
         """Use autograd products instead of the chain ones (``"auto"``), or refuse (``"chain"``)."""
         if mode == "chain":
             raise InvalidInputError(f"mode='chain' cannot be used here: {reason}; use mode='auto' or 'reverse'")
+        if disagreement and not self.chain_fallback_allowed:
+            raise InvalidInputError(f"the chain products cannot be used here: {reason}; pass mode='reverse'")
         self._chain, self._chain_states, self.mode = None, None, "reverse"
         self.chain_note = reason
 
@@ -225,7 +232,8 @@ class HessianOperator(DatasetOperator):
             again = self._reduce(self._matmat_reverse(v, fresh=True))
             self.check_matvecs = 3
             if float((again - a).norm()) / scale <= tol:
-                self._refuse_chain(mode, f"its product differs from autograd's by {diff:.1e} (relative)")
+                self._refuse_chain(mode, f"its product differs from autograd's by {diff:.1e} (relative)",
+                                   disagreement=True)
                 if self.cache_graph:
                     self.loss_value, self.gradient = self._first_pass()
                 b, diff = a, 0.0
