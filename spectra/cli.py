@@ -206,6 +206,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help="arpack: which end(s) (default: %(default)s)")
     g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
     g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
+    g.add_argument("--product-dtype", choices=_DTYPES,
+                   help="run the Hessian products in this dtype on a copy of the model (float32: about 2x "
+                        "faster on CPU, 1e-7 relative error per product; default: the model's dtype)")
     g.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
                    help="most memory the dense Hessian (exact) or the Lanczos basis may take, e.g. 2GiB, "
                         "500MB (default: the memory free now)")
@@ -726,7 +729,8 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
             _Elapsed(f"computing the Hessian spectrum (method={args.method}){where}", progress_enabled(args)):
         result = api.analyze(model, shard if ranks.active else data, loss=args.loss, method=args.method, k=args.k,
                              which=args.which, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
-                             memory_limit=args.memory_limit, on_memory=args.on_memory, distributed=ranks.active)
+                             memory_limit=args.memory_limit, on_memory=args.on_memory, distributed=ranks.active,
+                             product_dtype=args.product_dtype)
 
     with ranks.step("while rank 0 wrote the result"):
         if ranks.main:

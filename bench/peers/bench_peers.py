@@ -158,6 +158,15 @@ def spectra_density_lowmem(model, X, y):
     return (r.nodes, r.weights), r.num_matvecs + op.check_matvecs, "SLQ 10 probes x 100 steps, engine='lowmem'"
 
 
+def spectra_density_float32(model, X, y, engine: str = "reorth"):
+    import spectra
+
+    r = spectra.analyze(model, (X, y), method="lanczos", num_probes=10, num_steps=100, seed=0, engine=engine,
+                        product_dtype="float32")
+    return ((r.nodes, r.weights), r.num_matvecs + r.provenance["determinism_check_matvecs"],
+            f"SLQ 10 probes x 100 steps, engine='{engine}', float32 products (product_dtype), float64 recurrence")
+
+
 def _pyhessian(model, X, y):
     from pyhessian import hessian as pyh_module
 
@@ -400,7 +409,10 @@ def main() -> None:
         if "density" in args.tasks:
             section += ["### spectral density", "",
                         "| tool | method | seconds | matvecs | L1 to exact |", "|---|---|---|---|---|"]
-            runs = [("spectra", spectra_density), ("spectra", spectra_density_lowmem), ("PyHessian", pyhessian_density),
+            runs = [("spectra", spectra_density), ("spectra", spectra_density_lowmem),
+                    ("spectra", spectra_density_float32),
+                    ("spectra", lambda m, a, b: spectra_density_float32(m, a, b, engine="lowmem")),
+                    ("PyHessian", pyhessian_density),
                     ("PyHessian", lambda m, a, b: pyhessian_density(m, a, b, n_v=10)),
                     ("hessian-eigenthings", eigenthings_density),
                     ("curvlinops", lambda m, a, b: curvlinops_density(m, a, b, exact))]
