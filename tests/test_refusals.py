@@ -165,6 +165,21 @@ def _handled_frozen(tmp: Path) -> None:
     assert r.num_params == 6 and r.provenance["param_names"] == ["2.weight", "2.bias"]
 
 
+def _handled_not_a_chain(tmp: Path) -> None:
+    r = _analyze(_conv_net(), _images())
+    assert r.provenance["hvp_mode"] == "reverse" and "Conv1d" in r.provenance["chain_products"]
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(1, 2, 2), nn.Flatten(), nn.Linear(2 * 3, 2)).double()
+
+
+def _images() -> tuple[torch.Tensor, torch.Tensor]:
+    X, y = _xy()
+    return torch.cat([X, X], dim=1)[:, None, :], y  # [20, 1, 4]
+
+
 def _handled_dropout(tmp: Path) -> None:
     model = dropout_net().train()
     r = _analyze(model, _xy())
@@ -335,6 +350,15 @@ ROWS: list[Refusal] = [
          "recorded as provenance memory_fallback)", None, _handled_fallback, None,
          _cli_analyze("--memory-limit", "5KiB", "--on-memory", "lanczos", "--steps", "6", "--probes", "2"),
          cli_check=lambda tmp: _assert("ran lanczos" in _provenance_of(tmp)["memory_fallback"])),
+    _row("chain-mode-not-a-chain", "mode='chain' for a model that is not a Linear/activation Sequential",
+         InvalidInputError, lambda tmp: _analyze(_conv_net(), _images(), mode="chain"),
+         "mode='chain' cannot be used here: 0 (Conv1d) before the first Linear; use mode='auto' or 'reverse'"),
+    _row("not-a-chain-auto", "a model that is not a chain, with the default mode='auto' (handled: autograd "
+         "products, and provenance chain_products says why)", None, _handled_not_a_chain, None),
+    _row("bad-product-dtype", "a product_dtype other than float32/float64", InvalidInputError,
+         lambda tmp: _analyze(_net(), _xy(), product_dtype="float16"),
+         "product_dtype must be 'float32' or 'float64'; got 'float16'",
+         _cli_analyze("--product-dtype", "float16"), "argument --product-dtype: invalid choice: 'float16'"),
     # ---- names and arguments
     _row("unknown-model", "an unknown model name", UnknownNameError,
          lambda tmp: spectra.analyze("resnet", "blobs"), "unknown model 'resnet'; known models: blobnet, cnn",
