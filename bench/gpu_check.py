@@ -15,7 +15,9 @@ Measured, each phase on its own with the peak memory it added (CUDA:
 growth of the process's peak RSS, coarse): one gradient; one HVP in each mode
 (reverse-over-reverse with and without the cached graph, forward-over-reverse);
 a block of 10 HVPs; ARPACK top-k; SLQ density (probes x steps, float64 recurrence
-for float32 models).  Prints a table and writes JSON next to ``--out`` if given.
+for float32 models).  Then an MLP on the same images: gradient, one HVP and a
+block of 10 with the chain products and with autograd's cached double backward.
+Prints a table and writes JSON next to ``--out`` if given.
 """
 
 from __future__ import annotations
@@ -174,6 +176,30 @@ def main(argv: list[str] | None = None) -> int:
                                         lanczos_dtype=lanczos_dtype),
            lambda r: r.num_matvecs)
     print(f"  extreme Ritz values: {r.provenance['extreme_ritz']}")
+
+    # An MLP on the same images: the chain products (mode="chain", the default for
+    # Linear/activation Sequentials) against autograd's cached double backward.
+    width = 64 if args.small else 1024
+    torch.manual_seed(2)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, width), nn.ReLU(), nn.Linear(width, width),
+                        nn.ReLU(), nn.Linear(width, 10)).to(device=device, dtype=dtype)
+    P_mlp = sum(p.numel() for p in mlp.parameters())
+    print(f"MLP {3 * size * size}-{width}-{width}-10, P={P_mlp:,}")
+    params = list(mlp.parameters())
+
+    def mlp_gradient() -> None:
+        for Xb, yb in (data if isinstance(data, list) else [data]):
+            torch.autograd.grad(nn.functional.cross_entropy(mlp(Xb.to(device)), yb.to(device)), params)
+
+    record("MLP gradient (warm-up)", mlp_gradient)
+    record("MLP gradient", mlp_gradient)
+    v = torch.randn(P_mlp, 1, generator=g).to(device=device, dtype=dtype)
+    V = torch.randn(P_mlp, 10, generator=g).to(device=device, dtype=dtype)
+    for label, mode in [("chain", "chain"), ("reverse, cached graph", "reverse")]:
+        op = record(f"MLP build operator: {label}", lambda m=mode: HessianOperator(mlp, "cross_entropy", data, mode=m))
+        op.matmat(v)  # warm-up
+        record(f"MLP 1 HVP: {label}", lambda op=op: op.matmat(v))
+        record(f"MLP 10 HVPs as one block: {label}", lambda op=op: op.matmat(V))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"P": P, "n": n, "dtype": args.dtype, "device": str(device), "device_name": name,
