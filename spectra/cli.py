@@ -730,7 +730,7 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
         result = api.analyze(model, shard if ranks.active else data, loss=args.loss, method=args.method, k=args.k,
                              which=args.which, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
                              memory_limit=args.memory_limit, on_memory=args.on_memory, distributed=ranks.active,
-                             product_dtype=args.product_dtype)
+                             product_dtype=getattr(args, "product_dtype", None))
 
     with ranks.step("while rank 0 wrote the result"):
         if ranks.main:
