@@ -211,3 +211,52 @@ def test_other_operators_refuse_chain_mode():
     model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
     with pytest.raises(InvalidInputError, match="mode must be one of .* for GGNOperator; got 'chain'"):
         GGNOperator(model, "cross_entropy", (X, y), mode="chain")
+
+
+# ------------------------------------------------------------------ fuzz: random chains against autograd
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.Softplus, lambda: nn.LeakyReLU(0.1), nn.Identity]
+
+
+@st.composite
+def chains(draw):
+    """A random Linear/activation Sequential, its data, loss, parameter choice and batch split."""
+    widths = draw(st.lists(st.integers(1, 5), min_size=2, max_size=4))
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(a, b, bias=draw(st.booleans())))
+        if i < len(widths) - 2:
+            layers += [_ACTIVATIONS[j]() for j in draw(st.lists(st.integers(0, len(_ACTIVATIONS) - 1),
+                                                                 min_size=0, max_size=2))]
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    model = nn.Sequential(*layers).double()
+    names = [n for n, _ in model.named_parameters()]
+    chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True))
+    n = draw(st.integers(1, 9))
+    loss = draw(st.sampled_from(["cross_entropy", "mse"]))
+    classes = widths[-1]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 1000)))
+    X = torch.randn(n, widths[0], generator=g, dtype=torch.float64)
+    if loss == "mse" and draw(st.booleans()):
+        y = torch.randn(n, classes, generator=g, dtype=torch.float64)
+    else:
+        y = torch.randint(0, classes, (n,), generator=g)
+    cut = draw(st.integers(0, n - 1))
+    return model, X, y, loss, chosen, cut
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chains())
+def test_random_chains_match_autograd(case):
+    """Any small chain, loss, parameter subset and batch split: products and to_dense equal autograd's Hessian."""
+    model, X, y, loss, chosen, cut = case
+    data = (X, y) if cut == 0 else [(X[:cut], y[:cut]), (X[cut:], y[cut:])]
+    op = HessianOperator(model, loss, data, params=chosen, chunk_size=3)
+    assert op.mode == "chain", op.chain_note
+    H = reference_hessian(model, loss, X, y, param_names=op.param_names)
+    scale = max(float(H.abs().max()), 1e-300)
+    V = torch.randn(H.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=0, atol=1e-10 * scale * (1 + float(V.abs().max())))
+    torch.testing.assert_close(op.to_dense(), H, rtol=0, atol=1e-12 * scale)
