@@ -113,6 +113,12 @@ class LayerChain:
         self.flatten = flatten
         self.loss = loss
         linear = [k for k, s in enumerate(steps) if isinstance(s, _Linear) and (s.weight, s.bias) != (None, None)]
+        self._numels: dict[int, int] = {}  # parameter index -> its number of entries
+        for s in steps:
+            if isinstance(s, _Linear):
+                for index, tensor in ((s.weight, s.module.weight), (s.bias, s.module.bias)):
+                    if index is not None:
+                        self._numels[index] = tensor.numel()
         # tangents start at the first layer with a chosen parameter; signals are needed back to it
         self.first_chosen = linear[0]
 
@@ -219,39 +225,36 @@ class LayerChain:
         back as None.
         """
         m = next(p.shape[0] for p in pieces if p is not None)
-        n = st.num_samples
-        nonzero_rows = nonzero_rows or {}
         wanted = [0] * len(pieces) if first_row is None else list(first_row)
-        numels = {}
-        for step in self.steps:
-            if isinstance(step, _Linear):
-                if step.weight is not None:
-                    numels[step.weight] = step.module.weight.numel()
-                if step.bias is not None:
-                    numels[step.bias] = step.module.bias.numel()
-        # the backward pass can stop at the first layer with a wanted parameter
-        last = min((k for k, s in enumerate(self.steps) if isinstance(s, _Linear)
-                    and any(i is not None and wanted[i] < numels[i] for i in (s.weight, s.bias))),
-                   default=len(self.steps))
-        # forward tangents: dz[k] at each activation's input, da[k] at each Linear's input
+        tangent, at_activation, at_linear = self._forward_tangents(st, pieces, m, nonzero_rows or {})
+        result: list[torch.Tensor | None] = [None] * len(pieces)
+        if tangent is not None:
+            signal = self._head_tangent(st, tangent)
+            self._backward_tangents(st, pieces, signal, at_activation, at_linear, wanted, result)
+        return result
+
+    def _forward_tangents(self, st: ChainState, pieces: Sequence[torch.Tensor | None], m: int,
+                          nonzero_rows: dict[int, torch.Tensor]) -> tuple[torch.Tensor | None, dict, dict]:
+        """The output's tangent ``[n, m, C]`` (None: zero), and the tangents at each activation's and Linear's input."""
+        n = st.num_samples
         tangent: torch.Tensor | None = None  # [n, m, width]
-        dz: dict[int, torch.Tensor | None] = {}
-        da: dict[int, torch.Tensor | None] = {}
+        at_activation: dict[int, torch.Tensor | None] = {}  # z' at activation k's input
+        at_linear: dict[int, torch.Tensor | None] = {}  # a' at Linear k's input
         for k in range(self.first_chosen, len(self.steps)):
             step = self.steps[k]
             if isinstance(step, _Activation):
-                dz[k] = tangent
+                at_activation[k] = tangent
                 if tangent is not None:
                     s1, out, _ = st.activations[k]
                     tangent = times_first_derivative(s1, out, tangent, tangent_axis=1)
                 continue
-            da[k] = tangent
+            at_linear[k] = tangent
             W = step.module.weight.detach()
             out_f, in_f = W.shape
             V_w = None if step.weight is None else pieces[step.weight]
             v_b = None if step.bias is None else pieces[step.bias]
             z = None
-            if V_w is not None:
+            if V_w is not None:  # a_(l-1) V_W^T
                 flat = V_w.reshape(m * out_f, in_f)
                 rows = nonzero_rows.get(step.weight)
                 if rows is None:
@@ -260,57 +263,65 @@ class LayerChain:
                     z = flat.new_zeros(n, m * out_f)
                     z[:, rows] = st.inputs[k] @ flat[rows].T
                     z = z.view(n, m, out_f)
-            if tangent is not None:
+            if tangent is not None:  # a'_(l-1) W^T
                 moved = (tangent.reshape(n * m, in_f) @ W.T).view(n, m, out_f)
                 z = moved if z is None else z.add_(moved)
             if v_b is not None:
                 z = v_b.expand(n, m, out_f).clone() if z is None else z.add_(v_b)
             tangent = z
-        result: list[torch.Tensor | None] = [None] * len(pieces)
-        if tangent is None:
-            return result
-        # loss head
-        if st.probabilities is not None:
+        return tangent, at_activation, at_linear
+
+    @staticmethod
+    def _head_tangent(st: ChainState, tangent: torch.Tensor) -> torch.Tensor:
+        """``d'_f = c S f'``: the loss Hessian w.r.t. the outputs applied to their tangent."""
+        if st.probabilities is not None:  # S = diag(p) - p p^T
             p = st.probabilities.unsqueeze(1)
             g = tangent * p
             g = g.sub_(p * g.sum(2, keepdim=True))
-        else:
+        else:  # S = I
             g = tangent.clone()
-        g = g.mul_(st.scale)
-        # backward
+        return g.mul_(st.scale)
+
+    def _backward_tangents(self, st: ChainState, pieces: Sequence[torch.Tensor | None], g: torch.Tensor,
+                           at_activation: dict, at_linear: dict, wanted: list[int],
+                           result: list[torch.Tensor | None]) -> None:
+        """Run ``d'`` back through the chain, writing each wanted parameter's ``(HV)`` into ``result``."""
+        n, m = g.shape[0], g.shape[1]
+        # the pass can stop at the first layer with a wanted parameter
+        last = min((k for k, s in enumerate(self.steps) if isinstance(s, _Linear)
+                    and any(i is not None and wanted[i] < self._numels[i] for i in (s.weight, s.bias))),
+                   default=len(self.steps))
         for k in range(len(self.steps) - 1, last - 1, -1):
             step = self.steps[k]
-            if isinstance(step, _Activation):
+            if isinstance(step, _Activation):  # d'_z = s'(z) d'_a + s''(z) z' d_a
                 s1, out, s2 = st.activations[k]
                 new = times_first_derivative(s1, out, g, tangent_axis=1)
-                if s2 is not None and dz[k] is not None:
-                    new = new.add_(dz[k] * (s2 * st.signals[k]).unsqueeze(1))
+                if s2 is not None and at_activation[k] is not None:
+                    new = new.add_(at_activation[k] * (s2 * st.signals[k]).unsqueeze(1))
                 g = new
                 continue
             W = step.module.weight.detach()
             out_f, in_f = W.shape
             d = st.signals[k]
-            before = da[k]
+            before = at_linear[k]
             if step.weight is not None and wanted[step.weight] < out_f * in_f:
-                first = wanted[step.weight] // in_f  # the first output unit whose row is wanted
-                hw = g.new_zeros(m, out_f, in_f) if first else None
+                # (HV)_W = d'_z^T a_(l-1) + d_z^T a'_(l-1), from the first wanted output unit on
+                first = wanted[step.weight] // in_f
                 part = g if not first else g[:, :, first:].contiguous()
                 rows = (part.reshape(n, m * (out_f - first)).T @ st.inputs[k]).view(m, out_f - first, in_f)
                 if before is not None:
                     rows = rows.add_((d[:, first:].T @ before.reshape(n, m * in_f))
                                      .view(out_f - first, m, in_f).transpose(0, 1))
-                if hw is None:
-                    hw = rows
-                else:
+                if first:
+                    hw = g.new_zeros(m, out_f, in_f)
                     hw[:, first:] = rows
-                result[step.weight] = hw
+                    rows = hw
+                result[step.weight] = rows
             if step.bias is not None and wanted[step.bias] < out_f:
                 result[step.bias] = g.sum(0)
-            if k > last:
+            if k > last:  # d'_(a_(l-1)) = d'_z W + d_z V_W
                 back = (g.reshape(n * m, out_f) @ W).view(n, m, in_f)
                 V_w = None if step.weight is None else pieces[step.weight]
                 if V_w is not None:
                     back = back.add_((d @ V_w.transpose(0, 1).reshape(out_f, m * in_f)).view(n, m, in_f))
                 g = back
-        return result
-
