@@ -1,7 +1,9 @@
 """Cost of one Gauss-Newton block product against one Hessian block product.
 
 Prints, per model, the median seconds of ``op.matmat(V)`` for a block of
-``--block`` columns (after one warm-up) and the ratio to the Hessian's.
+``--block`` columns (after one warm-up), the mode each operator chose (the
+default ``"auto"`` picks the chain products for MLPs) and the ratio to the
+Hessian's default products.
 
     python bench/bench_ggn.py --repeats 5 --block 32
 """
@@ -48,10 +50,14 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} block={args.block} n={args.n} repeats={args.repeats}")
     for name, (model, data) in cases.items():
         ops = {
-            "hessian(reverse,cached)": HessianOperator(model, "cross_entropy", data, check_determinism=False),
-            "ggn(reverse,cached)": GGNOperator(model, "cross_entropy", data, check_determinism=False),
+            "hessian(default)": HessianOperator(model, "cross_entropy", data, check_determinism=False),
+            "hessian(reverse,cached)": HessianOperator(model, "cross_entropy", data, check_determinism=False,
+                                                       mode="reverse"),
+            "ggn(default)": GGNOperator(model, "cross_entropy", data, check_determinism=False),
+            "ggn(reverse,cached)": GGNOperator(model, "cross_entropy", data, check_determinism=False,
+                                               mode="reverse"),
             "ggn(reverse,uncached)": GGNOperator(model, "cross_entropy", data, check_determinism=False,
-                                                 cache_graph=False),
+                                                 mode="reverse", cache_graph=False),
             "ggn(forward,torch.func)": GGNOperator(model, "cross_entropy", data, check_determinism=False,
                                                    mode="forward"),
         }
@@ -61,7 +67,8 @@ def main() -> None:
         for label, op in ops.items():
             s = median_seconds(op, V, args.repeats)
             base = base or s
-            print(f"{name:15s} P={P:6d} {label:25s} {s * 1e3:9.1f} ms  ratio to Hessian {s / base:5.2f}")
+            mode = f"[{op.mode}]"
+            print(f"{name:15s} P={P:6d} {label:25s} {mode:9s} {s * 1e3:9.1f} ms  ratio to Hessian {s / base:5.2f}")
 
 
 if __name__ == "__main__":

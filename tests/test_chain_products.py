@@ -205,11 +205,56 @@ def test_a_wrong_chain_is_caught_against_autograd(broken, stage, monkeypatch):
         HessianOperator(model, "cross_entropy", (X, y), mode="chain")
 
 
-def test_other_operators_refuse_chain_mode():
+def _dense_ggn(model: nn.Module, loss: str, X: torch.Tensor, y: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """``J^T S J / N`` from autograd: the Jacobian of the outputs and the Hessian of the loss in the outputs."""
+    named = dict(model.named_parameters())
+    chosen = {n: named[n] for n in names}
+    others = {n: p.detach() for n, p in named.items() if n not in chosen}
+
+    def outputs(*theta):
+        return torch.func.functional_call(model, {**others, **dict(zip(chosen, theta))}, (X,))
+
+    J = torch.autograd.functional.jacobian(outputs, tuple(p.detach() for p in chosen.values()))
+    J = torch.cat([j.reshape(j.shape[0] * j.shape[1], -1) for j in J], dim=1)  # [N*C, P]
+    f = outputs(*[p.detach() for p in chosen.values()])
+    from spectra.losses import resolve_loss
+
+    S = torch.autograd.functional.hessian(lambda o: resolve_loss(loss)(o.reshape(f.shape), y), f.reshape(-1))
+    return J.T @ S @ J
+
+
+GGN_CASES = [c for c in CHAINS if c[0] in ("relu-ce", "tanh-sigmoid-mse-labels", "gelu-elu-leaky-ce",
+                                           "subset-first-bias-last-weight")]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("name,build_model,build_data,loss,params", GGN_CASES, ids=[c[0] for c in GGN_CASES])
+def test_chain_ggn_and_residual(name, build_model, build_data, loss, params, cache, monkeypatch):
+    """G V by the chain (the Hessian's passes without the signal terms) and R = H - G, against autograd."""
+    from spectra.operators.ggn import GGNOperator
+    from spectra.operators.residual import ResidualOperator
+
+    model, (X, y) = build_model(), build_data()
+    data = [(X[:7], y[:7]), (X[7:], y[7:])]
+    G = GGNOperator(model, loss, data, params=params, cache_graph=cache)
+    assert G.mode == "chain" and G.describe()["hvp_mode"] == "chain"
+    ref = _dense_ggn(model, loss, X, y, G.param_names)
+    _forbid_autograd_products(G.hessian_base, monkeypatch)
+    monkeypatch.setattr(G, "_gvp", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd GGN path ran")))
+    assert_operator_matches(G, ref, num_vectors=4, rtol=RTOL)
+    R = ResidualOperator(model, loss, data, params=params, cache_graph=cache, mode="chain")
+    H = reference_hessian(model, loss, X, y, param_names=G.param_names)
+    assert R.hessian.mode == "chain" and R.ggn.mode == "chain"
+    assert_operator_matches(R, H - ref, num_vectors=3, rtol=1e-9)
+
+
+def test_ggn_chain_mode_refuses_a_non_chain():
     from spectra.operators.ggn import GGNOperator
 
-    model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
-    with pytest.raises(InvalidInputError, match="mode must be one of .* for GGNOperator; got 'chain'"):
+    model = _net(nn.Conv1d(1, 2, 2), nn.Flatten(), nn.Linear(8, 3))
+    X, y = torch.randn(6, 1, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    assert GGNOperator(model, "cross_entropy", (X, y)).mode == "reverse"
+    with pytest.raises(InvalidInputError, match="mode='chain' cannot be used here: .*Conv1d"):
         GGNOperator(model, "cross_entropy", (X, y), mode="chain")
 
 
@@ -250,7 +295,7 @@ def chains(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_random_chains_match_autograd(case):
-    """Any small chain, loss, parameter subset and batch split: products and to_dense equal autograd's Hessian."""
+    """Any small chain, loss, parameter subset and batch split: H products, to_dense and G products equal autograd's."""
     model, X, y, loss, chosen, cut = case
     data = (X, y) if cut == 0 else [(X[:cut], y[:cut]), (X[cut:], y[cut:])]
     op = HessianOperator(model, loss, data, params=chosen, chunk_size=3)
@@ -260,3 +305,9 @@ def test_random_chains_match_autograd(case):
     V = torch.randn(H.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(op.matmat(V), H @ V, rtol=0, atol=1e-10 * scale * (1 + float(V.abs().max())))
     torch.testing.assert_close(op.to_dense(), H, rtol=0, atol=1e-12 * scale)
+    from spectra.operators.ggn import GGNOperator
+
+    G = GGNOperator(model, loss, data, params=chosen, chunk_size=3)
+    assert G.mode == "chain"
+    ref = _dense_ggn(model, loss, X, y, G.param_names)
+    torch.testing.assert_close(G.matmat(V), ref @ V, rtol=0, atol=1e-10 * scale * (1 + float(V.abs().max())))

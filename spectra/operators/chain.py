@@ -214,8 +214,13 @@ class LayerChain:
 
     def product(self, st: ChainState, pieces: Sequence[torch.Tensor | None], *,
                 nonzero_rows: dict[int, torch.Tensor] | None = None,
-                first_row: Sequence[int] | None = None) -> list[torch.Tensor | None]:
+                first_row: Sequence[int] | None = None, gauss_newton: bool = False) -> list[torch.Tensor | None]:
         """``H V`` for the batch, per chosen parameter as ``[m, *shape]``; ``pieces`` likewise (None: zero).
+
+        ``gauss_newton=True`` gives ``G V = J^T S J V`` instead: the same passes
+        without the three terms that carry the backward signals ``d`` (the
+        ``s''`` term and the two cross terms of each Linear layer), which
+        together are the residual ``R = H - G``.
 
         Two hints for sparse blocks (``to_dense`` sends unit vectors):
         ``nonzero_rows[i]`` lists the only nonzero rows of weight piece ``i``
@@ -230,7 +235,7 @@ class LayerChain:
         result: list[torch.Tensor | None] = [None] * len(pieces)
         if tangent is not None:
             signal = self._head_tangent(st, tangent)
-            self._backward_tangents(st, pieces, signal, at_activation, at_linear, wanted, result)
+            self._backward_tangents(st, pieces, signal, at_activation, at_linear, wanted, result, gauss_newton)
         return result
 
     def _forward_tangents(self, st: ChainState, pieces: Sequence[torch.Tensor | None], m: int,
@@ -284,7 +289,7 @@ class LayerChain:
 
     def _backward_tangents(self, st: ChainState, pieces: Sequence[torch.Tensor | None], g: torch.Tensor,
                            at_activation: dict, at_linear: dict, wanted: list[int],
-                           result: list[torch.Tensor | None]) -> None:
+                           result: list[torch.Tensor | None], gauss_newton: bool = False) -> None:
         """Run ``d'`` back through the chain, writing each wanted parameter's ``(HV)`` into ``result``."""
         n, m = g.shape[0], g.shape[1]
         # the pass can stop at the first layer with a wanted parameter
@@ -296,7 +301,7 @@ class LayerChain:
             if isinstance(step, _Activation):  # d'_z = s'(z) d'_a + s''(z) z' d_a
                 s1, out, s2 = st.activations[k]
                 new = times_first_derivative(s1, out, g, tangent_axis=1)
-                if s2 is not None and at_activation[k] is not None:
+                if s2 is not None and at_activation[k] is not None and not gauss_newton:
                     new = new.add_(at_activation[k] * (s2 * st.signals[k]).unsqueeze(1))
                 g = new
                 continue
@@ -309,7 +314,7 @@ class LayerChain:
                 first = wanted[step.weight] // in_f
                 part = g if not first else g[:, :, first:].contiguous()
                 rows = (part.reshape(n, m * (out_f - first)).T @ st.inputs[k]).view(m, out_f - first, in_f)
-                if before is not None:
+                if before is not None and not gauss_newton:
                     rows = rows.add_((d[:, first:].T @ before.reshape(n, m * in_f))
                                      .view(out_f - first, m, in_f).transpose(0, 1))
                 if first:
@@ -322,6 +327,6 @@ class LayerChain:
             if k > last:  # d'_(a_(l-1)) = d'_z W + d_z V_W
                 back = (g.reshape(n * m, out_f) @ W).view(n, m, in_f)
                 V_w = None if step.weight is None else pieces[step.weight]
-                if V_w is not None:
+                if V_w is not None and not gauss_newton:
                     back = back.add_((d @ V_w.transpose(0, 1).reshape(out_f, m * in_f)).view(n, m, in_f))
                 g = back

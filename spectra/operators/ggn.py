@@ -17,9 +17,15 @@ convex losses (cross-entropy, MSE).  ``R = H - G`` is
 A product ``G V`` for a block ``V`` of ``m`` columns is, per batch, a
 Jacobian product ``J V``, the product with the small loss Hessian w.r.t. the
 outputs, and a transposed Jacobian product ``J^T (.)``; all columns of a
-chunk (``chunk_size``) go through each step at once.  Two exact modes:
+chunk (``chunk_size``) go through each step at once.  Three exact modes:
 
-``"reverse"`` (default)
+``"chain"`` (the default under ``"auto"`` where it applies)
+    for the Linear/activation ``Sequential`` s and built-in losses of
+    :mod:`spectra.operators.chain`: the Hessian's chain products without the
+    terms that carry the backward signals, on the stored values of the
+    Hessian operator kept as :attr:`GGNOperator.hessian_base` (which checked
+    them against autograd when it was built).
+``"reverse"`` (the default otherwise)
     plain autograd on graphs built once per batch (and kept with
     ``cache_graph``): ``J V`` is the derivative of the linear map
     ``u -> J^T u`` (the "double vjp" trick), the loss Hessian a double
@@ -54,6 +60,7 @@ from .hessian import HessianOperator
 __all__ = ["GGNOperator"]
 
 _PRODUCT = {
+    "chain": "J V, the loss Hessian and J^T written out for a Linear/activation chain (spectra.operators.chain)",
     "reverse": "J V by the double-vjp trick, loss Hessian by double backward, J^T by backward (autograd)",
     "forward": "J V by torch.func.jvp, loss Hessian by grad-of-grad, J^T by torch.func.vjp (vmapped)",
 }
@@ -67,11 +74,12 @@ class GGNOperator(DatasetOperator):
 
     Parameters are those of :class:`~spectra.operators.hessian.HessianOperator`
     (``params``, ``chunk_size``, ``train_mode``, ``check_determinism``,
-    ``reduction``, ``mode``, ``cache_graph``).  ``mode`` is ``"reverse"``
-    (= ``"auto"``) or ``"forward"`` (see the module notes); ``cache_graph``
-    (reverse mode) keeps each batch's graphs between products (``"auto"``:
-    when the data is in memory and small).  A cached operator is a snapshot:
-    rebuild it after changing the weights.
+    ``reduction``, ``mode``, ``cache_graph``).  ``mode`` is ``"auto"``
+    (``"chain"`` where it applies, else ``"reverse"``), ``"chain"``,
+    ``"reverse"`` or ``"forward"`` (see the module notes); ``cache_graph``
+    keeps each batch's graphs (chain: stored values) between products
+    (``"auto"``: when the data is in memory and small).  A cached operator is
+    a snapshot: rebuild it after changing the weights.
 
     The data handling, parameter selection, validation and batch weighting are
     :class:`~spectra.operators.dataset.DatasetOperator`'s, as for the Hessian
@@ -81,15 +89,21 @@ class GGNOperator(DatasetOperator):
     """
 
     auto_cache_max_bytes = AUTO_CACHE_MAX_BYTES
+    modes = ("auto", "chain", "reverse", "forward")
 
     # The constructor is DatasetOperator's: it checks the arguments, picks the
     # parameters and sets the batch weights, then calls _prepare.
     def _prepare(self, **options: Any) -> None:
         # A Hessian operator on the same data and parameters records loss and
         # gradient; its determinism check (two products of one vector) also
-        # catches dropout and shuffling here.
-        base = HessianOperator(self.model, self.loss, self.source, **{**options, "mode": "reverse",
-                                                                      "cache_graph": False})
+        # catches dropout and shuffling here.  For the chain products it also
+        # holds (and has checked) the stored values this operator reuses.
+        chain = options["mode"] in ("auto", "chain")
+        base = HessianOperator(self.model, self.loss, self.source,
+                               **{**options, "mode": options["mode"] if chain else "reverse",
+                                  "cache_graph": self.cache_graph if chain else False})
+        if base.mode == "chain":
+            self.mode = "chain"
         self.hessian_base = base
         self.loss_value = base.loss_value
         self.gradient = base.gradient
@@ -117,6 +131,8 @@ class GGNOperator(DatasetOperator):
 
     def _matmat_reverse(self, V: torch.Tensor) -> torch.Tensor:
         pieces = self.unflatten(V)  # each [m, *shape]
+        if self.mode == "chain":
+            return self.hessian_base._matmat_chain(V, pieces, gauss_newton=True)
         result = torch.zeros_like(V)
         with model_mode(self.model, self.train_mode):
             for b, X, y, w in self._batches():
@@ -154,4 +170,6 @@ class GGNOperator(DatasetOperator):
         info = self.hessian_base.describe()
         info.update(matrix="ggn", hvp_mode=self.mode, cache_graph=self.cache_graph,
                     ggn_product=_PRODUCT[self.mode])
+        if self.mode != "chain":
+            info["chain_products"] = self.hessian_base.chain_note or "not requested"
         return info

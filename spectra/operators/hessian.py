@@ -260,9 +260,10 @@ class HessianOperator(DatasetOperator):
                 out += self._batched_or_by_column(functools.partial(self._grad_block, g), pieces)
         return out
 
-    def _matmat_chain(self, V: torch.Tensor, pieces: list[torch.Tensor]) -> torch.Tensor:
+    def _matmat_chain(self, V: torch.Tensor, pieces: list[torch.Tensor], gauss_newton: bool = False) -> torch.Tensor:
+        """``H V`` (or, with ``gauss_newton``, ``G V``) by the chain products, over all batches."""
         assert self._chain is not None
-        hints: dict[str, Any] = {}
+        hints: dict[str, Any] = {"gauss_newton": gauss_newton}
         if getattr(self, "_unit_block", None) is not None:
             # to_dense's unit columns start:stop: rows above `start` are mirrored later, not computed
             start, stop = self._unit_block, self._unit_block + V.shape[1]

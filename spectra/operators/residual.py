@@ -39,6 +39,8 @@ class ResidualOperator(DatasetOperator):
     :attr:`num_matvecs` counts products with ``R``.
     """
 
+    modes = ("auto", "chain", "reverse", "forward")
+
     # The constructor is DatasetOperator's: it checks the arguments and picks
     # the parameters, then calls _prepare.
     def _prepare(self, **options: Any) -> None:
