@@ -17,6 +17,8 @@ from spectra.operators import chain as chain_module
 from spectra.operators.hessian import HessianOperator
 from spectra.testing import assert_operator_matches, reference_hessian
 
+from .test_ggn import dense_ggn  # the GGN reference: sum_b J_b^T H_b J_b from torch.func
+
 RTOL = 1e-10  # float64 products against the dense reference
 
 
@@ -205,24 +207,6 @@ def test_a_wrong_chain_is_caught_against_autograd(broken, stage, monkeypatch):
         HessianOperator(model, "cross_entropy", (X, y), mode="chain")
 
 
-def _dense_ggn(model: nn.Module, loss: str, X: torch.Tensor, y: torch.Tensor, names: list[str]) -> torch.Tensor:
-    """``J^T S J / N`` from autograd: the Jacobian of the outputs and the Hessian of the loss in the outputs."""
-    named = dict(model.named_parameters())
-    chosen = {n: named[n] for n in names}
-    others = {n: p.detach() for n, p in named.items() if n not in chosen}
-
-    def outputs(*theta):
-        return torch.func.functional_call(model, {**others, **dict(zip(chosen, theta))}, (X,))
-
-    J = torch.autograd.functional.jacobian(outputs, tuple(p.detach() for p in chosen.values()))
-    J = torch.cat([j.reshape(j.shape[0] * j.shape[1], -1) for j in J], dim=1)  # [N*C, P]
-    f = outputs(*[p.detach() for p in chosen.values()])
-    from spectra.losses import resolve_loss
-
-    S = torch.autograd.functional.hessian(lambda o: resolve_loss(loss)(o.reshape(f.shape), y), f.reshape(-1))
-    return J.T @ S @ J
-
-
 GGN_CASES = [c for c in CHAINS if c[0] in ("relu-ce", "tanh-sigmoid-mse-labels", "gelu-elu-leaky-ce",
                                            "subset-first-bias-last-weight")]
 
@@ -238,7 +222,7 @@ def test_chain_ggn_and_residual(name, build_model, build_data, loss, params, cac
     data = [(X[:7], y[:7]), (X[7:], y[7:])]
     G = GGNOperator(model, loss, data, params=params, cache_graph=cache)
     assert G.mode == "chain" and G.describe()["hvp_mode"] == "chain"
-    ref = _dense_ggn(model, loss, X, y, G.param_names)
+    ref = dense_ggn(model, loss, [(X, y)], G.param_names)
     _forbid_autograd_products(G.hessian_base, monkeypatch)
     monkeypatch.setattr(G, "_gvp", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd GGN path ran")))
     assert_operator_matches(G, ref, num_vectors=4, rtol=RTOL)
@@ -309,5 +293,5 @@ def test_random_chains_match_autograd(case):
 
     G = GGNOperator(model, loss, data, params=chosen, chunk_size=3)
     assert G.mode == "chain"
-    ref = _dense_ggn(model, loss, X, y, G.param_names)
+    ref = dense_ggn(model, loss, [(X, y)], G.param_names)
     torch.testing.assert_close(G.matmat(V), ref @ V, rtol=0, atol=1e-10 * scale * (1 + float(V.abs().max())))
