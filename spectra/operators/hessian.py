@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
+from .base import _mirror_upper_in_place
 from .chain import ChainState, LayerChain, UnsupportedChain
 from .dataset import (  # noqa: F401  (DEFAULT_CHUNK_SIZE, ParamSelector, select_parameters: re-exported)
     AUTO_CACHE_MAX_BYTES,
@@ -289,42 +290,26 @@ class HessianOperator(DatasetOperator):
             out += self._flatten_block(tuple(self._chain.product(state, chosen, **hints)), V.shape[1])
         return out
 
-    def to_dense(self, block_size: int | None = None) -> torch.Tensor:
-        """The ``P x P`` Hessian (symmetric), ``block_size`` identity columns at a time.
-
-        With the chain products, each block of columns is computed only from
-        the diagonal down (its upper part is the mirror of rows computed
-        earlier), and the unit vectors' forward products touch only their own
-        rows: about a quarter of the work of general blocks.  The upper
-        triangle is then copied onto the lower, so the result is exactly
-        symmetric.  Other modes symmetrise ``(A + A^T) / 2``.
-
-        >>> import torch
-        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
-        >>> X, y = torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 2, (9,))
-        >>> H = HessianOperator(model, "cross_entropy", (X, y)).to_dense()
-        >>> H.shape, bool(torch.equal(H, H.T))
-        (torch.Size([26, 26]), True)
-        """
+    # to_dense with the chain products: each block of unit columns is computed
+    # only from the diagonal down (its upper part mirrors rows computed earlier),
+    # and the unit vectors' forward products touch only their own rows (about a
+    # quarter of the work of general blocks); the upper triangle is then copied
+    # onto the lower, so the result is exactly symmetric.  Other modes keep the
+    # base class's (A + A^T) / 2.
+    def _unit_columns(self, E: torch.Tensor, start: int) -> torch.Tensor:
         if self._chain is None:
-            return super().to_dense(block_size)
-        P = self.shape[0]
-        block = block_size or self.max_block or min(P, 64)
-        if self.max_block:
-            block = min(block, self.max_block)  # one matmat call per block: the hints below assume it
-        dense = torch.empty(P, P, dtype=self.dtype, device=self.device)
+            return super()._unit_columns(E, start)
+        self._unit_block = start  # tells _matmat_chain: E's columns start at `start` (entries above stay unset)
         try:
-            for start in range(0, P, block):
-                stop = min(start + block, P)
-                E = torch.zeros(P, stop - start, dtype=self.dtype, device=self.device)
-                E[torch.arange(start, stop), torch.arange(stop - start)] = 1
-                self._unit_block = start  # tells _matmat_chain: E's columns start at `start`
-                # columns start:stop stored as rows (contiguous writes); entries left of `start` stay unset
-                dense[start:stop, :] = self.matmat(E).T
+            return self.matmat(E)
         finally:
             self._unit_block = None
-        _mirror_upper_in_place(dense)
-        return dense
+
+    def _symmetrise_dense(self, dense: torch.Tensor) -> None:
+        if self._chain is None:
+            super()._symmetrise_dense(dense)
+        else:
+            _mirror_upper_in_place(dense)  # the computed part is the upper triangle of the rows stored
 
     def _fresh_grads(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """Per-batch weighted gradients with their graphs, built one batch at a time."""
@@ -376,22 +361,6 @@ class HessianOperator(DatasetOperator):
             "grad_norm": self.grad_norm,
             "data": dict(self.source.info),
         }
-
-
-def _mirror_upper_in_place(A: torch.Tensor, tile: int = 512) -> None:
-    """Copy the upper triangle of ``A`` (diagonal included) onto the lower, tile by tile.
-
-    >>> A = torch.arange(9.0).reshape(3, 3)
-    >>> _mirror_upper_in_place(A, tile=2)
-    >>> A.tolist()
-    [[0.0, 1.0, 2.0], [1.0, 4.0, 5.0], [2.0, 5.0, 8.0]]
-    """
-    P = A.shape[0]
-    for i in range(0, P, tile):
-        diagonal = A[i : i + tile, i : i + tile]
-        diagonal.copy_(torch.triu(diagonal) + torch.triu(diagonal, 1).T)
-        for j in range(i + tile, P, tile):
-            A[j : j + tile, i : i + tile].copy_(A[i : i + tile, j : j + tile].T)
 
 
 class _ChainMismatch(Exception):
