@@ -104,8 +104,10 @@ def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: 
     backend = get_backend(method)
     if method == "exact":
         options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
-    elif method == "arpack":
+    elif method in ("arpack", "topk"):
         options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
+        if method == "topk":
+            options.update(memory_limit=memory_limit)
     elif method == "lanczos":
         options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
     return method, reason, fallback, backend, options
@@ -149,7 +151,7 @@ def check_request(num_params: int, *, method: str = "auto", k: int = 10, which: 
     method, _, _, backend, run_options = _plan(
         op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
         num_steps=num_steps, seed=seed, return_eigenvectors=False, options=options)
-    if method not in ("exact", "arpack", "lanczos"):
+    if method not in ("exact", "arpack", "topk", "lanczos"):
         return method  # a plugin backend may do anything with an operator; it checks when it runs
     try:
         backend.run(op, **run_options)
@@ -248,9 +250,10 @@ def analyze(
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
 
-    ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"arpack"`` (``k``
+    ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"topk"`` (``k``
     eigenvalues at the ``which`` end(s): ``"largest"``, ``"smallest"``,
-    ``"both"``), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
+    ``"both"``, by block Krylov-Schur), ``"arpack"`` (the same by ARPACK,
+    the reference), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
     ``num_steps`` steps), ``"auto"`` (exact when the dense Hessian fits
     comfortably, lanczos otherwise; the result says which and why), or a
     backend registered by a plugin.

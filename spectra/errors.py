@@ -52,6 +52,10 @@ class PluginError(SpectraError, RuntimeError):
     """A plugin failed to load or misbehaved; the message names the plugin."""
 
 
+class ConvergenceError(SpectraError, RuntimeError):
+    """An iterative eigen-solver stopped before it converged; the message says what to change."""
+
+
 class ResultFormatError(SpectraError, ValueError):
     """A saved result is missing, corrupt, or written by a newer spectra."""
 
@@ -68,6 +72,7 @@ __all__ = [
     "NonDeterministicError",
     "NonFiniteError",
     "PluginError",
+    "ConvergenceError",
     "ResultFormatError",
     "DistributedError",
 ]

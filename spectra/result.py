@@ -114,6 +114,11 @@ class SpectrumResult:
     def summary(self, zero_tol: float | None = None, max_outliers: int = 50) -> dict[str, Any]:
         """Key numbers: extremes, negative part, mass near zero, outliers above the bulk.
 
+        For a result that holds only some eigenvalues (``topk``, ``arpack``)
+        the ends are ``largest_computed`` and ``smallest_computed``;
+        ``lambda_max`` / ``lambda_min`` appear only for the end(s) that were
+        asked for (``which``), where they are the spectrum's own.
+
         ``zero_tol`` defaults to ``1e-3 * max|lambda|``.  The bulk edge is the
         largest ratio gap ``lambda_i / max(lambda_{i+1}, zero_tol)`` among the
         top ``max_outliers + 1`` eigenvalues; the eigenvalues above it are the
@@ -124,10 +129,16 @@ class SpectrumResult:
                                "num_matvecs": self.num_matvecs}
         if self.method == "arpack" or (self.eigenvalues is not None and self.method not in ("exact",)
                                        and self.nodes is None):
+            # A few computed eigenvalues: their ends are lambda_max / lambda_min only at the ends asked for
             lam = np.sort(self.eigenvalues)
-            out.update(lambda_max=float(lam[-1]), lambda_min=float(lam[0]), num_computed=int(lam.size),
-                       computed_eigenvalues=lam.tolist(), estimated=False,
-                       which=self.provenance.get("which"))
+            which = self.provenance.get("which")
+            whole = lam.size == self.num_params
+            out.update(largest_computed=float(lam[-1]), smallest_computed=float(lam[0]))
+            if whole or which in ("largest", "both"):
+                out["lambda_max"] = float(lam[-1])
+            if whole or which in ("smallest", "both"):
+                out["lambda_min"] = float(lam[0])
+            out.update(num_computed=int(lam.size), computed_eigenvalues=lam.tolist(), estimated=False, which=which)
             if self.residuals is not None:
                 out["max_residual"] = float(np.max(self.residuals))
             return out

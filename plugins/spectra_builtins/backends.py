@@ -1,4 +1,4 @@
-"""Built-in eigen-solver backends: ``exact``, ``arpack`` and ``lanczos``.
+"""Built-in eigen-solver backends: ``exact``, ``arpack``, ``topk`` and ``lanczos``.
 
 The backend classes live in :mod:`spectra.backends`; they are imported inside
 the factories so that loading this plugin imports neither scipy nor
@@ -24,6 +24,12 @@ def arpack() -> Any:
     return ArpackBackend()
 
 
+def topk() -> Any:
+    from spectra.backends.topk import TopkBackend
+
+    return TopkBackend()
+
+
 def lanczos() -> Any:
     from spectra.backends.lanczos import LanczosBackend
 
@@ -34,4 +40,5 @@ def lanczos() -> Any:
 def spectra_register_backends(registry: Any) -> None:
     registry.register("exact", exact, "dense Hessian + torch.linalg.eigh: every eigenvalue (small nets)")
     registry.register("arpack", arpack, "scipy eigsh: k extreme eigenvalues (largest, smallest or both ends)")
+    registry.register("topk", topk, "block Krylov-Schur on batched products: k extreme eigenvalues (recommended)")
     registry.register("lanczos", lanczos, "stochastic Lanczos quadrature: spectral density of large nets")
