@@ -238,22 +238,24 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         krylov_budget, fallback = P, True  # after P products without convergence, dense is the cheaper way on
     else:
         krylov_budget, fallback = budget, False
-    start = plan.v0
-    spent = 0
-    common = dict(top=plan.top, bottom=plan.bottom, block_size=plan.block_size, max_basis=plan.max_basis,
-                  generator=generator, check_multiplicity=plan.check_multiplicity, device=op.device)
+    start, spent = plan.v0, 0
+    common = dict(top=plan.top, bottom=plan.bottom, generator=generator, check_multiplicity=plan.check_multiplicity,
+                  device=op.device)
     try:
         if plan.low is not None:
-            low = _matmat(plan.low)
             t0 = time.perf_counter()
-            first = block_krylov_schur(low, P, tol=0.0, stop_residual=plan.switch_residual, start=start,
+            first = block_krylov_schur(_matmat(plan.low), P, tol=0.0, stop_residual=plan.switch_residual,
+                                       start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
                            "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
                            "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
+        # a warm start wider than a block sets the block width; the basis must hold a few such blocks
+        width = max(plan.block_size, 0 if start is None else start.shape[1])
         t0 = time.perf_counter()
-        result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, scale=0.0,
+        result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
+                                    max_basis=min(max(plan.max_basis, plan.n_want + 3 * width), P),
                                     max_products=None if krylov_budget is None else krylov_budget - spent, **common)
         phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "products": result.products,
                        "iterations": result.iterations, "restarts": result.restarts,
@@ -267,7 +269,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                                    f"({done} of {plan.n_want} pairs); P products and eigh finish exactly")
         raise ConvergenceError(
             f"topk used its budget of max_matvecs={plan.max_matvecs} products before converging: "
-            f"{state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; raise max_matvecs, "
+            f"{spent + state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; "
+            "raise max_matvecs, "
             f"loosen tol, or use method='exact' (P={P} products)") from None
 
 
