@@ -105,8 +105,11 @@ def run_eigenthings(model, X, y) -> tuple[np.ndarray, int, str]:
 
 
 def methods(args: argparse.Namespace) -> dict[str, Callable]:
-    out: dict[str, Callable] = {"arpack": run_arpack, "topk": run_topk,
-                                "topk-mixed": lambda m, a, b: run_topk(m, a, b, mixed=True)}
+    out: dict[str, Callable] = {"arpack": run_arpack, "topk": run_topk}
+    for spec in filter(None, args.variants.split(";")):  # e.g. "block_size=2,mixed=1"
+        options = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+        mixed = bool(options.pop("mixed", 0))
+        out[f"topk {spec}"] = lambda m, a, b, o=options, x=mixed: run_topk(m, a, b, mixed=x, **o)
     if args.eigenthings:
         out["eigenthings-20"] = run_eigenthings
     return out
@@ -207,6 +210,8 @@ def main() -> None:
     ap.add_argument("--bases", default="4,8,12")
     ap.add_argument("--mixed", action="store_true", help="sweep: also float32-then-float64 products")
     ap.add_argument("--eigenthings", action="store_true", help="race: add hessian-eigenthings' default lanczos")
+    ap.add_argument("--variants", default="mixed=1",
+                    help="race: extra topk settings, ';'-separated, e.g. 'block_size=2,mixed=1;block_size=5'")
     ap.add_argument("--cache", default=None, help="folder to keep the reference eigenvalues in")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -60,6 +60,10 @@ REORTH_KEEP = 0.1
 # A new block column whose norm after orthogonalisation is below this share of scale * sqrt(P)...
 # ...is numerically in the span of the basis (breakdown): it is replaced by a random direction.
 BREAKDOWN_RTOL = 1e-12
+# A stop_residual run also stops when the largest wanted residual, already below STALL_BELOW times the
+# scale, has not halved in this many iterations (noisier products than expected: a safety net).
+STALL_ITERATIONS = 20
+STALL_BELOW = 1e-3
 # Rounds of the multiplicity check before giving up (each finds at least one missing copy).
 MAX_CHECK_ROUNDS = 4
 
@@ -277,6 +281,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
                        start: torch.Tensor | None = None, stop_residual: float | None = None,
                        check_multiplicity: bool | str = "auto", dtype: torch.dtype = torch.float64,
                        device: torch.device | str = "cpu", scale: float = 0.0,
+                       neighbours: tuple[torch.Tensor, torch.Tensor] | None = None,
                        reorth_keep: float = REORTH_KEEP) -> KrylovResult:
     """The ``top`` largest and ``bottom`` smallest eigenpairs of the symmetric ``matmat``.
 
@@ -285,9 +290,13 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
     docstring); ``start`` ``[P, j]`` warm-start vectors (a first block of
     ``max(j, block_size)`` columns, random columns added); ``stop_residual``
     stops as soon as every wanted residual is below ``stop_residual * scale``
-    (the switch point of a mixed-precision run); ``max_products`` raises
-    :class:`BudgetExhausted` (carrying the state reached) instead of
-    exceeding the budget.
+    (the switch point of a mixed-precision run), or when small residuals stop
+    falling (``STALL_ITERATIONS`` iterations without halving: the noise floor
+    of low-precision products); ``neighbours`` ``(values, residuals)`` are
+    Ritz pairs from an earlier run that stand in for the unknown rest of the
+    spectrum in the error estimates until this run has values of its own;
+    ``max_products`` raises :class:`BudgetExhausted` (carrying the state
+    reached) instead of exceeding the budget.
     """
     device = torch.device(device)
     n_want = top + bottom
@@ -308,6 +317,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
     out = KrylovResult(values=L_theta, vectors=no_rows.T, residuals=L_res, estimates=L_res, converged=False,
                        scale=float(scale))
     checking: torch.Tensor | None = None  # the answer locked while a multiplicity check runs
+    stalled: list[float] = []  # the largest wanted residual of each iteration (stop_residual runs)
     while True:
         w = Q.shape[0]
         if max_products is not None and out.products + w > max_products:
@@ -337,16 +347,27 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
         r = (R @ Y[-w:, :]).norm(dim=0) if R.numel() else torch.zeros_like(theta)
         # candidates: the locked pairs and the active Ritz pairs, as one set
         all_theta, all_r = torch.cat([L_theta, theta]), torch.cat([L_res, r])
-        est = error_estimates(all_theta, all_r)
         want = _wanted(all_theta, top, bottom)
         enough = all_theta.numel() > n_want or full_space
+        if not enough and neighbours is not None and all_theta.numel() == n_want:
+            # the earlier run's other Ritz values give the gaps this run cannot see yet
+            n = all_theta.numel()
+            est = error_estimates(torch.cat([all_theta, neighbours[0].to(all_theta)]),
+                                  torch.cat([all_r, neighbours[1].to(all_r)]))[:n]
+            enough = True
+        else:
+            est = error_estimates(all_theta, all_r)
         done = enough and bool((est[want] <= limit).all())
         if checking is not None and done and not full_space:
             # the check's own best Ritz pairs (at each wanted end) must have converged too
             active_best = _wanted(theta, min(top, 1), min(bottom, 1))
             done = bool((est[L_theta.numel() + active_best] <= limit).all())
         if stop_residual is not None and enough:
-            done = done or bool((all_r[want] <= stop_residual * out.scale).all())
+            worst = float(all_r[want].max())
+            stalled.append(worst)
+            done = done or worst <= stop_residual * out.scale or (
+                worst <= STALL_BELOW * out.scale and len(stalled) > STALL_ITERATIONS
+                and worst > 0.5 * min(stalled[:-STALL_ITERATIONS]))
         out.history.append({"products": out.products, "locked": basis.n_locked, "basis": basis.n - basis.n_locked,
                             "max_estimate": float(est[want].max() / max(out.scale, 1e-300)) if enough else None,
                             "values": all_theta[want].tolist()})
@@ -370,6 +391,8 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
             rest = torch.ones_like(all_theta, dtype=torch.bool)
             rest[want] = False
             out.others_values, out.others_residuals = all_theta[rest], all_r[rest]
+            if not bool(rest.any()) and neighbours is not None:
+                out.others_values, out.others_residuals = neighbours[0].to(all_theta), neighbours[1].to(all_r)
             out.converged = bool((est[want] <= limit).all()) or full_space
             out.locked = basis.n_locked
             return out

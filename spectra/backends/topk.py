@@ -67,7 +67,10 @@ DENSE_FIRST_BASES = 2
 # The dense fallback is tried only up to this many parameters (P products plus an O(P^3) eigh).
 DENSE_FALLBACK_MAX_PARAMS = 5000
 DENSE_COPIES = 3  # dense matrix, eigenvector output, LAPACK workspace
-DEFAULT_SWITCH_RESIDUAL = 1e-5
+# Low-precision phase until every wanted residual is below this share of the scale: with float32
+# products (relative rounding ~1e-7) the vectors are then so close that one float64 block of products
+# and a Rayleigh-Ritz step give eigenvalues to ~1e-12 (bench/bench_topk.py notes).
+DEFAULT_SWITCH_RESIDUAL = 1e-6
 _WHICH = ("largest", "smallest", "both")
 
 
@@ -128,8 +131,8 @@ class TopkBackend:
             "block_size": plan.block_size, "max_basis": plan.max_basis, "max_matvecs": plan.max_matvecs,
             "warm_start_vectors": 0 if plan.v0 is None else int(plan.v0.shape[1]),
             "phases": phases, "solver_seconds": seconds, "recurrence_dtype": "float64",
-            "residuals_from": "fresh products" if verify_products else
-                              ("dense eigh" if path == "dense" else "the Krylov recurrence"),
+            "residuals_from": "fresh products" if verify_products or (krylov is not None and krylov.iterations == 1)
+                              else ("dense eigh" if path == "dense" else "the Krylov recurrence"),
             "residual_matvecs": verify_products,
             "eigenvalue_error_estimates": estimates.tolist(),
         }
@@ -238,7 +241,7 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         krylov_budget, fallback = P, True  # after P products without convergence, dense is the cheaper way on
     else:
         krylov_budget, fallback = budget, False
-    start, spent = plan.v0, 0
+    start, spent, neighbours = plan.v0, 0, None
     common = dict(top=plan.top, bottom=plan.bottom, generator=generator, check_multiplicity=plan.check_multiplicity,
                   device=op.device)
     try:
@@ -251,12 +254,14 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                            "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
                            "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
+            neighbours = (first.others_values, first.others_residuals)
         # a warm start wider than a block sets the block width; the basis must hold a few such blocks
         width = max(plan.block_size, 0 if start is None else start.shape[1])
         t0 = time.perf_counter()
         result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
                                     max_basis=min(max(plan.max_basis, plan.n_want + 3 * width), P),
-                                    max_products=None if krylov_budget is None else krylov_budget - spent, **common)
+                                    max_products=None if krylov_budget is None else krylov_budget - spent,
+                                    neighbours=neighbours, **common)
         phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "products": result.products,
                        "iterations": result.iterations, "restarts": result.restarts,
                        "seconds": time.perf_counter() - t0})
@@ -288,7 +293,9 @@ def _finish(op: Any, plan: _Plan, krylov: KrylovResult, verify: bool, spent: int
     X = krylov.vectors
     values, residuals = krylov.values, krylov.residuals
     products = 0
-    if verify and (plan.max_matvecs is None or spent + X.shape[1] <= plan.max_matvecs):
+    # a run that ended after its first block has residuals of fresh products already
+    fresh = krylov.iterations == 1 and krylov.check_rounds == 0
+    if verify and not fresh and (plan.max_matvecs is None or spent + X.shape[1] <= plan.max_matvecs):
         HX = op.matmat(X.to(op.dtype)).to(torch.float64)
         products = X.shape[1]
         # final Rayleigh-Ritz on span(X) with the fresh products: its values are the best the vectors give
