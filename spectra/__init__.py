@@ -25,7 +25,7 @@ _LAZY = {
     "GGNOperator": "spectra.operators.ggn:GGNOperator",
     "ResidualOperator": "spectra.operators.residual:ResidualOperator",
     "Dataset": "spectra.data:Dataset",
-    "train": "spectra.train:train",
+    "train": "spectra.training:train",
     "hookimpl": "spectra.hookspecs:hookimpl",
     "models": "spectra.models:",
     "datasets": "spectra.datasets:",

@@ -480,7 +480,7 @@ class _Elapsed:
 
 def _train(args: argparse.Namespace, model: Any, data: Any) -> Any:
     try:
-        from .train import train
+        from .training import train
     except ImportError as exc:  # pragma: no cover - train.py ships with spectra
         raise InvalidInputError(f"--train is not available in this installation: {exc}") from exc
     bar = None
@@ -498,7 +498,7 @@ def _train(args: argparse.Namespace, model: Any, data: Any) -> Any:
     try:
         return train(model, data, loss=args.loss, optimizer=args.train, lr=args.lr, grad_tol=args.grad_tol,
                      max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
-                     callbacks=progress)
+                     callbacks=progress, progress=False)
     finally:
         if bar is not None:
             bar.close()

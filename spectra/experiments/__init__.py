@@ -96,7 +96,7 @@ def run(name: str, out: str | Path, scale: str = "quick", seed: int = 0, resume:
     sets torch's thread count for the run (default: the figure's own choice —
     1 for the tiny blob nets — else torch's current setting).
     """
-    from ..train import _check_seed
+    from ..training import _check_seed
     from ._common import Context, torch_threads
     from ._report import RunDir
 
