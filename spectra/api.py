@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .backends.base import available_memory_bytes, format_bytes
+from ._memory import available_memory_bytes, format_bytes
 from .errors import InvalidInputError
 from .losses import LossLike
 from .operators.base import SpectralOperator
