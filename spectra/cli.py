@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib
 import io
 import json
 import math
