@@ -22,6 +22,7 @@ atomically.  Loading never unpickles.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -348,6 +349,37 @@ def _outliers_by_gap(top_desc: np.ndarray, tol: float, truncated: bool = False) 
     if ratios[i] <= 1.0:
         return 0, float(pos[0])
     return i + 1, float(floor[i])
+
+
+SHOWN_ITEMS = 5  # a list in a summary table shows its first few items and its length
+
+
+def format_value(value: Any) -> str:
+    """One summary value as text: floats to 6 significant digits, long lists cut.
+
+    >>> format_value(0.123456789), format_value(list(range(8)))
+    ('0.123457', '[0, 1, 2, 3, 4, ...] (8)')
+    """
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(format_value(v) for v in value[:SHOWN_ITEMS])
+        more = len(value) > SHOWN_ITEMS
+        return f"[{head}{', ...' if more else ''}]" + (f" ({len(value)})" if more else "")
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A summary dict as an aligned two-column table.
+
+    >>> print(format_summary({"method": "exact", "lambda_max": 2.0}))
+      method      exact
+      lambda_max  2
+    """
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {format_value(v)}" for k, v in summary.items())
 
 
 def versions() -> dict[str, str]:

@@ -24,11 +24,10 @@ def lazy_adder(module: str, function: str) -> Callable[[Any], Any]:
 
 @hookimpl
 def spectra_register_commands(registry: Any) -> None:
-    registry.register("list", lazy_adder("spectra.cli", "add_list_command"),
+    registry.register("list", lazy_adder("spectra.cli.listing", "add_parser"),
                       "list models, datasets, backends, matrices, losses, experiments, commands or plugins")
-    registry.register("analyze", lazy_adder("spectra.cli", "add_analyze_command"),
-                      "compute a Hessian spectrum and save it")
-    registry.register("show", lazy_adder("spectra.cli", "add_show_command"), "print the summary of a saved result")
-    registry.register("demo", lazy_adder("spectra.cli", "add_demo_command"), "a small real analysis in seconds")
+    registry.register("analyze", lazy_adder("spectra.cli.analyze", "add_parser"), "compute a Hessian spectrum and save it")
+    registry.register("show", lazy_adder("spectra.cli.show", "add_parser"), "print the summary of a saved result")
+    registry.register("demo", lazy_adder("spectra.cli.demo", "add_parser"), "a small real analysis in seconds")
     registry.register("reproduce", lazy_adder("spectra.experiments.cli", "add_reproduce_parser"),
                       "run one of the paper's experiments")
