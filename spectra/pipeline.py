@@ -24,7 +24,7 @@ import torch
 from . import api, datasets, models, plugins
 from ._io import StagedFolder, atomic_write_json, jsonable, save_figure
 from .errors import InvalidInputError, first_line
-from .progress import Elapsed, StepBar, wanted
+from .progress import StepBar, wanted
 from .ranks import Ranks
 from .result import SpectrumResult, format_value
 
@@ -156,14 +156,11 @@ def _run(ranks: Ranks, a: dict[str, Any]) -> PipelineRun:
             log(f"trained {history['steps_taken']} steps ({history['stop_reason']}): loss "
                 f"{format_value(history['final_loss'])}, gradient norm {format_value(history['final_grad_norm'])}")
 
-    where = f" on {ranks.world} ranks" if ranks.active else ""
-    with ranks.step("while computing the spectrum"), \
-            Elapsed(f"computing the {'Hessian' if matrix == 'hessian' else matrix} spectrum "
-                    f"(method={a['method']}){where}", show):
+    with ranks.step("while computing the spectrum"):
         result = api.analyze(net, shard if ranks.active else data, loss=a["loss"], method=a["method"], k=a["k"],
                              which=a["which"], num_probes=a["num_probes"], num_steps=a["num_steps"], seed=a["seed"],
                              memory_limit=a["memory_limit"], on_memory=a["on_memory"], distributed=ranks.active,
-                             matrix=matrix, product_dtype=a["product_dtype"])
+                             matrix=matrix, product_dtype=a["product_dtype"], progress=show)
 
     done = PipelineRun(result, history, model_args, dataset_args, main=ranks.main)
     with ranks.step("while rank 0 wrote the result"):

@@ -6,8 +6,6 @@ it, ``False`` never.
 
 >>> wanted(False), wanted(True)
 (False, True)
->>> with Elapsed("a short computation", enabled=False):
-...     total = sum(range(10))
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-REFRESH_SECONDS = 0.5  # how often the elapsed-time line is redrawn
+REFRESH_SECONDS = 0.5  # how often a bar that follows a computation from outside is redrawn
 
 
 def wanted(progress: bool | None) -> bool:
@@ -26,30 +24,39 @@ def wanted(progress: bool | None) -> bool:
     return bool(progress)
 
 
-class Elapsed:
-    """A line that shows the elapsed time while a computation with no steps to count runs.
+class ProductBar:
+    """Hessian-vector products as they happen: ``op.num_matvecs`` counted against an expected ``total``.
 
-    A background thread redraws it every ``REFRESH_SECONDS``; the line is
-    removed when the block ends.
+    A background thread reads the operator's product counter every
+    ``REFRESH_SECONDS`` (the solver itself is not touched); ``total=None``
+    shows the count and the elapsed time only.  The line is removed when the
+    block ends.
+
+    >>> from spectra.operators.base import DenseOperator
+    >>> import torch
+    >>> op = DenseOperator(torch.eye(3))
+    >>> with ProductBar(op, total=3, desc="products", enabled=False):
+    ...     _ = op.matmat(torch.eye(3))
     """
 
-    def __init__(self, desc: str, enabled: bool = True):
-        self.desc, self.enabled = desc, enabled
+    def __init__(self, op: Any, total: int | None, desc: str, enabled: bool = True):
+        self.op, self.total, self.desc, self.enabled = op, total, desc, enabled
         self._stop = threading.Event()
 
-    def __enter__(self) -> "Elapsed":
+    def __enter__(self) -> "ProductBar":
         if not self.enabled:
             return self
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, desc=self.desc, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
-        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.start = self.op.num_matvecs
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="product", file=sys.stderr, leave=False)
+        self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
         return self
 
-    def _tick(self) -> None:
+    def _follow(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
-            self.bar.refresh()
+            self.bar.update(self.op.num_matvecs - self.start - self.bar.n)
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
@@ -98,4 +105,4 @@ def stderr_logger(quiet: bool) -> Callable[[str], None]:
     return log
 
 
-__all__ = ["Elapsed", "REFRESH_SECONDS", "StepBar", "stderr_logger", "wanted"]
+__all__ = ["ProductBar", "REFRESH_SECONDS", "StepBar", "stderr_logger", "wanted"]
