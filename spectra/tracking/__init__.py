@@ -39,13 +39,6 @@ numbers; ``examples/track_curvature.py --compare-cold`` measures them).
 Like every Krylov method it can miss an eigenvalue whose direction is nearly
 absent from the start vector; ``compare_cold=True`` re-solves cold (ARPACK,
 and this Lanczos from a random vector) at each record and logs all three.
-
->>> import torch
->>> from spectra.operators.base import DenseOperator
->>> A = DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
->>> pairs = top_eigenpairs(A, k=3, tol=1e-10)
->>> pairs.values.round(6).tolist(), pairs.converged
-([100.0, 99.0, 98.0], True)
 """
 
 from __future__ import annotations
