@@ -21,7 +21,7 @@ atomically.  Loading never unpickles.
 
 from __future__ import annotations
 
-import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import density as _density
-from ._io import atomic_save_npz, atomic_write_json
+from ._io import atomic_save_npz, atomic_write_json, read_json_object
 from .errors import InvalidInputError, ResultFormatError
 
 FORMAT_VERSION = 1
@@ -40,7 +40,11 @@ ARRAYS = "arrays.npz"
 _ARRAY_FIELDS = ("eigenvalues", "eigenvectors", "nodes", "weights", "residuals")
 
 
-@dataclass
+STEM_GAP = 3  # slots between the two ends of a which="both" stem plot
+MAX_STEM_TICKS = 12  # at most about this many rank labels under a stem plot
+
+
+@dataclass(repr=False)
 class SpectrumResult:
     """What one eigen-analysis found.
 
@@ -62,12 +66,15 @@ class SpectrumResult:
     num_matvecs: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: every eigenvalue to machine precision; set from the backend's own ``is_exact`` (``None``: a result
+    #: made by hand, taken as exact when its method is ``"exact"``)
+    is_exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_exact is None:
+            self.is_exact = self.method == "exact"
 
     # ----------------------------------------------------------------- basics
-    @property
-    def is_exact(self) -> bool:
-        return self.method == "exact"
-
     @property
     def ritz_values(self) -> np.ndarray | None:
         """Lanczos only: all Ritz values of all probes, ascending."""
@@ -89,7 +96,7 @@ class SpectrumResult:
         if self.nodes is not None and self.weights is not None:
             n_probes = self.nodes.shape[0]
             return self.nodes.ravel(), self.weights.ravel() / n_probes
-        if self.eigenvalues is not None and self.method == "exact":
+        if self.eigenvalues is not None and self.is_exact:
             lam = self.eigenvalues
             return lam, np.full(lam.shape, 1.0 / max(lam.size, 1))
         raise InvalidInputError(
@@ -135,8 +142,7 @@ class SpectrumResult:
 
         out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
                                "num_matvecs": self.num_matvecs}
-        if self.method == "arpack" or (self.eigenvalues is not None and self.method not in ("exact",)
-                                       and self.nodes is None):
+        if self.method == "arpack" or (self.eigenvalues is not None and not self.is_exact and self.nodes is None):
             lam = np.sort(self.eigenvalues)
             out.update(lambda_max=float(lam[-1]), lambda_min=float(lam[0]), num_computed=int(lam.size),
                        computed_eigenvalues=lam.tolist(), estimated=False,
@@ -216,14 +222,70 @@ class SpectrumResult:
             ax.set_ylabel("density")
             ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
         else:
-            lam = np.sort(self.eigenvalues)
-            ax.stem(np.arange(lam.size), lam)
-            ax.set_xlabel("index (ascending)")
-            ax.set_ylabel("eigenvalue")
-            ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={self.provenance.get('which')})")
+            self._stem_plot(ax)
             return fig, ax
         ax.set_xlabel("eigenvalue")
         return fig, ax
+
+    def _stem_plot(self, ax: Any) -> None:
+        """The computed eigenvalues at their rank in the spectrum (1 = smallest).
+
+        With both ends computed the two groups stand apart, with a shaded gap
+        for the eigenvalues in between that were not computed.
+        """
+        lam = np.sort(self.eigenvalues)
+        which, P = self.provenance.get("which"), self.num_params or lam.size
+        k = lam.size // 2 if which == "both" else lam.size
+        if which == "both" and 0 < k < lam.size and P > lam.size:
+            x = np.r_[np.arange(k), np.arange(lam.size - k) + k + STEM_GAP]
+            ranks = np.r_[np.arange(1, k + 1), np.arange(P - (lam.size - k) + 1, P + 1)]
+            ax.axvspan(k - 0.5, k + STEM_GAP - 0.5, color="0.93", zorder=0)
+            ax.text(k + (STEM_GAP - 1) / 2, 0.5, f"{P - lam.size} not computed", rotation=90, ha="center",
+                    va="center", fontsize=7, color="0.4", transform=ax.get_xaxis_transform())
+        else:
+            x = np.arange(lam.size)
+            first = P - lam.size + 1 if which == "largest" else 1
+            ranks = np.arange(first, first + lam.size)
+        ax.stem(x, lam)
+        step = max(1, lam.size // MAX_STEM_TICKS)
+        ax.set_xticks(x[::step], [str(r) for r in ranks[::step]])
+        ax.set_xlabel("rank in the spectrum (1 = smallest)")
+        ax.set_ylabel("eigenvalue")
+        ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={which})")
+
+    # ------------------------------------------------------------ text forms
+    def __repr__(self) -> str:
+        """One line: what was computed, without the arrays.
+
+        >>> SpectrumResult(method="exact", eigenvalues=np.array([-1.0, 0.5, 2.0]), num_params=3)
+        SpectrumResult(method='exact', num_params=3, num_samples=None, eigenvalues=<3 in [-1, 2]>, num_matvecs=0, is_exact=True)
+        """
+        parts = [f"method={self.method!r}", f"num_params={self.num_params}", f"num_samples={self.num_samples}"]
+        if self.eigenvalues is not None and self.eigenvalues.size:
+            parts.append(f"eigenvalues=<{self.eigenvalues.size} in [{self.eigenvalues.min():.4g}, "
+                         f"{self.eigenvalues.max():.4g}]>")
+        if self.nodes is not None:
+            parts.append(f"nodes=<{self.nodes.shape[0]} probes x {self.nodes.shape[1]} steps>")
+        parts += [f"num_matvecs={self.num_matvecs}", f"is_exact={self.is_exact}"]
+        return f"SpectrumResult({', '.join(parts)})"
+
+    def __str__(self) -> str:
+        """A header line and the :meth:`summary` table: what ``print(result)`` shows.
+
+        >>> print(SpectrumResult(method="arpack", eigenvalues=np.array([2.0, 3.0]), num_params=10))
+        arpack: P=10, N=None, 0 Hessian-vector products
+          method                arpack
+          num_params            10
+          num_matvecs           0
+          lambda_max            3
+          lambda_min            2
+          num_computed          2
+          computed_eigenvalues  [2, 3]
+          estimated             False
+          which                 None
+        """
+        header = f"{self.method}: P={self.num_params}, N={self.num_samples}, {self.num_matvecs} Hessian-vector products"
+        return f"{header}\n{format_summary(self.summary())}"
 
     # --------------------------------------------------------------- save/load
     def to_manifest(self) -> dict[str, Any]:
@@ -232,6 +294,7 @@ class SpectrumResult:
             "format": "spectra-result",
             "format_version": FORMAT_VERSION,
             "method": self.method,
+            "is_exact": bool(self.is_exact),
             "num_params": int(self.num_params),
             "num_samples": self.num_samples,
             "num_matvecs": int(self.num_matvecs),
@@ -267,11 +330,8 @@ def load(path: str | Path) -> SpectrumResult:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ResultFormatError(f"{path} holds no spectra result (missing {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{manifest_path} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != "spectra-result":
+    manifest = read_json_object(manifest_path)
+    if manifest.get("format") != "spectra-result":
         raise ResultFormatError(f"{manifest_path} is not a spectra result manifest")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -297,6 +357,7 @@ def load(path: str | Path) -> SpectrumResult:
     _check_arrays(arrays, path / ARRAYS)
     return SpectrumResult(
         method=manifest["method"],
+        is_exact=manifest.get("is_exact"),  # None in results saved before it was recorded: the method decides
         num_params=manifest["num_params"],
         num_samples=manifest.get("num_samples"),
         num_matvecs=manifest.get("num_matvecs", 0),
@@ -315,7 +376,9 @@ def _check_fields(manifest: dict[str, Any], where: Path) -> None:
               ("num_params", count(manifest.get("num_params")), "a count"),
               ("num_samples", manifest.get("num_samples") is None or count(manifest.get("num_samples")), "a count"),
               ("num_matvecs", count(manifest.get("num_matvecs", 0)), "a count"),
-              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object")]
+              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object"),
+              ("is_exact", manifest.get("is_exact") is None or isinstance(manifest.get("is_exact"), bool),
+               "true or false")]
     for name, ok, what in checks:
         if not ok:
             raise ResultFormatError(f"{where}: {name!r} must be {what}; got {manifest.get(name)!r}")
@@ -336,6 +399,37 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
                                 f"one shape; got {shapes.get('nodes')} and {shapes.get('weights')}")
     if "eigenvalues" not in shapes and "nodes" not in shapes:
         raise ResultFormatError(f"{where} holds neither eigenvalues nor Lanczos nodes")
+
+
+SHOWN_ITEMS = 5  # a list in a summary table shows its first few items and its length
+
+
+def format_value(value: Any) -> str:
+    """One summary value as text: floats to 6 significant digits, long lists cut.
+
+    >>> format_value(0.123456789), format_value(list(range(8)))
+    ('0.123457', '[0, 1, 2, 3, 4, ...] (8)')
+    """
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(format_value(v) for v in value[:SHOWN_ITEMS])
+        more = len(value) > SHOWN_ITEMS
+        return f"[{head}{', ...' if more else ''}]" + (f" ({len(value)})" if more else "")
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A summary dict as an aligned two-column table.
+
+    >>> print(format_summary({"method": "exact", "lambda_max": 2.0}))
+      method      exact
+      lambda_max  2
+    """
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {format_value(v)}" for k, v in summary.items())
 
 
 def versions() -> dict[str, str]:

@@ -53,6 +53,9 @@ import torch
 from .data import as_batch_source
 from .errors import InvalidInputError, NonFiniteError
 from .losses import LossLike, resolve_loss
+from .progress import StepBar, wanted
+from .validation import check_int as _check_count
+from .validation import check_seed as _check_seed
 
 Callback = Callable[[torch.nn.Module, dict], Any]
 
@@ -242,18 +245,6 @@ def _check_positive_finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -409,7 +400,7 @@ def train(
 
     hist = TrainHistory(optimizer=optimizer, lr=lr, grad_tol=float(grad_tol), batch_size=batch_size,
                         seed=seed, loss_name=loss_obj.name, step_rule=step_rule)
-    bar = _progress_bar(progress, max_steps, start_step)
+    bar = StepBar(max_steps, "training", enabled=wanted(progress))
     was_training = model.training
     model.train()
     armijo = step_rule == "armijo"
@@ -443,9 +434,7 @@ def train(
                     hist.loss.append(value)
                     hist.accuracy.append(acc)
                     hist.grad_norm.append(gnorm)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{value:.4g}", grad=f"{gnorm:.2g}", lr=f"{step_lr:.3g}", refresh=False)
-                        bar.update(step - start_step - bar.n)
+                    bar.update(step - start_step, loss=f"{value:.4g}", grad=f"{gnorm:.2g}", lr=f"{step_lr:.3g}")
                 info = {"step": step, "loss": value, "grad_norm": gnorm, "accuracy": acc, "final": done,
                         "lr": step_lr}
                 if done:
@@ -479,8 +468,7 @@ def train(
         hist.steps_taken = step - start_step
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
     hist.final_lr = step_lr
     hist.wall_time_s = time.perf_counter() - started
     if not hist.converged and grad_tol > 0 and max_steps > 0:
@@ -529,16 +517,6 @@ def _check_step_rule(step_rule: Any, optimizer: str) -> str:
         raise InvalidInputError("step_rule='armijo' needs full-batch losses; use optimizer='gd' or "
                                 "step_rule='constant' with SGD")
     return step_rule
-
-
-def _progress_bar(progress: bool | None, max_steps: int, start_step: int) -> Any:
-    """A tqdm bar over the updates (None: tqdm decides, showing it only on a terminal)."""
-    if progress is False:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=max_steps, desc="training", unit="step", file=sys.stderr, leave=False,
-                disable=None if progress is None else False, initial=0, mininterval=0.5)
 
 
 def _as_callbacks(callbacks: Any) -> list[Callback]:
