@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 
-from .backends.base import available_memory_bytes, format_bytes
-from .errors import InvalidInputError, UnknownNameError
+from ._memory import available_memory_bytes, format_bytes
+from .errors import InvalidInputError, PluginError
 from .losses import LossLike
 from .operators.base import SpectralOperator
+from .backends.base import expected_products
 from .operators.hessian import HessianOperator, ParamSelector
+from .progress import ProductBar, wanted
 from .result import SpectrumResult, versions
 
 # method="auto" runs exact up to this many parameters (P HVPs + an O(P^3) eigh
@@ -30,47 +32,25 @@ from .result import SpectrumResult, versions
 # quarter of the free memory.
 AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
+AUTO = "auto"  # the method name that lets analyze choose
+# The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
+BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
-_BUILTIN_BACKENDS = {
-    "exact": ("spectra.backends.exact", "ExactBackend"),
-    "arpack": ("spectra.backends.arpack", "ArpackBackend"),
-    "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
-}
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
-# matrix= name -> (module, class) of the operator analysed
-_MATRICES = {
-    "hessian": ("spectra.operators.hessian", "HessianOperator"),
-    "ggn": ("spectra.operators.ggn", "GGNOperator"),
-    "residual": ("spectra.operators.residual", "ResidualOperator"),
-}
 
 
 def operator_class(matrix: str) -> type:
-    """The operator class ``analyze(matrix=...)`` builds: Hessian, Gauss-Newton or their difference."""
-    if not isinstance(matrix, str) or matrix not in _MATRICES:
-        raise InvalidInputError(f"matrix must be one of {', '.join(map(repr, _MATRICES))}; got {matrix!r}")
-    import importlib
+    """The operator class ``analyze(matrix=...)`` builds, from the ``matrices`` registry."""
+    from . import matrices
 
-    module, cls = _MATRICES[matrix]
-    return getattr(importlib.import_module(module), cls)
+    return matrices.get(matrix)
 
 
 def get_backend(name: str) -> Any:
-    """The backend registered under ``name`` (plugins included)."""
-    try:
-        from . import backends as registry
+    """A new instance of the backend registered under ``name`` (plugins included)."""
+    from . import backends
 
-        getter = getattr(registry, "get", None)
-    except ImportError:  # pragma: no cover
-        getter = None
-    if getter is not None:
-        return getter(name)
-    if name not in _BUILTIN_BACKENDS:
-        raise UnknownNameError("backend", name, list(_BUILTIN_BACKENDS))
-    import importlib
-
-    module, cls = _BUILTIN_BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)()
+    return backends.get(name)
 
 
 def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None = None) -> tuple[str, str]:
@@ -91,26 +71,28 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
 def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int, which: str,
           num_probes: int, num_steps: int, seed: int, return_eigenvectors: bool,
           options: dict[str, Any]) -> tuple[str, str, str | None, Any, dict[str, Any]]:
-    """The backend to run on ``op`` and its options: ``(method, auto_reason, memory_fallback, backend, options)``."""
+    """The backend to run on ``op`` and its arguments: ``(method, auto_reason, memory_fallback, backend, arguments)``.
+
+    The backend gets the common arguments its ``run`` names (:func:`spectra.backends.base.backend_arguments`).
+    """
+    from . import plugins
+    from .backends.base import backend_arguments
+
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
     reason = "requested"
-    if method == "auto":
+    if method.lower() == AUTO:
         method, reason = choose_method(op.shape[0], op.device, memory_limit)
+    else:
+        method = plugins.get_entry("backends", method).name  # as registered, whatever the case typed
     options = dict(options)
     fallback = None
     if on_memory == "lanczos":
         method, fallback = _memory_fallback(method, op, memory_limit, num_probes, num_steps, options)
     backend = get_backend(method)
-    if method == "exact":
-        options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
-    elif method in ("arpack", "topk"):
-        options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
-        if method == "topk":
-            options.update(memory_limit=memory_limit)
-    elif method == "lanczos":
-        options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
-    return method, reason, fallback, backend, options
+    common = {"k": k, "which": which, "seed": seed, "num_probes": num_probes, "num_steps": num_steps,
+              "return_eigenvectors": return_eigenvectors, "memory_limit": memory_limit}
+    return method, reason, fallback, backend, backend_arguments(backend, common, options, _OPERATOR_OPTIONS)
 
 
 class _StandIn(SpectralOperator):
@@ -145,13 +127,15 @@ def check_request(num_params: int, *, method: str = "auto", k: int = 10, which: 
     ...
     spectra.errors.InvalidInputError: num_steps=100 exceeds P=74: ...
     """
+    from . import plugins
+
     if on_memory not in ("refuse", "lanczos"):
         raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
     op = _StandIn((int(num_params), int(num_params)), dtype, device)
     method, _, _, backend, run_options = _plan(
         op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
         num_steps=num_steps, seed=seed, return_eigenvectors=False, options=options)
-    if method not in ("exact", "arpack", "topk", "lanczos"):
+    if plugins.get_entry("backends", method).plugin != BUILTIN_BACKENDS_PLUGIN:
         return method  # a plugin backend may do anything with an operator; it checks when it runs
     try:
         backend.run(op, **run_options)
@@ -184,6 +168,14 @@ def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes:
             notes.append(f"the Lanczos basis needs {format_bytes(need)} > {format_bytes(have)}: engine='lowmem'")
             options["engine"] = "lowmem"
     return method, "; ".join(notes) or None
+
+
+def _label(matrix: str) -> str:
+    """How a progress line names the matrix: "Hessian", or its registry name."""
+    from . import plugins
+
+    name = plugins.get_entry("matrices", matrix).name
+    return "Hessian" if name == "hessian" else name
 
 
 def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Module:
@@ -246,6 +238,7 @@ def analyze(
     distributed: bool | str = "auto",
     on_memory: str = "refuse",
     product_dtype: str | torch.dtype | None = None,
+    progress: bool | None = None,
     **options: Any,
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
@@ -283,6 +276,14 @@ def analyze(
     The solvers keep their own precision (Lanczos: ``lanczos_dtype``,
     float64 by default; exact: ``eigh`` in float64).  Default: the model's dtype.
 
+    ``progress``: a bar on stderr that counts the Hessian-vector products
+    against what the backend expects (``None``, the default: only when stderr
+    is a terminal; ``False``: never).
+
+    Names are found in any case: ``method="Exact"``, ``matrix="GGN"``,
+    ``loss="MSE"``; the loss ``cross_entropy`` is also ``"ce"``, ``"nll"`` and
+    ``"crossentropy"`` (``spectra list losses`` shows every name and alias).
+
     ``memory_limit`` (bytes; default: the memory free now) bounds the dense
     Hessian of ``exact`` and the Lanczos basis.  When they do not fit,
     ``on_memory="refuse"`` (default) raises
@@ -304,7 +305,7 @@ def analyze(
         from . import distributed as _distributed
 
         if getattr(_distributed.operator_class(distributed), "is_distributed", False):
-            if matrix != "hessian":
+            if op_class is not HessianOperator:
                 raise InvalidInputError(f"matrix={matrix!r} has no distributed version yet; pass distributed=False "
                                         "to analyse each rank's data on its own")
             op_class = _distributed.DistributedHessianOperator
@@ -326,9 +327,15 @@ def analyze(
         method, reason, fallback, backend, run_options = _plan(
             op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
-        result = backend.run(op, **run_options)
+        total = expected_products(backend, op.shape[0], run_options)
+        with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)):
+            result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
-        raise InvalidInputError(f"backend {method!r} returned {type(result).__name__}, not a SpectrumResult")
+        from .plugins import get_entry
+
+        raise PluginError(f"backend {method!r} from plugin {get_entry('backends', method).plugin!r} returned "
+                          f"{type(result).__name__}, not a SpectrumResult")
+    result.is_exact = bool(getattr(backend, "is_exact", False))  # the backend's own claim, whatever it named itself
     result.num_samples = op.num_samples
     model_spec = getattr(model, "spectra_spec", None)
     result.provenance = {

@@ -21,7 +21,7 @@ atomically.  Loading never unpickles.
 
 from __future__ import annotations
 
-import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import density as _density
-from ._io import atomic_save_npz, atomic_write_json
+from ._io import atomic_save_npz, atomic_write_json, read_json_object
 from .errors import InvalidInputError, ResultFormatError
 
 FORMAT_VERSION = 1
@@ -40,7 +40,11 @@ ARRAYS = "arrays.npz"
 _ARRAY_FIELDS = ("eigenvalues", "eigenvectors", "nodes", "weights", "residuals")
 
 
-@dataclass
+STEM_GAP = 3  # slots between the two ends of a which="both" stem plot
+MAX_STEM_TICKS = 12  # at most about this many rank labels under a stem plot
+
+
+@dataclass(repr=False)
 class SpectrumResult:
     """What one eigen-analysis found.
 
@@ -62,12 +66,15 @@ class SpectrumResult:
     num_matvecs: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: every eigenvalue to machine precision; set from the backend's own ``is_exact`` (``None``: a result
+    #: made by hand, taken as exact when its method is ``"exact"``)
+    is_exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_exact is None:
+            self.is_exact = self.method == "exact"
 
     # ----------------------------------------------------------------- basics
-    @property
-    def is_exact(self) -> bool:
-        return self.method == "exact"
-
     @property
     def ritz_values(self) -> np.ndarray | None:
         """Lanczos only: all Ritz values of all probes, ascending."""
@@ -89,7 +96,7 @@ class SpectrumResult:
         if self.nodes is not None and self.weights is not None:
             n_probes = self.nodes.shape[0]
             return self.nodes.ravel(), self.weights.ravel() / n_probes
-        if self.eigenvalues is not None and self.method == "exact":
+        if self.eigenvalues is not None and self.is_exact:
             lam = self.eigenvalues
             return lam, np.full(lam.shape, 1.0 / max(lam.size, 1))
         raise InvalidInputError(
@@ -111,7 +118,7 @@ class SpectrumResult:
         return grid, _density.gaussian_density(atoms, mass, grid, sigma)
 
     # ---------------------------------------------------------------- summary
-    def summary(self, zero_tol: float | None = None, max_outliers: int = 50) -> dict[str, Any]:
+    def summary(self, zero_tol: float | None = None, negative_tol: float | None = None) -> dict[str, Any]:
         """Key numbers: extremes, negative part, mass near zero, outliers above the bulk.
 
         For a result that holds only some eigenvalues (``topk``, ``arpack``)
@@ -119,16 +126,28 @@ class SpectrumResult:
         ``lambda_max`` / ``lambda_min`` appear only for the end(s) that were
         asked for (``which``), where they are the spectrum's own.
 
-        ``zero_tol`` defaults to ``1e-3 * max|lambda|``.  The bulk edge is the
-        largest ratio gap ``lambda_i / max(lambda_{i+1}, zero_tol)`` among the
-        top ``max_outliers + 1`` eigenvalues; the eigenvalues above it are the
-        outliers.  For Lanczos results counts are estimated from quadrature
-        mass times ``P`` and marked ``"estimated": True``.
+        Counts ignore rounding (:mod:`spectra.counts`): an eigenvalue is
+        negative only below ``-negative_tol`` and numerically zero within
+        ``±negative_tol`` (``num_zero``); the default is the eigensolver's
+        backward error, ``10·‖H‖·(P·ε64 + √P·ε)`` with ε of the dtype the
+        products ran in (``provenance["dtype"]``).  ``zero_tol`` (default
+        ``1e-3 * max|lambda|``, never below ``negative_tol``) is the paper's
+        looser "near zero" band of ``zero_fraction``.  Outliers: the
+        eigenvalues above ``0.1 * lambda_max``, with the count at other
+        fractions in ``outlier_sweep``.  For Lanczos results counts are
+        estimated from quadrature mass times ``P`` and marked
+        ``"estimated": True``.
+
+        >>> lam = np.array([-1e-17, 0.0, 3e-17, 0.5, 2.0])
+        >>> s = SpectrumResult(method="exact", eigenvalues=lam, num_params=5).summary()
+        >>> s["num_negative"], s["num_negative_raw"], s["num_zero"], s["num_outliers"]
+        (0, 1, 3, 2)
         """
+        from . import counts as _counts
+
         out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
                                "num_matvecs": self.num_matvecs}
-        if self.method == "arpack" or (self.eigenvalues is not None and self.method not in ("exact",)
-                                       and self.nodes is None):
+        if self.method == "arpack" or (self.eigenvalues is not None and not self.is_exact and self.nodes is None):
             # A few computed eigenvalues: their ends are lambda_max / lambda_min only at the ends asked for
             lam = np.sort(self.eigenvalues)
             which = self.provenance.get("which")
@@ -144,14 +163,19 @@ class SpectrumResult:
             return out
         atoms, mass = self._measure()
         big = float(np.max(np.abs(atoms))) if atoms.size else 0.0
-        tol = 1e-3 * big if zero_tol is None else float(zero_tol)
         P = self.num_params or atoms.size
-        neg = atoms < 0
+        dtype = self.provenance.get("dtype", "float64")
+        neg_tol = _counts.negative_tolerance(P, big, dtype) if negative_tol is None else float(negative_tol)
+        tol = max(1e-3 * big if zero_tol is None else float(zero_tol), neg_tol)
+        neg = atoms < -neg_tol
         out.update(
             lambda_max=float(atoms.max()),
             lambda_min=float(atoms.min()),
+            negative_tol=neg_tol,
+            negative_tol_rule=_counts.tolerance_rule(dtype) if negative_tol is None else "given",
             zero_tol=tol,
-            zero_tol_rule="1e-3 * max|lambda|" if zero_tol is None else "given",
+            zero_tol_rule=("1e-3 * max|lambda|" if zero_tol is None else "given")
+            + (" (raised to negative_tol)" if tol == neg_tol and tol > 0 else ""),
             zero_fraction=float(mass[np.abs(atoms) < tol].sum()),
             negative_fraction=float(mass[neg].sum()),
             trace=float(P * (mass * atoms).sum()),
@@ -159,23 +183,27 @@ class SpectrumResult:
         )
         if self.is_exact:
             lam = atoms
-            out["num_negative"] = int(neg.sum())
-            out["negative_sum"] = float(lam[neg].sum())
-            out["num_negative_below_tol"] = int((neg & (lam > -tol)).sum())
-            top = np.sort(lam)[::-1][: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol, truncated=lam.size > top.size)
-            out.update(num_outliers=n_out, bulk_edge=edge, outliers=top[:n_out].tolist())
+            rule = _counts.outlier_counts(lam)
+            out.update(num_negative=int(neg.sum()), num_negative_raw=int((lam < 0).sum()),
+                       num_zero=int((np.abs(lam) <= neg_tol).sum()), negative_sum=float(lam[neg].sum()))
         else:
             out["num_negative"] = int(round(P * out["negative_fraction"]))
+            out["num_zero"] = int(round(P * float(mass[np.abs(atoms) <= neg_tol].sum())))
             out["negative_sum"] = float(P * (mass[neg] * atoms[neg]).sum())
-            # Converged extreme Ritz values (weight ~ 1/P each) are the outliers.
+            # Converged extreme Ritz values (weight ~ 1/P each) carry the outliers: count quadrature
+            # mass above each threshold, times P.
             extremes = np.sort(self.nodes.max(axis=1))[::-1]
-            distinct = np.unique(np.round(self.nodes.ravel(), 10))[::-1]
-            top = distinct[: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol, truncated=distinct.size > top.size)
-            out.update(num_outliers=int(round(P * mass[atoms > edge].sum())) if n_out else 0,
-                       bulk_edge=edge, top_ritz_values=extremes[:5].tolist(),
-                       num_probes=int(self.nodes.shape[0]), num_steps=int(self.nodes.shape[1]))
+            rule = _counts.outlier_counts(np.unique(np.round(self.nodes.ravel(), 10)))
+            top = float(atoms.max())
+            rule["sweep"] = {f"{f:g}": int(round(P * float(mass[atoms > f * top].sum())))
+                             for f in _counts.OUTLIER_SWEEP} if top > 0 else rule["sweep"]
+            rule["num_outliers"] = rule["sweep"][f"{_counts.OUTLIER_FRACTION:g}"]
+            out.update(top_ritz_values=extremes[:5].tolist(), num_probes=int(self.nodes.shape[0]),
+                       num_steps=int(self.nodes.shape[1]))
+        out.update(num_outliers=rule["num_outliers"], outlier_rule=rule["rule"], outlier_sweep=rule["sweep"],
+                   outlier_cut_ratio=rule["cut_ratio"], bulk_edge=rule["bulk_edge"])
+        if self.is_exact:
+            out["outliers"] = rule["outliers"]
         return out
 
     # ------------------------------------------------------------------ plots
@@ -205,14 +233,70 @@ class SpectrumResult:
             ax.set_ylabel("density")
             ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
         else:
-            lam = np.sort(self.eigenvalues)
-            ax.stem(np.arange(lam.size), lam)
-            ax.set_xlabel("index (ascending)")
-            ax.set_ylabel("eigenvalue")
-            ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={self.provenance.get('which')})")
+            self._stem_plot(ax)
             return fig, ax
         ax.set_xlabel("eigenvalue")
         return fig, ax
+
+    def _stem_plot(self, ax: Any) -> None:
+        """The computed eigenvalues at their rank in the spectrum (1 = smallest).
+
+        With both ends computed the two groups stand apart, with a shaded gap
+        for the eigenvalues in between that were not computed.
+        """
+        lam = np.sort(self.eigenvalues)
+        which, P = self.provenance.get("which"), self.num_params or lam.size
+        k = lam.size // 2 if which == "both" else lam.size
+        if which == "both" and 0 < k < lam.size and P > lam.size:
+            x = np.r_[np.arange(k), np.arange(lam.size - k) + k + STEM_GAP]
+            ranks = np.r_[np.arange(1, k + 1), np.arange(P - (lam.size - k) + 1, P + 1)]
+            ax.axvspan(k - 0.5, k + STEM_GAP - 0.5, color="0.93", zorder=0)
+            ax.text(k + (STEM_GAP - 1) / 2, 0.5, f"{P - lam.size} not computed", rotation=90, ha="center",
+                    va="center", fontsize=7, color="0.4", transform=ax.get_xaxis_transform())
+        else:
+            x = np.arange(lam.size)
+            first = P - lam.size + 1 if which == "largest" else 1
+            ranks = np.arange(first, first + lam.size)
+        ax.stem(x, lam)
+        step = max(1, lam.size // MAX_STEM_TICKS)
+        ax.set_xticks(x[::step], [str(r) for r in ranks[::step]])
+        ax.set_xlabel("rank in the spectrum (1 = smallest)")
+        ax.set_ylabel("eigenvalue")
+        ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={which})")
+
+    # ------------------------------------------------------------ text forms
+    def __repr__(self) -> str:
+        """One line: what was computed, without the arrays.
+
+        >>> SpectrumResult(method="exact", eigenvalues=np.array([-1.0, 0.5, 2.0]), num_params=3)
+        SpectrumResult(method='exact', num_params=3, num_samples=None, eigenvalues=<3 in [-1, 2]>, num_matvecs=0, is_exact=True)
+        """
+        parts = [f"method={self.method!r}", f"num_params={self.num_params}", f"num_samples={self.num_samples}"]
+        if self.eigenvalues is not None and self.eigenvalues.size:
+            parts.append(f"eigenvalues=<{self.eigenvalues.size} in [{self.eigenvalues.min():.4g}, "
+                         f"{self.eigenvalues.max():.4g}]>")
+        if self.nodes is not None:
+            parts.append(f"nodes=<{self.nodes.shape[0]} probes x {self.nodes.shape[1]} steps>")
+        parts += [f"num_matvecs={self.num_matvecs}", f"is_exact={self.is_exact}"]
+        return f"SpectrumResult({', '.join(parts)})"
+
+    def __str__(self) -> str:
+        """A header line and the :meth:`summary` table: what ``print(result)`` shows.
+
+        >>> print(SpectrumResult(method="arpack", eigenvalues=np.array([2.0, 3.0]), num_params=10))
+        arpack: P=10, N=None, 0 Hessian-vector products
+          method                arpack
+          num_params            10
+          num_matvecs           0
+          lambda_max            3
+          lambda_min            2
+          num_computed          2
+          computed_eigenvalues  [2, 3]
+          estimated             False
+          which                 None
+        """
+        header = f"{self.method}: P={self.num_params}, N={self.num_samples}, {self.num_matvecs} Hessian-vector products"
+        return f"{header}\n{format_summary(self.summary())}"
 
     # --------------------------------------------------------------- save/load
     def to_manifest(self) -> dict[str, Any]:
@@ -221,6 +305,7 @@ class SpectrumResult:
             "format": "spectra-result",
             "format_version": FORMAT_VERSION,
             "method": self.method,
+            "is_exact": bool(self.is_exact),
             "num_params": int(self.num_params),
             "num_samples": self.num_samples,
             "num_matvecs": int(self.num_matvecs),
@@ -256,11 +341,8 @@ def load(path: str | Path) -> SpectrumResult:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ResultFormatError(f"{path} holds no spectra result (missing {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{manifest_path} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != "spectra-result":
+    manifest = read_json_object(manifest_path)
+    if manifest.get("format") != "spectra-result":
         raise ResultFormatError(f"{manifest_path} is not a spectra result manifest")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -286,6 +368,7 @@ def load(path: str | Path) -> SpectrumResult:
     _check_arrays(arrays, path / ARRAYS)
     return SpectrumResult(
         method=manifest["method"],
+        is_exact=manifest.get("is_exact"),  # None in results saved before it was recorded: the method decides
         num_params=manifest["num_params"],
         num_samples=manifest.get("num_samples"),
         num_matvecs=manifest.get("num_matvecs", 0),
@@ -304,7 +387,9 @@ def _check_fields(manifest: dict[str, Any], where: Path) -> None:
               ("num_params", count(manifest.get("num_params")), "a count"),
               ("num_samples", manifest.get("num_samples") is None or count(manifest.get("num_samples")), "a count"),
               ("num_matvecs", count(manifest.get("num_matvecs", 0)), "a count"),
-              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object")]
+              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object"),
+              ("is_exact", manifest.get("is_exact") is None or isinstance(manifest.get("is_exact"), bool),
+               "true or false")]
     for name, ok, what in checks:
         if not ok:
             raise ResultFormatError(f"{where}: {name!r} must be {what}; got {manifest.get(name)!r}")
@@ -327,32 +412,35 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
         raise ResultFormatError(f"{where} holds neither eigenvalues nor Lanczos nodes")
 
 
-def _outliers_by_gap(top_desc: np.ndarray, tol: float, truncated: bool = False) -> tuple[int, float]:
-    """Split the top of a spectrum at its largest ratio gap; return (count, edge).
+SHOWN_ITEMS = 5  # a list in a summary table shows its first few items and its length
 
-    ``truncated``: ``top_desc`` is only the top of a longer spectrum, so the
-    value after its last entry is unknown and no gap may be placed there
-    (measuring it against ``tol`` would invent one).
 
-    >>> top = np.array([10.0, 9.0, 1.0, 0.9])
-    >>> _outliers_by_gap(top, 1e-3)  # the whole spectrum: all four stand above zero
-    (4, 0.001)
-    >>> _outliers_by_gap(top, 1e-3, truncated=True)  # the top of a longer one
-    (2, 1.0)
+def format_value(value: Any) -> str:
+    """One summary value as text: floats to 6 significant digits, long lists cut.
+
+    >>> format_value(0.123456789), format_value(list(range(8)))
+    ('0.123457', '[0, 1, 2, 3, 4, ...] (8)')
     """
-    pos = top_desc[top_desc > tol]
-    if pos.size == 0:
-        return 0, float(tol)
-    floor = np.maximum(np.append(top_desc[1 : pos.size + 1], -np.inf), tol)[: pos.size]
-    ratios = pos / floor
-    if truncated and pos.size == top_desc.size:
-        ratios = ratios[:-1]
-        if ratios.size == 0:
-            return 0, float(pos[0])
-    i = int(np.argmax(ratios))
-    if ratios[i] <= 1.0:
-        return 0, float(pos[0])
-    return i + 1, float(floor[i])
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(format_value(v) for v in value[:SHOWN_ITEMS])
+        more = len(value) > SHOWN_ITEMS
+        return f"[{head}{', ...' if more else ''}]" + (f" ({len(value)})" if more else "")
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A summary dict as an aligned two-column table.
+
+    >>> print(format_summary({"method": "exact", "lambda_max": 2.0}))
+      method      exact
+      lambda_max  2
+    """
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {format_value(v)}" for k, v in summary.items())
 
 
 def versions() -> dict[str, str]:

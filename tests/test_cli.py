@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import spectra
-from spectra import cli
+from spectra import cli, pipeline
+from spectra._io import OWNER
 from spectra.errors import InvalidInputError
 
 
@@ -87,7 +88,9 @@ def test_analyze_train_save_show_end_to_end(launched, capsys):
     proc, cwd = launched("e2e")
     out = cwd / "run"
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # --quiet: no progress output
+    # --quiet: no progress output; 30 steps do not converge, and that warning is not progress
+    assert proc.stderr.startswith("spectra: warning: train stopped after max_steps=30") and \
+        len(proc.stderr.strip().splitlines()) == 1
     assert "lambda_max" in proc.stdout and "P=18, N=50, method=exact" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(cli.KNOWN_OUTPUTS)
     for png in (cli.SPECTRUM_PNG, cli.TRAINING_PNG):
@@ -97,7 +100,7 @@ def test_analyze_train_save_show_end_to_end(launched, capsys):
     assert {"lambda_max", "lambda_min", "num_negative"} <= set(manifest["summary"])
     prov = manifest["provenance"]
     assert prov["model"] == {"name": "blobnet", "arguments": {"hidden": 2, "dtype": "float64", "seed": 3},
-                             "plugin": "spectra_builtins.models"}
+                             "plugin": "spectra.default_plugins.models"}
     assert prov["data"]["name"] == "blobs" and prov["data"]["seed"] == 3
     assert prov["training"]["steps_taken"] == 30 and prov["training"]["optimizer"] == "gd"
 
@@ -108,12 +111,20 @@ def test_analyze_train_save_show_end_to_end(launched, capsys):
     ref = spectra.analyze(model, data, method="exact")
     np.testing.assert_allclose(spectra.load(out).eigenvalues, ref.eigenvalues, rtol=0, atol=1e-12)
 
-    # show (in-process: the subprocess path is the same main()) redraws without recomputing
+    # show (in-process: the subprocess path is the same main()) prints without recomputing, and reading
+    # never writes into the result folder; --plots redraws the plots elsewhere
     (out / cli.SPECTRUM_PNG).unlink()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
     code, shown, _ = main_capture(capsys, "show", str(out))
     assert code == 0 and "lambda_max" in shown and "trained 30 steps" in shown
     assert f"{ref.summary()['lambda_max']:.6g}" in shown
-    assert (out / cli.SPECTRUM_PNG).exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    code, shown, _ = main_capture(capsys, "show", str(out), "--plots", str(out.parent / "plots"))
+    assert code == 0 and f"drew {cli.SPECTRUM_PNG}, {cli.TRAINING_PNG} in {out.parent / 'plots'}/" in shown
+    assert sorted(p.name for p in (out.parent / "plots").iterdir()) == [cli.SPECTRUM_PNG, cli.TRAINING_PNG]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    code, _, err = main_capture(capsys, "show", str(out), "--plots", str(out))
+    assert code == 2 and "is the result folder itself; spectra show never writes there" in err
 
     before = (out / "result.json").read_bytes()
     code, _, err = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--out", str(out), "--quiet")
@@ -152,7 +163,7 @@ def test_list(capsys, kind):
     expected = {"models": ["mlp", "blobnet", "cnn", "parameters: sizes"],
                 "datasets": ["blobs", "random", "mnist", "digits", "n=1000"],
                 "backends": ["exact", "arpack", "lanczos"],
-                "plugins": ["spectra_builtins.models", "[builtin]", "ok"]}[kind]
+                "plugins": ["spectra.default_plugins.models", "[builtin]", "ok"]}[kind]
     for word in expected:
         assert word in out
     code, out, _ = main_capture(capsys, "list", kind, "--json")
@@ -176,7 +187,11 @@ def test_list_everything_and_help(capsys):
         ([], "the following arguments are required: COMMAND"),
         (["analyze", "--dataset", "blobs"], "the following arguments are required: --model"),
         (["analyze", *SMALL, "--k", "ten"], "argument --k: invalid int value: 'ten'"),
-        (["analyze", *SMALL, "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+        (["analyze", *SMALL, "--loss", "hinge"], "unknown loss 'hinge'; known losses: cross_entropy, mse"),
+        (["analyze", *SMALL, "--loss", "cross-entropy"], "did you mean 'cross_entropy'?"),
+        (["analyze", *SMALL, "--matrix", "hesian"], "unknown matrix 'hesian'; known matrices: ggn, hessian, "
+                                                    "residual; did you mean 'hessian'?"),
+        (["list", "model"], "argument KIND: invalid choice: 'model'"),
         (["analyze", *SMALL, "--model-arg", "hidden"], "--model-arg 'hidden' must look like key=value"),
         (["analyze", *SMALL, "--model-arg", "hidden=3"], "--model-arg hidden is given twice"),
         (["analyze", *SMALL, "--model-arg", "=3"], "must look like key=value"),
@@ -260,11 +275,11 @@ def test_out_dir_rules(tmp_path, capsys):
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
-    def broken_plot(result, path):
+    def broken_plot(fig, path):
         path.write_bytes(b"half")
         raise InvalidInputError("plotting failed")
 
-    monkeypatch.setattr(cli, "plot_spectrum", broken_plot)
+    monkeypatch.setattr(pipeline, "save_figure", broken_plot)
     code, _, err = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--quiet",
                                 "--out", str(tmp_path / "out"))
     assert code == 2 and "plotting failed" in err
@@ -301,17 +316,9 @@ def test_plugin_errors_are_reported_by_name(capsys):
                            "ZeroDivisionError: division by zero")
 
 
-def test_plugin_warnings_are_one_line(capsys, monkeypatch):
-    from spectra import plugins
-    import importlib.metadata
-
-    plugins.reset()
-    monkeypatch.setattr(plugins, "_entry_points", lambda: [importlib.metadata.EntryPoint(
-        name="ghost", value="no_such_spectra_plugin_module", group="spectra")])
-    try:
-        code, out, err = main_capture(capsys, "list", "plugins")
-    finally:
-        plugins.reset()
+def test_plugin_warnings_are_one_line(capsys, install_distribution):
+    install_distribution("ghost-dist", {"ghost": "no_such_spectra_plugin_module"})
+    code, out, err = main_capture(capsys, "list", "plugins")
     assert code == 0 and "ghost" in out and "FAILED" in out
     assert err.strip().splitlines() == [
         "spectra: warning: plugin 'ghost': failed to import 'no_such_spectra_plugin_module' (entry point): "
@@ -322,7 +329,7 @@ def test_progress_bars_go_to_stderr_on_a_terminal_unless_quiet(capsys, monkeypat
     argv = ["analyze", *SMALL, "--train", "gd", "--max-steps", "5", "--method", "exact"]
     code, out, err = main_capture(capsys, *argv)  # captured stderr is no terminal: status lines only
     assert code == 0 and "training (gd)" not in err and "trained 5 steps" in err
-    monkeypatch.setattr(cli, "progress_enabled", lambda args: not args.quiet)
+    monkeypatch.setattr(cli.analyze, "progress_enabled", lambda args: not args.quiet)
     code, out, err = main_capture(capsys, *argv)
     assert code == 0 and "training (gd)" in err and "computing the Hessian spectrum" in err
     assert "training (gd)" not in out and "lambda_max" in out
@@ -350,9 +357,9 @@ def test_stages_of_dead_runs_are_swept(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "arrays.npz").write_bytes(b"half-written")
         if owner is not None:
-            (tmp_path / name / cli.OWNER).write_text(owner + "\n")
+            (tmp_path / name / OWNER).write_text(owner + "\n")
     code, _, _ = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--quiet", "--out", str(tmp_path / "out"))
     assert code == 0
     for name, _, swept in stages:
         assert (tmp_path / name).exists() is not swept, name
-    assert (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / cli.OWNER).exists()
+    assert (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / OWNER).exists()

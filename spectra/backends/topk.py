@@ -54,7 +54,7 @@ import torch
 
 from ..errors import ConvergenceError, InvalidInputError, MemoryBudgetError
 from ..result import SpectrumResult
-from .base import available_memory_bytes, check_options, format_bytes
+from .base import available_memory_bytes, format_bytes, refuses_unknown_options
 from .block_krylov import BudgetExhausted, KrylovResult, block_krylov_schur, error_estimates
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -86,16 +86,14 @@ class TopkBackend:
 
     name = "topk"
     is_exact = False
-    options = {"k", "which", "tol", "block_size", "max_basis", "max_matvecs", "seed", "v0", "return_eigenvectors",
-               "memory_limit", "check_multiplicity", "low_precision", "switch_residual", "verify", "dense"}
 
+    @refuses_unknown_options
     def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float | None = None,
             block_size: int | None = None, max_basis: int | None = None, max_matvecs: int | None = None,
             seed: int = 0, v0: Any = None, return_eigenvectors: bool = False, memory_limit: int | None = None,
             check_multiplicity: bool | str = "auto", low_precision: Any = None,
-            switch_residual: float = DEFAULT_SWITCH_RESIDUAL, verify: bool = True, dense: bool | str = "auto",
-            **options: Any) -> SpectrumResult:
-        check_options(self.name, options, set())
+            switch_residual: float = DEFAULT_SWITCH_RESIDUAL, verify: bool = True, dense: bool | str = "auto"
+            ) -> SpectrumResult:
         P = op.shape[0]
         plan = _Plan.make(op, k=k, which=which, tol=tol, block_size=block_size, max_basis=max_basis,
                           max_matvecs=max_matvecs, v0=v0, check_multiplicity=check_multiplicity,
