@@ -288,8 +288,8 @@ class SpectrumResult:
           method                arpack
           num_params            10
           num_matvecs           0
-          lambda_max            3
-          lambda_min            2
+          largest_computed      3
+          smallest_computed     2
           num_computed          2
           computed_eigenvalues  [2, 3]
           estimated             False
