@@ -22,7 +22,7 @@ from .backends.base import available_memory_bytes, format_bytes
 from .errors import InvalidInputError, UnknownNameError
 from .losses import LossLike
 from .operators.base import SpectralOperator
-from .operators.hessian import HessianOperator, ParamSelector
+from .operators.parameters import ParamSelector
 from .result import SpectrumResult, versions
 
 # method="auto" runs exact up to this many parameters (P HVPs + an O(P^3) eigh
@@ -37,22 +37,49 @@ _BUILTIN_BACKENDS = {
     "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
 }
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
-# matrix= name -> (module, class) of the operator analysed
+_PARALLEL_OPTIONS = ("timeout", "group")
+# matrix= name -> (module, class) of the curvature operator analysed
 _MATRICES = {
     "hessian": ("spectra.operators.hessian", "HessianOperator"),
     "ggn": ("spectra.operators.ggn", "GGNOperator"),
     "residual": ("spectra.operators.residual", "ResidualOperator"),
+    "empirical_fisher": ("spectra.operators.fisher", "EmpiricalFisherOperator"),
+    "fisher": ("spectra.operators.fisher", "MCFisherOperator"),
+    "mc_fisher": ("spectra.operators.fisher", "MCFisherOperator"),
 }
 
 
 def operator_class(matrix: str) -> type:
-    """The operator class ``analyze(matrix=...)`` builds: Hessian, Gauss-Newton or their difference."""
+    """The curvature operator class ``analyze(matrix=...)`` builds."""
     if not isinstance(matrix, str) or matrix not in _MATRICES:
         raise InvalidInputError(f"matrix must be one of {', '.join(map(repr, _MATRICES))}; got {matrix!r}")
     import importlib
 
     module, cls = _MATRICES[matrix]
     return getattr(importlib.import_module(module), cls)
+
+
+def operator_options(matrix: str, distributed: bool | str, seed: int,
+                     options: dict[str, Any]) -> tuple[type, dict[str, Any], tuple[int, int] | None]:
+    """``(class, its options, shard)`` of the operator ``analyze`` builds; its options leave ``options``.
+
+    Under data parallelism (:func:`spectra.parallel.data_parallel_requested`)
+    the operator gets ``distributed=True`` and ``shard`` is ``(rank, world)``:
+    a registry dataset is then loaded as this rank's shard only.
+    """
+    from . import parallel
+
+    op_class = operator_class(matrix)
+    names = _OPERATOR_OPTIONS | set(op_class.extra_options)
+    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in names}
+    if "seed" in op_class.extra_options:
+        op_options.setdefault("seed", seed)  # a Monte-Carlo matrix draws from the analysis's seed
+    shard = None
+    if parallel.data_parallel_requested(distributed):
+        op_options.update({k_: options.pop(k_) for k_ in _PARALLEL_OPTIONS if k_ in options}, distributed=True)
+        group = op_options.get("group")
+        shard = (parallel.rank(group), parallel.world_size(group))
+    return op_class, op_options, shard
 
 
 def get_backend(name: str) -> Any:
@@ -256,21 +283,24 @@ def analyze(
     backend registered by a plugin.
 
     ``model`` and ``data`` may be registry names (``"mlp"``, ``"mnist"``) with
-    ``model_args``/``data_args``.  Remaining ``options`` go to
-    :class:`~spectra.operators.hessian.HessianOperator` (``mode``,
-    ``cache_graph``, ``chunk_size``, ``train_mode``, ``check_determinism``,
-    ``reduction``) or to the backend.
+    ``model_args``/``data_args``.  Remaining ``options`` go to the curvature
+    operator (:class:`~spectra.operators.curvature.CurvatureOperator`:
+    ``mode``, ``cache_graph``, ``chunk_size``, ``train_mode``,
+    ``check_determinism``, ``reduction``, and a matrix's own, such as
+    ``mc_samples``) or to the backend.
 
     ``matrix``: ``"hessian"`` (default), ``"ggn"`` (the Gauss-Newton part
-    ``G = J^T H_loss J``) or ``"residual"`` (``R = H - G``); the operator
-    options above apply to all three.
+    ``G = J^T H_loss J``), ``"residual"`` (``R = H - G``),
+    ``"empirical_fisher"`` (mean of per-sample gradient outer products) or
+    ``"fisher"``/``"mc_fisher"`` (the Fisher with labels drawn from the
+    model, ``mc_samples`` per sample, seeded by ``seed``); see docs/matrices.md.
 
     ``distributed``: ``"auto"`` (default) runs data-parallel over
     torch.distributed when a multi-rank group is initialised or torchrun
     launched the process (``data`` is then this rank's shard; a registry name
-    is loaded and sharded here), ``True`` requires it, ``False`` never.
-    Options ``timeout`` and ``group`` go to
-    :class:`~spectra.distributed.DistributedHessianOperator`.
+    is loaded and sharded here), ``True`` requires it, ``False`` never; every
+    matrix runs data-parallel.  Options ``timeout`` and ``group`` go to the
+    reducer (:mod:`spectra.parallel`).
 
     ``product_dtype``: run the Hessian products in this dtype (``"float32"``
     or ``"float64"``) on a private copy of the model; the model itself is not
@@ -294,21 +324,7 @@ def analyze(
     model_dtype = _float_dtype(model)
     if product_dtype is not None:
         model = _in_dtype(model, product_dtype)
-    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
-    op_class = operator_class(matrix)
-    shard = None
-    if distributed:
-        from . import distributed as _distributed
-
-        if getattr(_distributed.operator_class(distributed), "is_distributed", False):
-            if matrix != "hessian":
-                raise InvalidInputError(f"matrix={matrix!r} has no distributed version yet; pass distributed=False "
-                                        "to analyse each rank's data on its own")
-            op_class = _distributed.DistributedHessianOperator
-            op_options.update({k_: options.pop(k_) for k_ in ("timeout", "group") if k_ in options})
-            group = op_options.get("group")
-            # a registry dataset is loaded as this rank's shard only (spectra.datasets.load(shard=...))
-            shard = (_distributed._dist().get_rank(group), _distributed._dist().get_world_size(group))
+    op_class, op_options, shard = operator_options(matrix, distributed, seed, options)
     data = _resolve_data(data, data_args, shard)
     start = time.perf_counter()
     op = op_class(model, loss, data, params=params, **op_options)
