@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .backends.base import available_memory_bytes, format_bytes
-from .errors import InvalidInputError, UnknownNameError
+from ._memory import available_memory_bytes, format_bytes
+from .errors import InvalidInputError
 from .losses import LossLike
 from .operators.base import SpectralOperator
 from .operators.parameters import ParamSelector
@@ -31,32 +31,15 @@ from .result import SpectrumResult, versions
 AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
 
-_BUILTIN_BACKENDS = {
-    "exact": ("spectra.backends.exact", "ExactBackend"),
-    "arpack": ("spectra.backends.arpack", "ArpackBackend"),
-    "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
-}
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
 _PARALLEL_OPTIONS = ("timeout", "group")
-# matrix= name -> (module, class) of the curvature operator analysed
-_MATRICES = {
-    "hessian": ("spectra.operators.hessian", "HessianOperator"),
-    "ggn": ("spectra.operators.ggn", "GGNOperator"),
-    "residual": ("spectra.operators.residual", "ResidualOperator"),
-    "empirical_fisher": ("spectra.operators.fisher", "EmpiricalFisherOperator"),
-    "fisher": ("spectra.operators.fisher", "MCFisherOperator"),
-    "mc_fisher": ("spectra.operators.fisher", "MCFisherOperator"),
-}
 
 
 def operator_class(matrix: str) -> type:
-    """The curvature operator class ``analyze(matrix=...)`` builds."""
-    if not isinstance(matrix, str) or matrix not in _MATRICES:
-        raise InvalidInputError(f"matrix must be one of {', '.join(map(repr, _MATRICES))}; got {matrix!r}")
-    import importlib
+    """The operator class ``analyze(matrix=...)`` builds, from the ``matrices`` registry."""
+    from . import matrices
 
-    module, cls = _MATRICES[matrix]
-    return getattr(importlib.import_module(module), cls)
+    return matrices.get(matrix)
 
 
 def operator_options(matrix: str, distributed: bool | str, seed: int,
@@ -70,9 +53,9 @@ def operator_options(matrix: str, distributed: bool | str, seed: int,
     from . import parallel
 
     op_class = operator_class(matrix)
-    names = _OPERATOR_OPTIONS | set(op_class.extra_options)
-    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in names}
-    if "seed" in op_class.extra_options:
+    extra = getattr(op_class, "extra_options", ())  # a matrix's own options (CurvatureOperator.extra_options)
+    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS | set(extra)}
+    if "seed" in extra:
         op_options.setdefault("seed", seed)  # a Monte-Carlo matrix draws from the analysis's seed
     shard = None
     if parallel.data_parallel_requested(distributed):
@@ -83,21 +66,10 @@ def operator_options(matrix: str, distributed: bool | str, seed: int,
 
 
 def get_backend(name: str) -> Any:
-    """The backend registered under ``name`` (plugins included)."""
-    try:
-        from . import backends as registry
+    """A new instance of the backend registered under ``name`` (plugins included)."""
+    from . import backends
 
-        getter = getattr(registry, "get", None)
-    except ImportError:  # pragma: no cover
-        getter = None
-    if getter is not None:
-        return getter(name)
-    if name not in _BUILTIN_BACKENDS:
-        raise UnknownNameError("backend", name, list(_BUILTIN_BACKENDS))
-    import importlib
-
-    module, cls = _BUILTIN_BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)()
+    return backends.get(name)
 
 
 def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None = None) -> tuple[str, str]:

@@ -5,10 +5,13 @@ its *reduction* to combine batches: for ``"mean"`` the dataset loss is
 ``sum_b (n_b / N) * loss_b`` (so a short last batch is not over-weighted), for
 ``"sum"`` it is ``sum_b loss_b``.
 
-Built-in names:
+Losses are looked up by name in the ``losses`` registry (plugins can add
+more; ``spectra list losses``); names and aliases are found without regard to
+case.  Built-in names:
 
-* ``"cross_entropy"``: softmax + negative log-likelihood, mean over samples.
-  Targets are integer class labels in ``[0, C)``.
+* ``"cross_entropy"`` (also ``"ce"``, ``"nll"``, ``"crossentropy"``): softmax +
+  negative log-likelihood, mean over samples.  Targets are integer class labels
+  in ``[0, C)``.
 * ``"mse"``: ``mean_i 0.5 * ||f(x_i) - y_i||^2`` (half the squared error summed
   over outputs, averaged over samples).  Integer class labels are one-hot
   encoded first, as in the paper's MSE experiment.
@@ -27,7 +30,7 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError, UnknownNameError
+from .errors import InvalidInputError
 
 LossLike = Union[str, "Loss", Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -108,7 +111,8 @@ BUILTIN_LOSSES = {
     "cross_entropy": Loss("cross_entropy", _cross_entropy, "mean"),
     "mse": Loss("mse", _mse, "mean"),
 }
-_ALIASES = {"ce": "cross_entropy", "nll": "cross_entropy", "crossentropy": "cross_entropy"}
+# Other names of the built-in losses (registered with them, found without regard to case).
+LOSS_ALIASES = {"ce": "cross_entropy", "nll": "cross_entropy", "crossentropy": "cross_entropy"}
 
 
 def resolve_loss(loss: LossLike, reduction: str = "mean") -> Loss:
@@ -120,10 +124,10 @@ def resolve_loss(loss: LossLike, reduction: str = "mean") -> Loss:
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str):
-        key = _ALIASES.get(loss.lower(), loss.lower())
-        if key not in BUILTIN_LOSSES:
-            raise UnknownNameError("loss", loss, list(BUILTIN_LOSSES))
-        return BUILTIN_LOSSES[key]
+        from . import plugins
+
+        entry = plugins.get_entry("losses", loss)  # registered by plugins; names and aliases in any case
+        return entry.factory if isinstance(entry.factory, Loss) else Loss(entry.name, entry.factory, "mean")
     if callable(loss):
         if reduction not in ("mean", "sum"):
             raise InvalidInputError(f"reduction must be 'mean' or 'sum'; got {reduction!r}")

@@ -173,7 +173,7 @@ def main() -> None:
 
     # 1d. every matrix on every engine, and through analyze(matrix=...)
     def every_matrix() -> None:
-        from spectra.api import operator_class
+        from spectra.matrices import get as operator_class
 
         engines = {}
         for matrix in MATRICES:

@@ -23,7 +23,7 @@ import torch
 import spectra
 from spectra import distributed as sd
 from spectra import parallel
-from spectra.api import operator_class
+from spectra.matrices import get as operator_class
 from spectra.backends.arpack import ArpackBackend
 from spectra.backends.exact import ExactBackend
 from spectra.backends.lanczos import LanczosBackend
