@@ -177,7 +177,7 @@ def test_shared_layer_is_not_a_chain():
 
 
 def test_a_data_parallel_operator_raises_instead_of_falling_back(monkeypatch):
-    """A fallback on one rank alone would desynchronise the ranks: chain_fallback_allowed=False raises."""
+    """A fallback on one rank alone would desynchronise the ranks: a data-parallel operator raises instead."""
     real = chain_module.ChainProducts.gradient
     monkeypatch.setattr(chain_module.ChainProducts, "gradient",
                         lambda self, *a, **k: [None if t is None else 2 * t for t in real(self, *a, **k)])
