@@ -25,8 +25,8 @@ def spectra_register_matrices(registry: Any) -> None:
                       aliases=("gauss_newton",))
     registry.register("residual", lazy("spectra.operators.residual", "ResidualOperator", call=False),
                       "the residual R = H - G (the part from the network's own curvature)")
-    registry.register("empirical_fisher", lazy_class("spectra.operators.fisher", "EmpiricalFisherOperator"),
+    registry.register("empirical_fisher", lazy("spectra.operators.fisher", "EmpiricalFisherOperator", call=False),
                       "the empirical Fisher: the mean over samples of g_i g_i^T, g_i the gradient of sample i's loss")
-    registry.register("mc_fisher", lazy_class("spectra.operators.fisher", "MCFisherOperator"),
+    registry.register("mc_fisher", lazy("spectra.operators.fisher", "MCFisherOperator", call=False),
                       "the Fisher with labels drawn from the model (mc_samples per sample, seeded)",
                       aliases=("fisher",))
