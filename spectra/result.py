@@ -21,7 +21,6 @@ atomically.  Loading never unpickles.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import zipfile
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import density as _density
-from ._io import atomic_save_npz, atomic_write_json
+from ._io import atomic_save_npz, atomic_write_json, read_json_object
 from .errors import InvalidInputError, ResultFormatError
 
 FORMAT_VERSION = 1
@@ -309,11 +308,8 @@ def load(path: str | Path) -> SpectrumResult:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ResultFormatError(f"{path} holds no spectra result (missing {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{manifest_path} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != "spectra-result":
+    manifest = read_json_object(manifest_path)
+    if manifest.get("format") != "spectra-result":
         raise ResultFormatError(f"{manifest_path} is not a spectra result manifest")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
