@@ -27,7 +27,7 @@ _LAZY = {
     "EmpiricalFisherOperator": "spectra.operators.fisher:EmpiricalFisherOperator",
     "MCFisherOperator": "spectra.operators.fisher:MCFisherOperator",
     "Dataset": "spectra.data:Dataset",
-    "train": "spectra.train:train",
+    "train": "spectra.training:train",
     "hookimpl": "spectra.hookspecs:hookimpl",
     "models": "spectra.models:",
     "datasets": "spectra.datasets:",
