@@ -64,6 +64,9 @@ BREAKDOWN_RTOL = 1e-12
 # scale, has not halved in this many iterations (noisier products than expected: a safety net).
 STALL_ITERATIONS = 20
 STALL_BELOW = 1e-3
+# Cholesky QR is used for a new block when its Gram matrix is this well conditioned (twice applied it is
+# then orthogonal to rounding; Householder QR takes the other blocks).
+CHOLQR_MAX_CONDITION = 1e8
 # Rounds of the multiplicity check before giving up (each finds at least one missing copy).
 MAX_CHECK_ROUNDS = 4
 
@@ -205,11 +208,16 @@ def _orthonormal_rows(Z: torch.Tensor, rows: torch.Tensor, threshold: float, gen
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``Z^T = Q R`` with ``Q^T`` (returned as rows) orthonormal and orthogonal to ``rows``.
 
+    Cholesky QR, twice (two passes over the block in the row layout, no
+    transpose), when the block is well conditioned; Householder QR otherwise.
     Rows whose component outside the earlier ones is below ``threshold`` (a
     breakdown: the Krylov space closed in that direction) get a random
     direction orthogonal to everything instead, and a zero row in ``R``.
     Returns ``(Q rows, R, number replaced)``.
     """
+    QR = _cholesky_qr2(Z, threshold)
+    if QR is not None:
+        return QR[0], QR[1], 0
     Q, R = torch.linalg.qr(Z.T)
     Q = Q.T.contiguous()
     bad = torch.nonzero(R.diagonal().abs() <= threshold).flatten().tolist()
@@ -221,6 +229,24 @@ def _orthonormal_rows(Z: torch.Tensor, rows: torch.Tensor, threshold: float, gen
             x = x - (x @ others.T) @ others
         Q[j:j + 1] = x / x.norm()
     return Q, R, len(bad)
+
+
+def _cholesky_qr2(Z: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(Q rows, R)`` by Cholesky QR applied twice, or ``None`` when the block is too ill-conditioned
+    (its Gram matrix's condition above ``CHOLQR_MAX_CONDITION``) or has a row below ``threshold``."""
+    R_total = None
+    Q = Z
+    for _ in range(2):
+        G = Q @ Q.T
+        L, info = torch.linalg.cholesky_ex(G)
+        if int(info) != 0:
+            return None
+        d = L.diagonal()
+        if R_total is None and (bool((d <= threshold).any()) or float(d.max() / d.min()) ** 2 > CHOLQR_MAX_CONDITION):
+            return None
+        Q = torch.linalg.solve_triangular(L, Q, upper=False)
+        R_total = L.T if R_total is None else L.T @ R_total
+    return Q, R_total
 
 
 class _Basis:
