@@ -11,7 +11,8 @@ Three commands:
 ``race``   paired timings in one process: each repetition runs every method once,
            in turn, and the ratio to ARPACK is taken within the repetition; the
            table gives the median ratio and the median seconds (operator build
-           included, as in the peers table).
+           included, as in the peers table), and the ratio of the process's CPU
+           times (less sensitive to other jobs on a shared machine).
 ``costs``  seconds per product against the block size (float64 and float32
            products), each relative to a gradient timed back to back.
 ``sweep``  products, seconds and error for a grid of block sizes and bases
@@ -125,27 +126,30 @@ def race(args: argparse.Namespace) -> None:
         runs = methods(args)
         seconds = {name: [] for name in runs}
         ratios = {name: [] for name in runs}
+        cpu_ratios = {name: [] for name in runs}
         info: dict[str, tuple] = {}
         for name, fn in runs.items():  # warm-up (imports, first allocations)
             fn(model, X, y)
         for rep in range(args.repeats):
             order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
-            this = {}
+            this, cpu = {}, {}
             for name in order:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 values, products, how = runs[name](model, X, y)
-                this[name] = time.perf_counter() - t0
+                this[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
                 info[name] = (rel_error(values, ref), products, how)
             for name in runs:
                 seconds[name].append(this[name])
                 ratios[name].append(this[name] / this["arpack"])
+                cpu_ratios[name].append(cpu[name] / cpu["arpack"])
         print(f"\n## MLP {'-'.join(map(str, NETS[net]))} (P = {P}); load at end {load_average()}\n")
-        print("| method | median seconds | x ARPACK (median of paired ratios) | products | max rel. error |")
-        print("|---|---|---|---|---|")
+        print("| method | median seconds | x ARPACK, wall (median of paired ratios) | x ARPACK, CPU time | products "
+              "| max rel. error |")
+        print("|---|---|---|---|---|---|")
         for name in runs:
             err, products, how = info[name]
             print(f"| {how} | {statistics.median(seconds[name]):.3f} | {statistics.median(ratios[name]):.2f} "
-                  f"| {products} | {err:.1e} |")
+                  f"| {statistics.median(cpu_ratios[name]):.2f} | {products} | {err:.1e} |")
         print("\nall ratios: " + "; ".join(f"{n}: {', '.join(f'{r:.2f}' for r in ratios[n])}" for n in runs))
 
 
