@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..losses import BUILTIN_LOSSES, resolve_loss
+from ..losses import is_default_builtin, resolve_loss
 from ._activations import ELEMENTWISE_ACTIVATIONS, activation_derivatives, times_first_derivative
 
 __all__ = ["ChainState", "LayerChain", "UnsupportedChain"]
@@ -126,9 +126,10 @@ class LayerChain:
     def of(cls, model: nn.Module, params: Sequence[torch.Tensor], loss: Any) -> "LayerChain":
         """The chain of ``model`` w.r.t. ``params``, or :class:`UnsupportedChain` saying why not."""
         loss = resolve_loss(loss)
-        kind = next((name for name, builtin in BUILTIN_LOSSES.items() if loss is builtin), None)
+        kind = is_default_builtin(loss)
         if kind is None:
-            raise UnsupportedChain(f"loss {loss.name!r} is not a built-in loss")
+            raise UnsupportedChain(f"loss {loss.name!r} is not a built-in loss with its default settings "
+                                   f"(reduction {loss.reduction!r})")
         if not isinstance(model, nn.Sequential):
             raise UnsupportedChain(f"the model is a {type(model).__name__}, not a Sequential")
         index = {id(p): i for i, p in enumerate(params)}
@@ -167,6 +168,8 @@ class LayerChain:
         a = X.reshape(X.shape[0], -1) if self.flatten else X
         if a.ndim != 2:
             raise UnsupportedChain(f"inputs of shape {tuple(X.shape)} are not [batch, features]")
+        if not y.is_floating_point() and (y.ndim != 1 or bool((y < 0).any())):
+            raise UnsupportedChain("the labels are not one class per sample (ignored labels, or tokens)")
         n = a.shape[0]
         st = ChainState(scale=weight / n)
         for k, step in enumerate(self.steps):

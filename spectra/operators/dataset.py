@@ -159,7 +159,7 @@ class DatasetOperator(SpectralOperator):
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         train_mode: bool = False,
         check_determinism: bool = True,
-        reduction: str = "mean",
+        reduction: str | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -203,8 +203,13 @@ class DatasetOperator(SpectralOperator):
         self.mode = "forward" if mode == "forward" else "reverse"
         self.max_block = chunk_size
         # (a data-parallel subclass compares the settings above across ranks here)
-        self.num_samples = self._global_num_samples(self.source.num_samples)
-        self._weights = [self._batch_weight(n_b) for n_b in self.source.batch_sizes]
+        # the loss's units per batch: samples, or target tokens that are not ignore_index
+        self.batch_units = [self.loss.count(y) for _X, y in self.source]
+        self.unit = self.loss.unit(next(iter(self.source))[1])
+        self.num_samples = self._global_num_samples(sum(self.batch_units))
+        if self.num_samples == 0:
+            raise InvalidInputError(f"no {self.unit} of the data counts: every target is ignore_index")
+        self._weights = [self._batch_weight(n_b) for n_b in self.batch_units]
         self.cache_graph = self._wants_cache(cache_graph)
         self._batched_ok = True
         self._prepare(params=params, mode=mode, cache_graph=cache_graph, chunk_size=chunk_size,
@@ -230,6 +235,7 @@ class DatasetOperator(SpectralOperator):
         return bool(cache_graph) and self.mode == "reverse"
 
     def _batch_weight(self, n_b: int) -> float:
+        # mean over all units of the dataset: a batch's mean counts by its share of the units
         return n_b / self.num_samples if self.loss.reduction == "mean" else 1.0
 
     def _to_device(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +250,8 @@ class DatasetOperator(SpectralOperator):
     def _batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
         """``(b, X, y, w_b)`` for every batch, moved to the operator's device and dtype."""
         for b, (X, y) in enumerate(self.source):
+            if self.batch_units[b] == 0:
+                continue  # no counted unit: no weight (its mean would be 0/0)
             X, y = self._to_device(X, y)
             yield b, X, y, self._weights[b]
 

@@ -1,0 +1,305 @@
+"""How a batch becomes the model's output and its target, and how many units it counts.
+
+The conventions users already know work with no argument:
+
+* a tuple or list ``(X, y)``: the model is called as ``model(X)`` and ``y`` is
+  the target; with more elements ``(x1, x2, ..., y)`` the last is the target
+  and the others are passed in order, ``model(x1, x2, ...)``.  ``X`` may be a
+  tensor or any nested structure of tensors (passed as one argument);
+* a dict (or any mapping, such as Hugging Face's ``BatchEncoding``): the
+  Hugging Face convention, ``model(**inputs)`` with ``labels`` taken out as the
+  target;
+* an output with a ``logits`` attribute or key (Hugging Face's
+  ``ModelOutput``) is read as its logits; a tensor is used as it is;
+* a Hugging Face causal language model (a ``transformers`` model of the
+  causal-LM kind) predicts the next token: its labels are shifted by one, as
+  its own loss does, and the last position is ignored.
+
+A batch counts ``loss.count(target)`` units: its samples, or its target tokens
+that are not ``ignore_index`` (see :mod:`spectra.losses`).  Any other convention
+is one :class:`BatchConvention` away: where the target is, how to call the
+model, how to read its output, how many units a batch holds.
+
+>>> import torch
+>>> from spectra.losses import resolve_loss
+>>> model = torch.nn.Embedding(5, 3)
+>>> batch = {"input": torch.tensor([[1, 2, 0]]), "labels": torch.tensor([[2, 1, -100]])}
+>>> convention = BatchConvention().for_model(model)
+>>> prepared = convention.prepare(batch, resolve_loss("cross_entropy"))
+>>> prepared.units, tuple(convention.run(model, prepared.inputs).shape)
+(2, (1, 3, 3))
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Union
+
+import torch
+from torch import nn
+
+from .errors import InvalidInputError
+from .losses import IGNORE_INDEX, Loss
+
+__all__ = ["BatchConvention", "PreparedBatch", "CalledModel", "HUGGING_FACE_LABELS", "to_device",
+           "tensors_in", "is_causal_lm", "shift_labels", "leading_size"]
+
+#: The key of the target in a Hugging Face dict batch.
+HUGGING_FACE_LABELS = "labels"
+
+TargetSpec = Union[str, int, Callable[[Any], Any]]
+
+
+# ----------------------------------------------------------------------------- nested structures
+def to_device(structure: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """``structure`` with every tensor moved to ``device``; floating tensors also cast to ``dtype``.
+
+    Integer tensors (token ids, labels, masks) keep their dtype.  Mappings become
+    dicts, tuples (named ones included) and lists keep their type; anything else
+    is returned unchanged.
+
+    >>> out = to_device({"ids": torch.tensor([1]), "x": [torch.zeros(1)]}, dtype=torch.float64)
+    >>> out["ids"].dtype, out["x"][0].dtype
+    (torch.int64, torch.float64)
+    """
+    if isinstance(structure, torch.Tensor):
+        if dtype is not None and structure.is_floating_point() and structure.dtype != dtype:
+            structure = structure.to(dtype)
+        return structure if device is None else structure.to(device)
+    if isinstance(structure, Mapping):
+        return {key: to_device(value, device, dtype) for key, value in structure.items()}
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):  # a named tuple
+        return type(structure)(*(to_device(value, device, dtype) for value in structure))
+    if isinstance(structure, (tuple, list)):
+        return type(structure)(to_device(value, device, dtype) for value in structure)
+    return structure
+
+
+def tensors_in(structure: Any, where: str = "batch") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(path, tensor)`` for every tensor in a nested structure, in order.
+
+    >>> [path for path, _ in tensors_in({"a": (torch.zeros(1), 3), "b": torch.ones(1)})]
+    ['batch["a"][0]', 'batch["b"]']
+    """
+    if isinstance(structure, torch.Tensor):
+        yield where, structure
+    elif isinstance(structure, Mapping):
+        for key, value in structure.items():
+            yield from tensors_in(value, f"{where}[{key!r}]".replace("'", '"'))
+    elif isinstance(structure, (tuple, list)):
+        for i, value in enumerate(structure):
+            yield from tensors_in(value, f"{where}[{i}]")
+
+
+def leading_size(structure: Any) -> int | None:
+    """The first axis of the first tensor with one (the number of samples), or None."""
+    return next((int(t.shape[0]) for _, t in tensors_in(structure) if t.ndim > 0), None)
+
+
+# ----------------------------------------------------------------------------- causal language models
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face causal language model (its loss shifts the labels).
+
+    Decided from ``transformers``' own table of causal-LM classes; a model
+    that is not a ``transformers`` model is never one (``transformers`` is
+    not imported for it).
+
+    >>> is_causal_lm(torch.nn.Linear(2, 2))
+    False
+    """
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        return False
+    pretrained = getattr(transformers, "PreTrainedModel", None)
+    if pretrained is None or not isinstance(model, pretrained):
+        return False
+    from transformers.models.auto import modeling_auto
+
+    names: set[str] = set()
+    for value in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else value)
+    return type(model).__name__ in names
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Next-token labels: position ``t`` gets the label of ``t + 1``; the last position is ignored.
+
+    >>> shift_labels(torch.tensor([[5, 6, 7]])).tolist()
+    [[6, 7, -100]]
+    """
+    if labels.ndim < 2:
+        raise InvalidInputError(
+            f"shifting labels for next-token prediction needs labels [batch, length]; got {tuple(labels.shape)}"
+        )
+    pad = labels.new_full((*labels.shape[:-1], 1), ignore_index)
+    return torch.cat([labels[..., 1:], pad], dim=-1)
+
+
+# ----------------------------------------------------------------------------- the convention
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One batch split into what the model takes and its target, with its count of units."""
+
+    inputs: Any
+    target: Any
+    units: int
+
+
+@dataclass(frozen=True)
+class BatchConvention:
+    """Where a batch's target is, how the model is called, how its output is read, what a batch counts.
+
+    ``target``
+        a dict key (default ``"labels"``), a tuple index (a tuple's default:
+        its last element), or a function ``batch -> target``.
+    ``inputs``
+        a function ``batch -> what the model takes``; default: the batch
+        without its target (a dict's other keys, a tuple's other elements).
+    ``call``
+        a function ``(model, inputs) -> output``; default ``model(**inputs)``
+        for a dict, ``model(*inputs)`` for a tuple's other elements, else
+        ``model(inputs)``.
+    ``output``
+        an attribute or key name, or a function ``output -> tensor``;
+        default: ``output.logits`` (or ``output["logits"]``) where there is
+        one, else the output itself, which must then be a tensor.
+    ``count``
+        a function ``batch -> number of units`` for the batch weights;
+        default: the loss's count of the target (samples, or tokens that are
+        not ``ignore_index``).
+    ``shift_labels``
+        shift the labels by one for next-token prediction; ``None``
+        (default): exactly for Hugging Face causal language models.
+
+    >>> convention = BatchConvention(target="y", output="prediction")
+    >>> convention.split({"x": torch.zeros(2, 3), "y": torch.ones(2)})[1].tolist()
+    [1.0, 1.0]
+    """
+
+    target: TargetSpec | None = None
+    inputs: Callable[[Any], Any] | None = None
+    call: Callable[[nn.Module, Any], Any] | None = None
+    output: str | Callable[[Any], torch.Tensor] | None = None
+    count: Callable[[Any], int] | None = None
+    shift_labels: bool | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def for_model(self, model: nn.Module) -> "BatchConvention":
+        """This convention with ``shift_labels`` decided for ``model``."""
+        if self.shift_labels is not None:
+            return self
+        return replace(self, shift_labels=is_causal_lm(model))
+
+    def describe(self) -> dict[str, Any]:
+        """The convention's settings, for a result's provenance."""
+        def name(value: Any) -> Any:
+            return value if value is None or isinstance(value, (str, int)) else getattr(value, "__name__", "custom")
+
+        return {"target": name(self.target), "inputs": name(self.inputs), "call": name(self.call),
+                "output": name(self.output), "count": name(self.count), "shift_labels": self.shift_labels}
+
+    # ---------------------------------------------------------------- one batch
+    def split(self, batch: Any) -> tuple[Any, Any]:
+        """``(inputs, target)`` of a batch, before any label shift."""
+        if callable(self.target) and not isinstance(self.target, (str, int)):
+            target = self.target(batch)
+            return (self.inputs(batch) if self.inputs is not None else batch), target
+        if isinstance(batch, Mapping):
+            key = HUGGING_FACE_LABELS if self.target is None else self.target
+            if key not in batch:
+                raise InvalidInputError(
+                    f"the dict batch has no target {key!r} (its keys: {', '.join(map(str, batch))}); put the target "
+                    f"under {HUGGING_FACE_LABELS!r} (the Hugging Face convention) or name its key with "
+                    "spectra.batches.BatchConvention(target=...)"
+                )
+            inputs = {k: v for k, v in batch.items() if k != key}
+            return (self.inputs(batch) if self.inputs is not None else inputs), batch[key]
+        if isinstance(batch, (tuple, list)):
+            if len(batch) < 2:
+                raise InvalidInputError(
+                    f"a tuple batch needs its inputs and a target, (X, y); got {len(batch)} element(s)"
+                )
+            index = -1 if self.target is None else self.target
+            if not isinstance(index, int):
+                raise InvalidInputError(f"the batch is a {type(batch).__name__}: target={index!r} must be an index")
+            index %= len(batch)
+            rest = tuple(v for i, v in enumerate(batch) if i != index)
+            return (self.inputs(batch) if self.inputs is not None else _Positional(rest)), batch[index]
+        raise InvalidInputError(
+            f"a batch must be a tuple (X, y), a dict (Hugging Face: model(**inputs), target under 'labels') or a "
+            f"structure that BatchConvention(target=..., inputs=...) can read; got a {type(batch).__name__}"
+        )
+
+    def prepare(self, batch: Any, loss: Loss) -> PreparedBatch:
+        """Split ``batch``, shift its labels where the convention says so, and count its units."""
+        inputs, target = self.split(batch)
+        if self.shift_labels:
+            if not isinstance(target, torch.Tensor) or target.is_floating_point():
+                raise InvalidInputError("shift_labels=True needs integer label tensors [batch, length]")
+            target = shift_labels(target, getattr(loss, "ignore_index", None) or IGNORE_INDEX)
+        units = self.count(batch) if self.count is not None else loss.count(target)
+        if not isinstance(units, int) and not (isinstance(units, torch.Tensor) and units.numel() == 1):
+            raise InvalidInputError(f"count(batch) must return a number; got a {type(units).__name__}")
+        units = int(units)
+        if units < 0:
+            raise InvalidInputError(f"count(batch) must not be negative; got {units}")
+        return PreparedBatch(inputs, target, units)
+
+    def call_model(self, model: nn.Module, inputs: Any) -> Any:
+        """The model's raw output on ``inputs``."""
+        if self.call is not None:
+            return self.call(model, inputs)
+        if isinstance(inputs, _Positional):
+            return model(*inputs)
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        return model(inputs)
+
+    def read_output(self, raw: Any) -> torch.Tensor:
+        """The tensor the loss takes, read from the model's raw output."""
+        if isinstance(self.output, str):
+            value = raw[self.output] if isinstance(raw, Mapping) and self.output in raw else \
+                getattr(raw, self.output, None)
+            if value is None:
+                raise InvalidInputError(f"the model's output ({type(raw).__name__}) has no {self.output!r}")
+            raw = value
+        elif self.output is not None:
+            raw = self.output(raw)
+        elif not isinstance(raw, torch.Tensor):
+            logits = getattr(raw, "logits", None)
+            if logits is None and isinstance(raw, Mapping):
+                logits = raw.get("logits")
+            if logits is not None:
+                raw = logits
+        if not isinstance(raw, torch.Tensor):
+            raise InvalidInputError(
+                f"the model must return a tensor or an output with .logits; it returned a {type(raw).__name__} "
+                "(say which part is the prediction: BatchConvention(output=...), e.g. output=lambda out: out[0])"
+            )
+        return raw
+
+    def run(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """The model's output on ``inputs`` as the tensor the loss takes."""
+        return self.read_output(self.call_model(model, inputs))
+
+
+class _Positional(tuple):
+    """A tuple batch's inputs: passed to the model as positional arguments."""
+
+
+class CalledModel(nn.Module):
+    """``model`` under a batch convention, as a module ``inputs -> output tensor``.
+
+    ``torch.func.functional_call`` on it (with parameter names prefixed by
+    ``"model."``) evaluates the convention's call with other parameters.
+    """
+
+    def __init__(self, model: nn.Module, convention: BatchConvention):
+        super().__init__()
+        self.model = model
+        self._convention = convention
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self._convention.run(self.model, inputs)
