@@ -191,6 +191,11 @@ def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Mo
         return models.create(model, **(model_args or {}))
     if model_args:
         raise InvalidInputError("model_args is only used when model is a registry name")
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputError(
+            f"model must be a torch.nn.Module or a registry name; got a {type(model).__name__} "
+            "(wrap a function in an nn.Module whose parameters are the ones to analyse)"
+        )
     return model
 
 

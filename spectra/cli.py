@@ -294,10 +294,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _factory_accepts(kind: str, name: str, param: str) -> bool:
     from . import plugins
 
-    sig = plugins.get_entry(kind, name).signature()
-    if sig is None:
-        return False
-    return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return plugins.get_entry(kind, name).accepts(param)
 
 
 def _with_defaults(kind: str, name: str, kwargs: dict[str, Any], dtype: str, seed: int) -> dict[str, Any]:

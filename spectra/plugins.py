@@ -35,6 +35,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import InvalidInputError, MemoryBudgetError, PluginError, SpectraError, UnknownNameError
+from .precision import with_default_dtype
 
 ENTRY_POINT_GROUP = "spectra"
 BUILTIN_MODULES = ("spectra_builtins.models", "spectra_builtins.datasets", "spectra_builtins.backends")
@@ -66,6 +67,13 @@ class Entry:
             return inspect.signature(self.factory)
         except (TypeError, ValueError):  # some builtins / C callables have none
             return None
+
+    def accepts(self, param: str) -> bool:
+        """Whether the factory takes a keyword ``param`` (by name or through ``**kwargs``)."""
+        sig = self.signature()
+        if sig is None:
+            return False
+        return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
 @dataclass
@@ -466,6 +474,8 @@ def call_factory(kind: str, name: str, kwargs: dict[str, Any]) -> tuple[Any, Ent
     """
     entry = get_entry(kind, name)
     noun = KINDS[kind][1]
+    if kind in ("models", "datasets"):  # one default dtype for Python and the CLI (spectra.precision)
+        kwargs = with_default_dtype(kwargs, entry.accepts("dtype"))
     check_kwargs(entry, kwargs, noun)
     try:
         return entry.factory(**kwargs), entry

@@ -32,6 +32,7 @@ from torch import nn
 from ..data import BatchSource, as_batch_source
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
 from ..losses import Loss, LossLike, resolve_loss
+from ..precision import check_product_dtype
 from .base import SpectralOperator
 
 __all__ = ["DatasetOperator", "ParamSelector", "model_mode", "select_parameters"]
@@ -180,6 +181,7 @@ class DatasetOperator(SpectralOperator):
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) > 1:
             raise InvalidInputError(f"selected parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+        check_product_dtype(next(iter(dtypes)))
         devices = {p.device for p in self.params}
         if len(devices) > 1:
             raise InvalidInputError(f"selected parameters live on several devices {sorted(map(str, devices))}")
