@@ -31,6 +31,8 @@ _LAZY = {
     "datasets": "spectra.datasets:",
     "distributed": "spectra.distributed:",
     "backends": "spectra.backends:",
+    "matrices": "spectra.matrices:",
+    "plugins": "spectra.plugins:",
     "experiments": "spectra.experiments:",
     "errors": "spectra.errors:",
     "testing": "spectra.testing:",

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .backends.base import available_memory_bytes, format_bytes
-from .errors import InvalidInputError, UnknownNameError
+from ._memory import available_memory_bytes, format_bytes
+from .errors import InvalidInputError
 from .losses import LossLike
 from .operators.base import SpectralOperator
 from .operators.hessian import HessianOperator, ParamSelector
@@ -31,46 +31,21 @@ from .result import SpectrumResult, versions
 AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
 
-_BUILTIN_BACKENDS = {
-    "exact": ("spectra.backends.exact", "ExactBackend"),
-    "arpack": ("spectra.backends.arpack", "ArpackBackend"),
-    "lanczos": ("spectra.backends.lanczos", "LanczosBackend"),
-}
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
-# matrix= name -> (module, class) of the operator analysed
-_MATRICES = {
-    "hessian": ("spectra.operators.hessian", "HessianOperator"),
-    "ggn": ("spectra.operators.ggn", "GGNOperator"),
-    "residual": ("spectra.operators.residual", "ResidualOperator"),
-}
 
 
 def operator_class(matrix: str) -> type:
-    """The operator class ``analyze(matrix=...)`` builds: Hessian, Gauss-Newton or their difference."""
-    if not isinstance(matrix, str) or matrix not in _MATRICES:
-        raise InvalidInputError(f"matrix must be one of {', '.join(map(repr, _MATRICES))}; got {matrix!r}")
-    import importlib
+    """The operator class ``analyze(matrix=...)`` builds, from the ``matrices`` registry."""
+    from . import matrices
 
-    module, cls = _MATRICES[matrix]
-    return getattr(importlib.import_module(module), cls)
+    return matrices.get(matrix)
 
 
 def get_backend(name: str) -> Any:
-    """The backend registered under ``name`` (plugins included)."""
-    try:
-        from . import backends as registry
+    """A new instance of the backend registered under ``name`` (plugins included)."""
+    from . import backends
 
-        getter = getattr(registry, "get", None)
-    except ImportError:  # pragma: no cover
-        getter = None
-    if getter is not None:
-        return getter(name)
-    if name not in _BUILTIN_BACKENDS:
-        raise UnknownNameError("backend", name, list(_BUILTIN_BACKENDS))
-    import importlib
-
-    module, cls = _BUILTIN_BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)()
+    return backends.get(name)
 
 
 def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None = None) -> tuple[str, str]:
@@ -306,7 +281,7 @@ def analyze(
         from . import distributed as _distributed
 
         if getattr(_distributed.operator_class(distributed), "is_distributed", False):
-            if matrix != "hessian":
+            if op_class is not HessianOperator:
                 raise InvalidInputError(f"matrix={matrix!r} has no distributed version yet; pass distributed=False "
                                         "to analyse each rank's data on its own")
             op_class = _distributed.DistributedHessianOperator

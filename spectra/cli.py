@@ -13,9 +13,8 @@ Subcommands::
     spectra demo [--out DIR]
 
 User errors print one line ``spectra: error: ...`` on stderr and exit with
-status 2, without a traceback.  More subcommands plug in through
-:data:`COMMAND_MODULES`: each such module defines ``add_parsers(subparsers)``
-and sets ``handler=<function(args) -> int>`` on its parsers.
+status 2, without a traceback.  Sub-commands come from the ``commands``
+registry (the hook ``spectra_register_commands``), so plugins can add more.
 
 >>> main(["list", "backends"])  # doctest: +SKIP
 """
@@ -38,10 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from .errors import InvalidInputError, SpectraError
-
-# Modules that add subcommands (e.g. ``reproduce``); a missing one is skipped.
-COMMAND_MODULES: tuple[str, ...] = ("spectra.experiments.cli",)
+from .errors import InvalidInputError, PluginError, SpectraError, describe_exception, first_line
 
 RESULT_FILES = ("result.json", "arrays.npz")
 SPECTRUM_PNG = "spectrum.png"
@@ -132,34 +128,60 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (subcommands from :data:`COMMAND_MODULES` included)."""
-    from . import __version__
+    """The full argument parser: one sub-command per entry of the ``commands`` registry."""
+    from . import __version__, plugins
 
     parser = _Parser(prog="spectra", description="Eigenvalues of neural-network loss Hessians, "
                                                   "exact and approximate.")
     parser.add_argument("--version", action="version", version=f"spectra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for entry in plugins.registry("commands"):
+        try:
+            entry.factory(sub)
+            added = sub.choices.get(entry.name)
+            if added is None or added.get_default("handler") is None:
+                raise PluginError(f"command {entry.name!r} from plugin {entry.plugin!r} did not add a "
+                                  f"sub-command {entry.name!r} with a handler")
+        except Exception as exc:  # noqa: BLE001 - one broken command must not take the others down
+            warnings.warn(f"spectra: command {entry.name!r} from plugin {entry.plugin!r} is not available: "
+                          f"{describe_exception(exc)}", plugins.PluginWarning, stacklevel=2)
+    return parser
 
-    p = sub.add_parser("list", help="list models, datasets, backends or plugins",
-                       description="List what the plugins provide (all kinds when none is given).")
-    p.add_argument("kind", nargs="?", choices=("models", "datasets", "backends", "plugins"))
+
+def add_list_command(sub: Any) -> argparse.ArgumentParser:
+    from .plugins import KINDS
+
+    kinds = (*KINDS, "plugins")
+    p = sub.add_parser("list", help="list models, datasets, backends, matrices, losses, ... or plugins",
+                       description="List what the plugins provide (models, datasets and backends when no kind "
+                                   "is given).")
+    p.add_argument("kind", nargs="?", choices=kinds, metavar="KIND", help=f"one of {', '.join(kinds)}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_list)
+    return p
 
+
+def add_analyze_command(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="compute a Hessian spectrum and save it",
                        description="Build a model and a dataset by name, optionally train, compute the "
                                    "Hessian spectrum, print a summary and save result + plots to --out.")
     _add_analysis_options(p)
     p.set_defaults(handler=cmd_analyze)
+    return p
 
+
+def add_show_command(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print the summary and redraw the plots of a saved result",
                        description="Re-print the summary of a saved result and redraw its plots "
                                    f"({SPECTRUM_PNG}, {TRAINING_PNG}) without recomputing.")
     p.add_argument("dir", metavar="DIR", help="a folder written by 'spectra analyze'")
     p.add_argument("--no-plots", action="store_true", help="only print the summary")
     p.set_defaults(handler=cmd_show)
+    return p
 
+
+def add_demo_command(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a small real analysis in seconds",
                        description="Train the paper's 2-6-6-2 blob net (74 parameters) on two Gaussian "
                                    "blobs with gradient descent, compute its exact Hessian spectrum, "
@@ -168,16 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a result already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_demo)
-
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parsers(sub)
-    return parser
+    return p
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +201,8 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", required=True, metavar="NAME", help="registered dataset ('spectra list datasets')")
     g.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
                    help="dataset argument, JSON value (e.g. n=1000, std=0.5); repeatable")
-    g.add_argument("--loss", default="cross_entropy", choices=("cross_entropy", "mse"))
+    g.add_argument("--loss", default="cross_entropy", metavar="NAME",
+                   help="registered loss ('spectra list losses'; default: %(default)s)")
     g.add_argument("--dtype", default="float64", choices=_DTYPES,
                    help="dtype of weights and inputs (default: %(default)s, for accurate spectra)")
     g = p.add_argument_group("training (optional, before the analysis)")
@@ -201,6 +215,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis")
     g.add_argument("--method", default="auto", metavar="NAME",
                    help="exact, arpack, lanczos, auto, or a plugin backend (default: %(default)s)")
+    g.add_argument("--matrix", default="hessian", metavar="NAME",
+                   help="the curvature matrix: hessian, ggn, residual, or a plugin's ('spectra list matrices'; "
+                        "default: %(default)s)")
     g.add_argument("--k", type=int, default=10, help="arpack: eigenvalues per end (default: %(default)s)")
     g.add_argument("--which", default="largest", choices=("largest", "smallest", "both"),
                    help="arpack: which end(s) (default: %(default)s)")
@@ -274,7 +291,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines = [f"{kind} ({len(rows)}):"]
         if kind == "plugins":
             for r in rows:
-                provides = "; ".join(f"{k}: {', '.join(r[k])}" for k in ("models", "datasets", "backends") if r[k])
+                provides = "; ".join(f"{k}: {', '.join(r[k])}" for k in plugins.KINDS if r[k])
                 lines.append(f"  {r['name']}  [{r['source']}]  {'ok' if r['ok'] else 'FAILED'}")
                 if provides:
                     lines.append(f"      provides {provides}")
@@ -283,6 +300,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             width = max((len(r["name"]) for r in rows), default=0)
             for r in rows:
                 lines.append(f"  {r['name'].ljust(width)}  {r['description']}  [{r['plugin']}]")
+                if r["aliases"]:
+                    lines.append(f"  {' ' * width}  also: {', '.join(r['aliases'])}")
                 if r["parameters"]:
                     lines.append(f"  {' ' * width}  parameters: {', '.join(r['parameters'])}")
         blocks.append("\n".join(lines))
@@ -320,7 +339,7 @@ def check_fit(model: Any, data: Any, loss: str, model_name: str, dataset_name: s
         with torch.no_grad():
             out = model(X)
     except Exception as exc:  # noqa: BLE001 - any failure here means "does not fit"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         raise InvalidInputError(
             f"model {model_name!r} does not fit dataset {dataset_name!r}: it fails on inputs of shape {shape}"
             f"{_first_layer_hint(model)}: {msg}"
@@ -600,7 +619,7 @@ class _Ranks:
             from .errors import DistributedError
 
             raise DistributedError(f"rank {self.rank}: could not receive rank 0's weights "
-                                   f"({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}): "
+                                   f"({first_line(exc)}): "
                                    "another rank crashed or exited; this rank stops too") from exc
 
     def close(self) -> None:
@@ -674,8 +693,10 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
             out.check()  # before any work: a refused folder should cost nothing
         plugins.get_entry("models", args.model)  # unknown names fail fast, listing the known ones
         plugins.get_entry("datasets", args.dataset)
-        if args.method != "auto":
+        if args.method.lower() != "auto":
             plugins.get_entry("backends", args.method)
+        plugins.get_entry("losses", args.loss)
+        plugins.get_entry("matrices", getattr(args, "matrix", "hessian"))
 
         # every rank builds the same model (same seed).  Analysis only: each rank loads just its shard
         # (the dataset's loader cuts it, or the whole is loaded, cut and let go).  With --train every rank
@@ -727,7 +748,7 @@ def _run_analysis(args: argparse.Namespace, ranks: _Ranks) -> int:
         result = api.analyze(model, shard if ranks.active else data, loss=args.loss, method=args.method, k=args.k,
                              which=args.which, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
                              memory_limit=args.memory_limit, on_memory=args.on_memory, distributed=ranks.active,
-                             product_dtype=getattr(args, "product_dtype", None))
+                             matrix=getattr(args, "matrix", "hessian"), product_dtype=getattr(args, "product_dtype", None))
 
     with ranks.step("while rank 0 wrote the result"):
         if ranks.main:

@@ -9,7 +9,7 @@ can (:func:`loads_shards`).
 >>> import spectra
 >>> data = spectra.datasets.load("blobs", n=8, seed=1)
 >>> len(data), data.info["seed"], data.info["plugin"]
-(8, 1, 'spectra_builtins.datasets')
+(8, 1, 'spectra.default_plugins.datasets')
 >>> part = spectra.datasets.load("blobs", n=8, seed=1, shard=(1, 3))
 >>> part.info["shard"]["start"], part.info["shard"]["stop"], bool((part.X == data.X[3:6]).all())
 (3, 6, True)

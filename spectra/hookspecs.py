@@ -1,21 +1,14 @@
-"""Hook specifications for spectra plugins (pluggy project ``"spectra"``).
+"""The hooks a spectra plugin implements (pluggy project ``"spectra"``).
 
-A plugin is a module (or any object) whose functions are marked with
-:data:`hookimpl` and named like the hooks below.  Each hook receives a
-*registry* and adds entries to it with
-``registry.register(name, factory, description="")``; a factory is called
-later with the user's keyword arguments.
+Every hook receives a ``registry`` and calls
+``registry.register(name, factory, description="", aliases=())`` once per
+entry.  Names are looked up without regard to case.  ``docs/plugins.md`` says
+what each factory must return, with examples.
 
 >>> import spectra
 >>> @spectra.hookimpl
 ... def spectra_register_datasets(registry):
 ...     registry.register("zeros", lambda n=4: ..., "n zero inputs")
-
-Third-party packages expose their plugin module through the entry-point group
-``spectra`` in their ``pyproject.toml``::
-
-    [project.entry-points.spectra]
-    my_plugin = "my_package.spectra_plugin"
 """
 
 from __future__ import annotations
@@ -28,50 +21,47 @@ hookimpl = pluggy.HookimplMarker("spectra")
 
 @hookspec
 def spectra_register_models(registry):  # type: ignore[no-untyped-def]
-    """Register model factories.
-
-    ``registry.register(name, factory, description="")``: ``factory(**kwargs)``
-    returns a :class:`torch.nn.Module`.  Its keyword parameters are shown by
-    ``spectra list models`` and accepted by ``spectra.models.create(name, **kwargs)``
-    and ``spectra analyze --model NAME --model-arg key=value``.
-    """
+    """Models: ``factory(**kwargs)`` returns a ``torch.nn.Module``."""
 
 
 @hookspec
 def spectra_register_datasets(registry):  # type: ignore[no-untyped-def]
-    """Register dataset loaders.
+    """Datasets: ``factory(**kwargs)`` returns a ``spectra.Dataset`` or ``(X, y)``; never downloads.
 
-    ``registry.register(name, factory, description="")``: ``factory(**kwargs)``
-    returns a :class:`spectra.data.Dataset` (or a pair ``(X, y)`` of tensors).
-    Loaders should be deterministic given their ``seed`` and never download.
-
-    Sharded loading (optional): a loader that declares a keyword parameter
-    named ``shard`` (default ``None``) is called with ``shard=(rank, world)``
-    when one rank of a data-parallel run needs only its part
-    (``spectra.datasets.load(name, shard=(rank, world), ...)``, and
-    ``torchrun ... -m spectra analyze`` without ``--train``).  It must then
-    return exactly what ``spectra.distributed.shard(whole, rank, world)``
-    returns for its whole dataset: rows ``start:stop`` in the same order, the
-    same ``info`` plus ``info["shard"] =
-    spectra.distributed.shard_record(len(whole), rank, world)`` (which also
-    gives ``start`` and ``stop``), as a ``Dataset``.  spectra checks the
-    record and the length.  The point is memory: build only those rows where
-    the source allows (read them, or draw them from a generator that can skip
-    ahead).  Loaders without ``shard`` still work: the whole dataset is loaded
-    and cut.  ``shard`` is reserved for this meaning.
+    A loader with a keyword ``shard`` builds one rank's part itself (see docs/plugins.md).
     """
 
 
 @hookspec
 def spectra_register_backends(registry):  # type: ignore[no-untyped-def]
-    """Register eigen-solver backends.
+    """Eigen-solvers: ``factory()`` returns an object with ``name``, ``is_exact`` and ``run(op, ...)``.
 
-    ``registry.register(name, factory, description="")``: ``factory()`` (no
-    arguments) returns a backend object with ``name``, ``is_exact`` and
-    ``run(op, **options) -> SpectrumResult``.  Import heavy dependencies inside
-    the factory, not at plugin import time.
+    ``run`` receives the common arguments it names in its signature.
     """
 
 
-__all__ = ["hookimpl", "hookspec", "spectra_register_models", "spectra_register_datasets",
-           "spectra_register_backends"]
+@hookspec
+def spectra_register_matrices(registry):  # type: ignore[no-untyped-def]
+    """Curvature matrices: ``factory()`` returns a ``SpectralOperator`` class built as
+    ``cls(model, loss, data, params=..., **options)``."""
+
+
+@hookspec
+def spectra_register_losses(registry):  # type: ignore[no-untyped-def]
+    """Losses: a ``spectra.losses.Loss``, or a callable ``(output, target) -> scalar`` averaged over samples."""
+
+
+@hookspec
+def spectra_register_experiments(registry):  # type: ignore[no-untyped-def]
+    """Experiments: an object with ``title`` and ``load() -> (run(ctx) -> dict, configs by scale)``."""
+
+
+@hookspec
+def spectra_register_commands(registry):  # type: ignore[no-untyped-def]
+    """Sub-commands of ``spectra``: ``factory(subparsers)`` adds the command ``name`` to argparse's
+    sub-parsers and sets ``handler=function(args) -> exit status`` on it."""
+
+
+__all__ = ["hookimpl", "hookspec", "spectra_register_backends", "spectra_register_commands",
+           "spectra_register_datasets", "spectra_register_experiments", "spectra_register_losses",
+           "spectra_register_matrices", "spectra_register_models"]

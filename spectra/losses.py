@@ -46,7 +46,7 @@ from typing import Any, Callable, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError, UnknownNameError
+from .errors import InvalidInputError
 
 LossLike = Union[str, "Loss", Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 
@@ -310,15 +310,17 @@ def mse(*, reduction: str = "mean", ignore_index: int | None = IGNORE_INDEX, cla
 
 
 BUILTIN_LOSSES: dict[str, Loss] = {"cross_entropy": CrossEntropy(), "mse": MeanSquaredError()}
-_ALIASES = {"ce": "cross_entropy", "nll": "cross_entropy", "crossentropy": "cross_entropy",
-            "mean_squared_error": "mse"}
+# Other names of the built-in losses (registered with them, found without regard to case).
+LOSS_ALIASES = {"ce": "cross_entropy", "nll": "cross_entropy", "crossentropy": "cross_entropy",
+                "mean_squared_error": "mse"}
 
 
 def resolve_loss(loss: LossLike, reduction: str | None = None) -> Loss:
     """Turn a name, a :class:`Loss` or a callable into a :class:`Loss`.
 
+    Names are looked up in the ``losses`` registry (plugins can add more).
     ``reduction`` (``"mean"`` or ``"sum"``; ``None``: the loss's own, else
-    ``"mean"``) is honoured for names; a plain callable is declared to average
+    ``"mean"``) is honoured for the built-in names; a plain callable is declared to average
     over its batch unless ``reduction="sum"`` says it sums.  A :class:`Loss`
     keeps its own reduction; asking it for another one is refused, since
     spectra cannot change what its function computes.
@@ -336,11 +338,16 @@ def resolve_loss(loss: LossLike, reduction: str | None = None) -> Loss:
             )
         return loss
     if isinstance(loss, str):
-        key = _ALIASES.get(loss.lower(), loss.lower())
-        if key not in BUILTIN_LOSSES:
-            raise UnknownNameError("loss", loss, list(BUILTIN_LOSSES))
-        builtin = BUILTIN_LOSSES[key]
-        return builtin if reduction in (None, builtin.reduction) else replace(builtin, reduction=reduction)
+        from . import plugins
+
+        entry = plugins.get_entry("losses", loss)  # registered by plugins; names and aliases in any case
+        if not isinstance(entry.factory, Loss):  # a registered function: declared like a callable
+            return Loss(entry.name, entry.factory, reduction or "mean")
+        if reduction in (None, entry.factory.reduction):
+            return entry.factory
+        if type(entry.factory) in (CrossEntropy, MeanSquaredError):  # built-ins compute either reduction
+            return replace(entry.factory, reduction=reduction)
+        return resolve_loss(entry.factory, reduction)  # refused: it declares another reduction
     if callable(loss):
         name = getattr(loss, "__name__", type(loss).__name__)
         return Loss(f"callable:{name}", loss, reduction or "mean")

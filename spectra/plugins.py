@@ -1,22 +1,24 @@
-"""The plugin manager and the registries of models, datasets and backends.
+"""The plugin manager and the registries it fills: one pluggy hook per kind of entry.
 
-Plugins are loaded lazily, on the first look-up, and only once:
+Plugins are loaded lazily, on the first look-up, and only once, by pluggy:
 
-1. the built-in plugins, by importing ``spectra_builtins.models``,
-   ``spectra_builtins.datasets`` and ``spectra_builtins.backends`` directly (so a
-   source checkout works without installed entry points);
-2. third-party plugins, from the entry-point group ``spectra``;
+1. the default plugins inside spectra (:mod:`spectra.default_plugins`);
+2. third-party plugins, from the entry-point group ``spectra``
+   (``PluginManager.load_setuptools_entrypoints``, one entry point at a time);
 3. plugins registered in code with :func:`register_plugin`.
 
-A plugin that fails to import, raises in a hook, or registers a name that is
-already taken is reported by name (:func:`load_errors` and a
-:class:`PluginWarning`); everything else keeps working.
+After each, ``PluginManager.check_pending`` refuses a plugin that implements a
+hook spectra does not have (a misspelt hook name).  A plugin that fails to
+import, raises in a hook, or registers a name that is already taken is
+reported by name (:func:`load_errors` and a :class:`PluginWarning`);
+everything else keeps working.  Each registry is filled the first time it is
+needed, one plugin at a time, so the entries know who registered them.
 
 >>> from spectra import plugins
 >>> "blobnet" in plugins.registry("models")
 True
->>> plugins.registry("models").get("blobnet").plugin
-'spectra_builtins.models'
+>>> plugins.registry("models").get("BlobNet").plugin
+'spectra.default_plugins.models'
 """
 
 from __future__ import annotations
@@ -24,28 +26,40 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
-import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
 from . import hookspecs
-from .errors import InvalidInputError, MemoryBudgetError, PluginError, SpectraError, UnknownNameError
+from .default_plugins import DEFAULT_PLUGINS
+from .errors import (InvalidInputError, MemoryBudgetError, PluginError, SpectraError, UnknownNameError,
+                     close_matches, describe_exception, did_you_mean)
 from .precision import with_default_dtype
 
 ENTRY_POINT_GROUP = "spectra"
-BUILTIN_MODULES = ("spectra_builtins.models", "spectra_builtins.datasets", "spectra_builtins.backends")
 
-# registry kind -> (hook name, singular noun used in messages)
+# registry kind -> (singular, plural) nouns used in messages; the hook is spectra_register_<kind>
 KINDS: dict[str, tuple[str, str]] = {
-    "models": ("spectra_register_models", "model"),
-    "datasets": ("spectra_register_datasets", "dataset"),
-    "backends": ("spectra_register_backends", "backend"),
+    "models": ("model", "models"),
+    "datasets": ("dataset", "datasets"),
+    "backends": ("backend", "backends"),
+    "matrices": ("matrix", "matrices"),
+    "losses": ("loss", "losses"),
+    "experiments": ("experiment", "experiments"),
+    "commands": ("command", "commands"),
 }
+
+
+# kinds whose factories are called with the user's keyword arguments (their parameters are listed)
+KWARG_KINDS = ("models", "datasets")
+
+
+def hook_name(kind: str) -> str:
+    """``"models"`` -> ``"spectra_register_models"``."""
+    return f"spectra_register_{kind}"
 
 
 class PluginWarning(UserWarning):
@@ -54,13 +68,14 @@ class PluginWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered factory: what it is called, what it takes, who provided it."""
+    """One registered entry: its name and aliases, what it is, who provided it."""
 
     name: str
-    factory: Callable[..., Any]
+    factory: Any
     description: str
     plugin: str
     parameters: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
 
     def signature(self) -> inspect.Signature | None:
         try:
@@ -81,7 +96,7 @@ class PluginInfo:
     """A loaded (or failed) plugin, as shown by ``spectra list plugins``."""
 
     name: str
-    source: str  # "builtin", "entry point <dist> <version>", "registered in code"
+    source: str  # "builtin", "entry point (<dist> <version>)", "registered in code"
     ok: bool = True
     errors: list[str] = field(default_factory=list)
 
@@ -117,17 +132,18 @@ def describe_parameters(factory: Callable[..., Any]) -> tuple[str, ...]:
 
 
 class Registry:
-    """The entries of one kind (``"models"``, ``"datasets"`` or ``"backends"``)."""
+    """The entries of one kind; names and aliases are found without regard to case."""
 
     def __init__(self, kind: str):
         if kind not in KINDS:
-            raise InvalidInputError(f"unknown registry kind {kind!r}; known: {', '.join(KINDS)}")
+            raise UnknownNameError("registry kind", kind, list(KINDS), plural="registry kinds")
         self.kind = kind
-        self.noun = KINDS[kind][1]
+        self.noun, self.plural = KINDS[kind]
         self._entries: dict[str, Entry] = {}
+        self._keys: dict[str, str] = {}  # casefolded name or alias -> name
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name.casefold() in self._keys
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -139,22 +155,46 @@ class Registry:
         return sorted(self._entries)
 
     def get(self, name: str) -> Entry:
-        """The entry called ``name``; :class:`UnknownNameError` listing the known ones if none."""
+        """The entry called ``name`` (or one of its aliases), in any case.
+
+        Raises :class:`UnknownNameError` listing the known names and the closest ones.
+        """
         if not isinstance(name, str):
             raise InvalidInputError(f"a {self.noun} name must be a string; got {type(name).__name__}")
-        try:
-            return self._entries[name]
-        except KeyError:
-            err = UnknownNameError(self.noun, name, self.names())
-            broken = sorted({e.plugin for e in _state.errors_snapshot()})
-            if broken:  # the name may belong to a plugin that did not load
-                err.args = (f"{err.args[0]} (plugins with load errors: {', '.join(broken)}; "
-                            "see `spectra list plugins`)",)
-            raise err from None
+        key = self._keys.get(name.casefold())
+        if key is not None:
+            return self._entries[key]
+        aliases = {a: e.name for e in self._entries.values() for a in e.aliases}
+        err = UnknownNameError(self.noun, name, self.names(), plural=self.plural, aliases=aliases)
+        broken = sorted({e.plugin for e in _state.errors_snapshot()})
+        if broken:  # the name may belong to a plugin that did not load
+            err.args = (f"{err.args[0]} (plugins with load errors: {', '.join(broken)}; "
+                        "see `spectra list plugins`)",)
+        raise err from None
+
+    def _add(self, entry: Entry) -> str | None:
+        """Add ``entry``; a problem message instead if one of its names is taken."""
+        for key in (entry.name, *entry.aliases):
+            taken = self._keys.get(key.casefold())
+            if taken is not None:
+                owner = self._entries[taken]
+                what = f"{self.noun} {entry.name!r}" if key == entry.name else \
+                    f"alias {key!r} of {self.noun} {entry.name!r}"
+                held = "is already registered by" if key.casefold() == taken.casefold() else \
+                    f"is already taken by {self.noun} {taken!r} of"
+                return f"{what} {held} plugin {owner.plugin!r}; this registration is ignored"
+        self._entries[entry.name] = entry
+        for key in (entry.name, *entry.aliases):
+            self._keys[key.casefold()] = entry.name
+        return None
+
+
+def _check_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and not any(c.isspace() for c in name)
 
 
 class Registrar:
-    """What a hook receives as ``registry``: ``register(name, factory, description="")``.
+    """What a hook receives as ``registry``: ``register(name, factory, description="", aliases=())``.
 
     Registrations are kept only if the hook returns normally, so a plugin that
     raises half-way leaves nothing behind.
@@ -167,30 +207,30 @@ class Registrar:
         self._pending: list[Entry] = []
         self.problems: list[str] = []
 
-    def register(self, name: str, factory: Callable[..., Any], description: str = "") -> None:
-        """Add ``factory`` under ``name`` (called later with keyword arguments)."""
+    def register(self, name: str, factory: Any, description: str = "", aliases: Iterable[str] = ()) -> None:
+        """Add ``factory`` under ``name`` (and its ``aliases``); what ``factory`` must be depends on the hook."""
         noun = self._registry.noun
-        if not isinstance(name, str) or not name or name != name.strip() or any(c.isspace() for c in name):
-            self.problems.append(f"{noun} name must be a non-empty string without spaces; got {name!r}")
-            return
-        if not callable(factory):
+        aliases = (aliases,) if isinstance(aliases, str) else tuple(aliases)
+        for text in (name, *aliases):
+            if not _check_name(text):
+                self.problems.append(f"{noun} name must be a non-empty string without spaces; got {text!r}")
+                return
+        if self.kind == "experiments":
+            if not (callable(getattr(factory, "load", None)) and hasattr(factory, "title")):
+                self.problems.append(f"{noun} {name!r}: needs an object with 'title' and 'load()'; "
+                                     f"got {type(factory).__name__}")
+                return
+        elif not callable(factory):
             self.problems.append(f"{noun} {name!r}: factory is not callable ({type(factory).__name__})")
             return
-        if not isinstance(description, str):
-            description = str(description)
-        self._pending.append(Entry(name, factory, description.strip(), self._plugin,
-                                   describe_parameters(factory)))
+        parameters = describe_parameters(factory) if self.kind in KWARG_KINDS else ()
+        self._pending.append(Entry(name, factory, str(description).strip(), self._plugin, parameters, aliases))
 
     def commit(self) -> None:
-        entries = self._registry._entries
-        for e in self._pending:
-            if e.name in entries:
-                self.problems.append(
-                    f"{self._registry.noun} {e.name!r} is already registered by plugin "
-                    f"{entries[e.name].plugin!r}; this registration is ignored"
-                )
-            else:
-                entries[e.name] = e
+        for entry in self._pending:
+            problem = self._registry._add(entry)
+            if problem is not None:
+                self.problems.append(problem)
 
 
 class _State:
@@ -226,12 +266,8 @@ def _report(plugin: str, message: str, bucket: list[LoadError], mark: bool = Tru
         warnings.warn(text, PluginWarning, stacklevel=3)
 
 
-def _describe_exc(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-def _add(pm: pluggy.PluginManager, obj: Any, name: str, source: str) -> bool:
+def _register(pm: pluggy.PluginManager, obj: Any, name: str, source: str) -> bool:
+    """``pm.register`` with the problems reported by the plugin's name instead of raised."""
     if name in _state.plugins:
         # the plugin already loaded under this name keeps working; only the newcomer is refused
         _report(name, f"a plugin with this name is already loaded (from {_state.plugins[name].source}); "
@@ -240,50 +276,73 @@ def _add(pm: pluggy.PluginManager, obj: Any, name: str, source: str) -> bool:
     _state.plugins[name] = PluginInfo(name, source)
     try:
         pm.register(obj, name=name)
-    except Exception as exc:  # noqa: BLE001 - pluggy validation or duplicate object
-        _report(name, f"could not be registered: {_describe_exc(exc)}", _state.load_errors)
+    except Exception as exc:  # noqa: BLE001 - pluggy validation or an object registered twice
+        _forget_partial(pm, name)
+        _report(name, f"could not be registered: {describe_exception(exc)}", _state.load_errors)
         return False
-    unknown = [impl.function.__name__ for impl in _unverified_impls(pm, obj)]
-    if unknown:
-        _report(name, f"implements unknown hook(s) {', '.join(sorted(unknown))}; "
-                      f"known hooks: {', '.join(v[0] for v in KINDS.values())}", _state.load_errors)
     _state.order.append(name)
-    return True
+    return _check_pending(pm, name)
 
 
-def _unverified_impls(pm: pluggy.PluginManager, obj: Any) -> list[Any]:
-    """Hook implementations of ``obj`` that match no hookspec (likely typos)."""
-    out = []
-    for hook_name in dir(pm.hook):
-        if hook_name.startswith("_"):
-            continue
-        caller = getattr(pm.hook, hook_name)
-        if getattr(caller, "spec", True) is None:
-            out.extend(i for i in caller.get_hookimpls() if i.plugin is obj)
-    return out
+def _forget_partial(pm: pluggy.PluginManager, name: str) -> None:
+    """Undo what a failed ``pm.register`` left behind (pluggy adds hooks one by one and stops at the bad one)."""
+    if pm.get_plugin(name) is not None:
+        pm.unregister(name=name)
 
 
-def _import_builtin(module_name: str) -> Any:
+def _check_pending(pm: pluggy.PluginManager, name: str) -> bool:
+    """pluggy's ``check_pending``: a plugin implementing a hook spectra lacks is unregistered and reported."""
     try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("spectra_builtins", module_name):
-            raise
-    # A source checkout that was not installed: the built-ins sit next to spectra/.
-    plugins_dir = Path(__file__).resolve().parent.parent / "plugins"
-    if (plugins_dir / "spectra_builtins" / "__init__.py").is_file() and str(plugins_dir) not in sys.path:
-        sys.path.append(str(plugins_dir))
-    return importlib.import_module(module_name)
+        pm.check_pending()
+        return True
+    except pluggy.PluginValidationError:
+        plugin = pm.get_plugin(name)
+        unknown = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [] if not caller.has_spec())
+        known = [hook_name(kind) for kind in KINDS]
+        hints = "".join(did_you_mean(close_matches(u, known)) for u in unknown)
+        _report(name, f"implements unknown hook(s) {', '.join(unknown)}{hints} (known hooks: {', '.join(known)}); "
+                      "the plugin is not loaded", _state.load_errors)
+        pm.unregister(plugin, name=name)
+        _state.order.remove(name)
+        return False
 
 
-def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    seen, out = set(), []
+def _entry_points() -> dict[str, str]:
+    """Name -> module of the ``spectra`` entry-point group; a name two packages claim is reported."""
+    values: dict[str, list[str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        key = (ep.name, ep.value)
-        if key not in seen:  # a distribution visible twice on sys.path
-            seen.add(key)
-            out.append(ep)
-    return out
+        targets = values.setdefault(ep.name, [])
+        if ep.value not in targets:  # the same distribution can be visible twice on sys.path
+            targets.append(ep.value)
+    for name, targets in values.items():
+        if len(targets) > 1:
+            _report(name, f"the entry point name is claimed by several packages ({', '.join(targets)}); "
+                          "only one is loaded", _state.load_errors, mark=False)
+    return {name: targets[0] for name, targets in values.items()}
+
+
+def _load_entry_point(pm: pluggy.PluginManager, name: str, value: str) -> None:
+    before = {id(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+    try:
+        loaded = pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except pluggy.PluginValidationError as exc:  # imported, but its hooks do not match the hookspecs
+        _forget_partial(pm, name)
+        _state.plugins.setdefault(name, PluginInfo(name, "entry point"))
+        _report(name, f"could not be registered: {describe_exception(exc)}", _state.load_errors)
+        return
+    except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError, anything raised at import
+        clash = name in _state.plugins
+        _state.plugins.setdefault(name, PluginInfo(name, "entry point"))
+        _report(name, f"failed to import {value!r} (entry point): {describe_exception(exc)}", _state.load_errors,
+                mark=not clash)
+        return
+    if not loaded:
+        return
+    source = next((f"entry point ({dist.project_name} {dist.version})" for plugin, dist in pm.list_plugin_distinfo()
+                   if id(plugin) not in before), "entry point")
+    _state.plugins[name] = PluginInfo(name, source)
+    _state.order.append(name)
+    _check_pending(pm, name)
 
 
 def _load() -> pluggy.PluginManager:
@@ -293,64 +352,53 @@ def _load() -> pluggy.PluginManager:
         pm = pluggy.PluginManager("spectra")
         pm.add_hookspecs(hookspecs)
         _state.pm = pm  # set first: a plugin's import may look things up re-entrantly
-        for module_name in BUILTIN_MODULES:
+        for module_name in DEFAULT_PLUGINS:
             try:
-                module = _import_builtin(module_name)
-            except Exception as exc:  # noqa: BLE001 - reported, others keep working
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 - reported, the others keep working
                 _state.plugins[module_name] = PluginInfo(module_name, "builtin")
-                _report(module_name, f"failed to import: {_describe_exc(exc)}", _state.load_errors)
+                _report(module_name, f"failed to import: {describe_exception(exc)}", _state.load_errors)
                 continue
-            _add(pm, module, module_name, "builtin")
-        for ep in _entry_points():
-            dist = getattr(ep, "dist", None)
-            source = "entry point" + (f" ({dist.name} {dist.version})" if dist is not None else "")
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - ImportError, SyntaxError, anything at import
-                clash = ep.name in _state.plugins
-                _state.plugins.setdefault(ep.name, PluginInfo(ep.name, source))
-                _report(ep.name, f"failed to import {ep.value!r} ({source}): {_describe_exc(exc)}",
-                        _state.load_errors, mark=not clash)
-                continue
-            _add(pm, obj, ep.name, source)
+            _register(pm, module, module_name, "builtin")
+        for name, value in _entry_points().items():
+            if name not in _state.plugins:
+                _load_entry_point(pm, name, value)
         return pm
 
 
-def _call_hooks(registry: Registry, only: str | None = None) -> None:
-    """Fill ``registry`` from every plugin's hook, one plugin at a time.
+def _fill(registry: Registry, only: str | None = None) -> None:
+    """Call the registry's hook through pluggy, one plugin at a time, in loading order.
 
-    Each implementation is called on its own (not through ``pm.hook``) so that
-    one plugin raising does not stop the others, and so every entry knows
-    which plugin provided it.
+    One plugin per call (``subset_hook_caller``) so that a plugin that raises
+    is reported alone and the others still register, and so every entry
+    knows its plugin.
     """
     pm = _load()
-    hook_name = KINDS[registry.kind][0]
-    impls = getattr(pm.hook, hook_name).get_hookimpls()
-    rank = {name: i for i, name in enumerate(_state.order)}
-    impls = sorted(impls, key=lambda i: rank.get(i.plugin_name, len(rank)))
-    for impl in impls:
-        if only is not None and impl.plugin_name != only:
+    name_of_hook = hook_name(registry.kind)
+    implementers = {impl.plugin_name for impl in getattr(pm.hook, name_of_hook).get_hookimpls()}
+    for name in list(_state.order):
+        if name not in implementers or (only is not None and name != only):
             continue
-        if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
-            continue  # wrappers make no sense for registration hooks
-        registrar = Registrar(registry, impl.plugin_name)
+        plugin = pm.get_plugin(name)
+        caller = pm.subset_hook_caller(name_of_hook, remove_plugins=[p for p in pm.get_plugins() if p is not plugin])
+        registrar = Registrar(registry, name)
         try:
-            impl.function(*[registrar for _ in impl.argnames])
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take others down
-            _report(impl.plugin_name, f"raised in {hook_name}: {_describe_exc(exc)}", _state.hook_errors)
+            caller(registry=registrar)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
+            _report(name, f"raised in {name_of_hook}: {describe_exception(exc)}", _state.hook_errors)
             continue
         registrar.commit()
         for problem in registrar.problems:
-            _report(impl.plugin_name, problem, _state.hook_errors)
+            _report(name, problem, _state.hook_errors)
 
 
 def registry(kind: str) -> Registry:
-    """The registry of ``kind`` (``"models"``, ``"datasets"``, ``"backends"``), loading plugins once."""
+    """The registry of ``kind`` (one of :data:`KINDS`), loading plugins once."""
     with _state.lock:
         reg = _state.registries.get(kind)
         if reg is None:
             reg = Registry(kind)  # validates kind
-            _call_hooks(reg)
+            _fill(reg)
             _state.registries[kind] = reg
         return reg
 
@@ -386,9 +434,9 @@ def register_plugin(plugin: Any, name: str | None = None) -> str:
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
     with _state.lock:
         pm = _load()
-        if _add(pm, plugin, name, "registered in code"):
-            for kind, reg in _state.registries.items():
-                _call_hooks(reg, only=name)  # extend the registries already built
+        if _register(pm, plugin, name, "registered in code"):
+            for reg in _state.registries.values():
+                _fill(reg, only=name)  # extend the registries already built
         return name
 
 
@@ -424,7 +472,7 @@ def load_errors() -> list[LoadError]:
 
 
 def list_plugins() -> list[dict[str, Any]]:
-    """One dict per plugin: name, source, ok, errors, and what it registered."""
+    """One dict per plugin: name, source, ok, errors, and what it registered of each kind."""
     regs = {kind: registry(kind) for kind in KINDS}
     out = []
     for name, info in _state.plugins.items():
@@ -435,11 +483,22 @@ def list_plugins() -> list[dict[str, Any]]:
 
 
 def list_entries(kind: str) -> list[dict[str, Any]]:
-    """``[{"name", "description", "parameters", "plugin"}, ...]`` sorted by name."""
+    """``[{"name", "description", "parameters", "plugin", "aliases"}, ...]`` sorted by name."""
     return [
-        {"name": e.name, "description": e.description, "parameters": list(e.parameters), "plugin": e.plugin}
+        {"name": e.name, "description": e.description, "parameters": list(e.parameters), "plugin": e.plugin,
+         "aliases": list(e.aliases)}
         for e in registry(kind)
     ]
+
+
+def accepted_keywords(func: Callable[..., Any]) -> tuple[list[str], bool]:
+    """``(names it takes by keyword, whether it also takes **kwargs)`` from ``func``'s signature."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return [], True  # no signature to check against: let the call decide
+    names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def check_kwargs(entry: Entry, kwargs: dict[str, Any], noun: str) -> None:
@@ -448,14 +507,14 @@ def check_kwargs(entry: Entry, kwargs: dict[str, Any], noun: str) -> None:
     if sig is None:
         return
     params = sig.parameters
-    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted, accepts_any = accepted_keywords(entry.factory)
     accepted_txt = ", ".join(entry.parameters) if entry.parameters else "no arguments"
     if not accepts_any:
         unknown = [k for k in kwargs if k not in accepted]
         if unknown:
             raise InvalidInputError(
                 f"{noun} {entry.name!r} has no argument {unknown[0]!r}; it accepts: {accepted_txt}"
+                f"{did_you_mean(close_matches(unknown[0], accepted))}"
             )
     missing = [n for n in accepted if params[n].default is params[n].empty and n not in kwargs]
     if missing:
@@ -473,7 +532,7 @@ def call_factory(kind: str, name: str, kwargs: dict[str, Any]) -> tuple[Any, Ent
     raises becomes :class:`PluginError` naming the plugin.
     """
     entry = get_entry(kind, name)
-    noun = KINDS[kind][1]
+    noun, name = KINDS[kind][0], entry.name
     if kind in ("models", "datasets"):  # one default dtype for Python and the CLI (spectra.precision)
         kwargs = with_default_dtype(kwargs, entry.accepts("dtype"))
     check_kwargs(entry, kwargs, noun)
@@ -488,17 +547,18 @@ def call_factory(kind: str, name: str, kwargs: dict[str, Any]) -> tuple[Any, Ent
     except TypeError as exc:
         accepted = ", ".join(entry.parameters) if entry.parameters else "no arguments"
         raise InvalidInputError(
-            f"{noun} {name!r} (plugin {entry.plugin!r}) rejected its arguments: {_describe_exc(exc)}; "
+            f"{noun} {name!r} (plugin {entry.plugin!r}) rejected its arguments: {describe_exception(exc)}; "
             f"it accepts: {accepted}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - a plugin bug, reported by plugin name
         raise PluginError(
-            f"{noun} {name!r} from plugin {entry.plugin!r} failed: {_describe_exc(exc)}"
+            f"{noun} {name!r} from plugin {entry.plugin!r} failed: {describe_exception(exc)}"
         ) from exc
 
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "call_factory", "Entry", "LoadError", "PluginInfo", "PluginWarning", "Registrar", "Registry",
-    "check_kwargs", "describe_parameters", "get_entry", "get_plugin_manager", "list_entries",
-    "list_plugins", "load_errors", "register_plugin", "registry", "reset", "unregister_plugin",
+    "ENTRY_POINT_GROUP", "Entry", "KINDS", "LoadError", "PluginInfo", "PluginWarning", "Registrar", "Registry",
+    "accepted_keywords", "call_factory", "check_kwargs", "describe_parameters", "get_entry", "get_plugin_manager",
+    "hook_name", "list_entries", "list_plugins", "load_errors", "register_plugin", "registry", "reset",
+    "unregister_plugin",
 ]

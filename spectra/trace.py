@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .validation import check_int
 
 __all__ = [
     "TraceEstimate",
@@ -118,12 +119,6 @@ def _mix(seed: int, index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _mean_stderr(samples: np.ndarray) -> tuple[float, float]:
     n = samples.shape[0]
     mean = float(samples.mean())
@@ -165,7 +160,7 @@ def exact_trace(op: Any, block_size: int | None = None) -> TraceEstimate:
 
 def hutchinson(op: Any, num_probes: int = 100, seed: int = 0, block_size: int | None = None) -> TraceEstimate:
     """Hutchinson's trace estimate from ``num_probes`` seeded Rademacher probes."""
-    n = _check_count("num_probes", num_probes, 1)
+    n = check_int("num_probes", num_probes, 1)
     block = block_size or DEFAULT_BLOCK
     before = op.num_matvecs
     samples = np.empty(n)
@@ -182,7 +177,7 @@ def hutchpp(op: Any, num_matvecs: int = 99, seed: int = 0) -> TraceEstimate:
 
     Needs ``num_matvecs >= 6`` (two Hutchinson probes for a standard error).
     """
-    budget = _check_count("num_matvecs", num_matvecs, 6)
+    budget = check_int("num_matvecs", num_matvecs, 6)
     P = op.shape[0]
     k = budget // 3
     k_sketch = min(k, P)
@@ -204,7 +199,7 @@ def hutchpp(op: Any, num_matvecs: int = 99, seed: int = 0) -> TraceEstimate:
 
 def diagonal(op: Any, num_probes: int = 100, seed: int = 0, block_size: int | None = None) -> DiagonalEstimate:
     """Hutchinson's diagonal estimate ``mean_i z_i * (A z_i)`` with a standard error per entry."""
-    n = _check_count("num_probes", num_probes, 2)
+    n = check_int("num_probes", num_probes, 2)
     s1, s2, before = _diag_sums(op, n, seed, block_size)
     mean = s1 / n
     var = np.maximum(s2 - n * mean**2, 0.0) / (n - 1)
@@ -273,7 +268,7 @@ def layer_traces(op: Any, num_probes: int = 100, seed: int = 0, groups: str | Ma
     ``tr(A_BB)``; the samples of all blocks come from the same ``num_probes``
     products, so the whole table costs ``num_probes`` matvecs.
     """
-    n = _check_count("num_probes", num_probes, 2)
+    n = check_int("num_probes", num_probes, 2)
     index = _resolve_groups(op, groups)
     block = block_size or DEFAULT_BLOCK
     before = op.num_matvecs

@@ -41,6 +41,8 @@ import torch
 from .data import as_batch_source
 from .errors import InvalidInputError, NonFiniteError
 from .losses import LossLike, resolve_loss
+from .validation import check_int as _check_count
+from .validation import check_seed as _check_seed
 
 Callback = Callable[[torch.nn.Module, dict], Any]
 
@@ -209,18 +211,6 @@ def _check_positive_finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise InvalidInputError(f"{name} must be a positive finite number; got {value!r}")
     return float(value)
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer; got {seed!r}")
-    return int(seed)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------- training

@@ -30,3 +30,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def install_distribution(tmp_path, monkeypatch):
+    """``install_distribution(dist, entry_points, modules)``: a package on ``sys.path`` as pip leaves it.
+
+    Modules (name -> source) plus a ``.dist-info`` whose ``entry_points.txt``
+    lists ``entry_points`` (name -> module) in the ``spectra`` group, so
+    plugins are found by pluggy's own entry-point loading, as after
+    ``pip install``.  Plugins are reset before and after.
+    """
+    import textwrap
+
+    from spectra import plugins
+
+    def install(dist: str, entry_points: dict[str, str], modules: dict[str, str] | None = None) -> None:
+        folder = tmp_path / f"site-{dist}"
+        folder.mkdir()
+        for module, code in (modules or {}).items():
+            (folder / f"{module}.py").write_text(textwrap.dedent(code))
+        info = folder / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(
+            f"[{plugins.ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+        monkeypatch.syspath_prepend(str(folder))
+        plugins.reset()
+
+    yield install
+    plugins.reset()

@@ -97,7 +97,7 @@ def test_analyze_train_save_show_end_to_end(launched, capsys):
     assert {"lambda_max", "lambda_min", "num_negative"} <= set(manifest["summary"])
     prov = manifest["provenance"]
     assert prov["model"] == {"name": "blobnet", "arguments": {"hidden": 2, "dtype": "float64", "seed": 3},
-                             "plugin": "spectra_builtins.models"}
+                             "plugin": "spectra.default_plugins.models"}
     assert prov["data"]["name"] == "blobs" and prov["data"]["seed"] == 3
     assert prov["training"]["steps_taken"] == 30 and prov["training"]["optimizer"] == "gd"
 
@@ -152,7 +152,7 @@ def test_list(capsys, kind):
     expected = {"models": ["mlp", "blobnet", "cnn", "parameters: sizes"],
                 "datasets": ["blobs", "random", "mnist", "digits", "n=1000"],
                 "backends": ["exact", "arpack", "lanczos"],
-                "plugins": ["spectra_builtins.models", "[builtin]", "ok"]}[kind]
+                "plugins": ["spectra.default_plugins.models", "[builtin]", "ok"]}[kind]
     for word in expected:
         assert word in out
     code, out, _ = main_capture(capsys, "list", kind, "--json")
@@ -176,7 +176,11 @@ def test_list_everything_and_help(capsys):
         ([], "the following arguments are required: COMMAND"),
         (["analyze", "--dataset", "blobs"], "the following arguments are required: --model"),
         (["analyze", *SMALL, "--k", "ten"], "argument --k: invalid int value: 'ten'"),
-        (["analyze", *SMALL, "--loss", "hinge"], "argument --loss: invalid choice: 'hinge'"),
+        (["analyze", *SMALL, "--loss", "hinge"], "unknown loss 'hinge'; known losses: cross_entropy, mse"),
+        (["analyze", *SMALL, "--loss", "cross-entropy"], "did you mean 'cross_entropy'?"),
+        (["analyze", *SMALL, "--matrix", "hesian"], "unknown matrix 'hesian'; known matrices: ggn, hessian, "
+                                                    "residual; did you mean 'hessian'?"),
+        (["list", "model"], "argument KIND: invalid choice: 'model'"),
         (["analyze", *SMALL, "--model-arg", "hidden"], "--model-arg 'hidden' must look like key=value"),
         (["analyze", *SMALL, "--model-arg", "hidden=3"], "--model-arg hidden is given twice"),
         (["analyze", *SMALL, "--model-arg", "=3"], "must look like key=value"),
@@ -301,17 +305,9 @@ def test_plugin_errors_are_reported_by_name(capsys):
                            "ZeroDivisionError: division by zero")
 
 
-def test_plugin_warnings_are_one_line(capsys, monkeypatch):
-    from spectra import plugins
-    import importlib.metadata
-
-    plugins.reset()
-    monkeypatch.setattr(plugins, "_entry_points", lambda: [importlib.metadata.EntryPoint(
-        name="ghost", value="no_such_spectra_plugin_module", group="spectra")])
-    try:
-        code, out, err = main_capture(capsys, "list", "plugins")
-    finally:
-        plugins.reset()
+def test_plugin_warnings_are_one_line(capsys, install_distribution):
+    install_distribution("ghost-dist", {"ghost": "no_such_spectra_plugin_module"})
+    code, out, err = main_capture(capsys, "list", "plugins")
     assert code == 0 and "ghost" in out and "FAILED" in out
     assert err.strip().splitlines() == [
         "spectra: warning: plugin 'ghost': failed to import 'no_such_spectra_plugin_module' (entry point): "

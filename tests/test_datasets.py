@@ -12,7 +12,7 @@ import torch
 
 import spectra
 from spectra.errors import InvalidInputError
-from spectra_builtins import mnist as mnist_io
+from spectra.default_plugins import mnist as mnist_io
 
 
 # --------------------------------------------------------------------- blobs
@@ -29,7 +29,7 @@ def test_blobs_shape_balance_and_centres():
     # labels are shuffled, not sorted (SGD batches see both classes)
     assert 0 < d.y[:100].sum() < 100
     assert d.info == {"name": "blobs", "seed": 0, "n": 4001, "std": 0.5, "centres": [[1.0, 1.0], [-1.0, -1.0]],
-                      "num_classes": 2, "plugin": "spectra_builtins.datasets",
+                      "num_classes": 2, "plugin": "spectra.default_plugins.datasets",
                       "arguments": {"n": 4001, "std": 0.5, "seed": 0, "dtype": "float64"}}
 
 

@@ -48,7 +48,8 @@ def test_example_plugin_is_found_through_its_entry_point(example_installed):
     status = {p["name"]: p for p in plugins.list_plugins()}
     assert status["example"] == {
         "name": "example", "source": "entry point (spectra-example-plugin 0.1.0)", "ok": True, "errors": [],
-        "models": ["xor-net"], "datasets": ["xor"], "backends": [],
+        "models": ["xor-net"], "datasets": ["xor"], "backends": [], "matrices": [], "losses": [],
+        "experiments": [], "commands": [],
     }
     assert plugins.load_errors() == []
 

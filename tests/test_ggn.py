@@ -158,8 +158,8 @@ def test_analyze_matrix_option(matrix):
 
 def test_analyze_unknown_matrix():
     import spectra
-    from spectra.errors import InvalidInputError
+    from spectra.errors import UnknownNameError
 
     case = CASES[0]
-    with pytest.raises(InvalidInputError, match="matrix"):
-        spectra.analyze(case.build_model(), case.build_data(), matrix="fisher")
+    with pytest.raises(UnknownNameError, match="unknown matrix 'hessain'; known matrices: .*did you mean 'hessian'"):
+        spectra.analyze(case.build_model(), case.build_data(), matrix="hessain")

@@ -52,7 +52,7 @@ def test_hook_spectra_register_models():
     assert sum(p.numel() for p in net.parameters()) == 2 * 5 + 5 + 5 * 2 + 2
     (entry,) = [m for m in spectra.models.list_models() if m["name"] == "tiny-net"]
     assert entry == {"name": "tiny-net", "description": "a 2-w-2 tanh net", "parameters": ["width=3"],
-                     "plugin": "tiny-plugin"}
+                     "plugin": "tiny-plugin", "aliases": []}
     assert net.spectra_spec == {"name": "tiny-net", "kwargs": {"width": 5}, "plugin": "tiny-plugin"}
 
 
@@ -99,16 +99,28 @@ def test_hook_spectra_register_backends():
 
 
 # ------------------------------------------------------------------ built-ins
-def test_builtins_registered_by_their_modules():
-    expect = {
-        "models": ({"mlp", "blobnet", "cnn"}, "spectra_builtins.models"),
-        "datasets": ({"blobs", "random", "mnist", "digits"}, "spectra_builtins.datasets"),
-        "backends": ({"exact", "arpack", "lanczos"}, "spectra_builtins.backends"),
-    }
-    for kind, (names, plugin) in expect.items():
+BUILTINS = {
+    "models": {"mlp", "blobnet", "cnn"},
+    "datasets": {"blobs", "random", "mnist", "digits"},
+    "backends": {"exact", "arpack", "lanczos"},
+    "matrices": {"hessian", "ggn", "residual"},
+    "losses": {"cross_entropy", "mse"},
+    "experiments": {f"fig{i}" for i in range(1, 11)} | {"decomposition"},
+    "commands": {"list", "analyze", "show", "demo", "reproduce"},
+}
+
+
+def test_builtins_are_default_plugins_inside_the_package():
+    from spectra.default_plugins import DEFAULT_PLUGINS
+
+    assert set(BUILTINS) == set(plugins.KINDS)
+    for kind, names in BUILTINS.items():
         reg = plugins.registry(kind)
-        assert names <= set(reg.names())
-        assert {reg.get(n).plugin for n in names} == {plugin}
+        assert names <= set(reg.names()), kind
+        assert {reg.get(n).plugin for n in names} == {f"spectra.default_plugins.{kind}"}
+    assert [p["name"] for p in plugins.list_plugins() if p["source"] == "builtin"] == list(DEFAULT_PLUGINS)
+    pm = plugins.get_plugin_manager()
+    assert all(pm.get_plugin(name).__name__ == name for name in DEFAULT_PLUGINS)  # registered with pluggy
     assert plugins.load_errors() == []
 
 
@@ -147,10 +159,10 @@ def test_loading_is_lazy_and_light():
     code = textwrap.dedent("""
         import sys
         import spectra, spectra.plugins, spectra.backends, spectra.models, spectra.datasets
-        assert "spectra_builtins.models" not in sys.modules, "plugins loaded at import"
+        assert "spectra.default_plugins.models" not in sys.modules, "plugins loaded at import"
         assert spectra.plugins._state.pm is None
         spectra.models.list_models()
-        assert "spectra_builtins.models" in sys.modules
+        assert "spectra.default_plugins.models" in sys.modules
         for heavy in ("scipy.sparse.linalg", "linear_operator", "sklearn", "matplotlib"):
             assert heavy not in sys.modules, heavy
         print("ok")
@@ -190,31 +202,32 @@ def test_reset_and_unregister():
 
 
 # ------------------------------------------------------------- broken plugins
-def _entry_point(name: str, value: str) -> importlib.metadata.EntryPoint:
-    return importlib.metadata.EntryPoint(name=name, value=value, group=plugins.ENTRY_POINT_GROUP)
-
-
-def test_plugin_that_fails_to_import_is_reported_by_name(monkeypatch, tmp_path):
-    (tmp_path / "good_spectra_plugin.py").write_text(textwrap.dedent("""
-        import spectra, torch
-        @spectra.hookimpl
-        def spectra_register_models(registry):
-            registry.register("good-net", lambda: torch.nn.Linear(2, 2))
-    """))
-    (tmp_path / "bad_spectra_plugin.py").write_text("raise RuntimeError('boom at import')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    eps = [_entry_point("missing", "no_such_module_for_spectra"), _entry_point("bad", "bad_spectra_plugin"),
-           _entry_point("good", "good_spectra_plugin")]
-    monkeypatch.setattr(plugins, "_entry_points", lambda: eps)
+def test_plugin_that_fails_to_import_is_reported_by_name(install_distribution):
+    install_distribution("spectra-test-plugins", {
+        "missing": "no_such_module_for_spectra", "bad": "bad_spectra_plugin", "good": "good_spectra_plugin",
+    }, {
+        "good_spectra_plugin": """
+            import spectra, torch
+            @spectra.hookimpl
+            def spectra_register_models(registry):
+                registry.register("good-net", lambda: torch.nn.Linear(2, 2))
+        """,
+        "bad_spectra_plugin": "raise RuntimeError('boom at import')\n",
+    })
     with pytest.warns(plugins.PluginWarning) as rec:
         assert isinstance(spectra.models.create("good-net"), torch.nn.Linear)
     messages = [str(w.message) for w in rec]
-    assert any("'missing'" in m and "ModuleNotFoundError" in m for m in messages)
+    assert any("'missing': failed to import 'no_such_module_for_spectra' (entry point): ModuleNotFoundError" in m
+               for m in messages)
     assert any("'bad'" in m and "boom at import" in m for m in messages)
     assert {e.plugin for e in plugins.load_errors()} == {"missing", "bad"}
     status = {p["name"]: p for p in plugins.list_plugins()}
     assert status["good"]["ok"] and status["good"]["models"] == ["good-net"]
+    assert status["good"]["source"] == "entry point (spectra-test-plugins 1.0)"
     assert not status["bad"]["ok"] and "boom" in status["bad"]["errors"][0]
+    # loaded by pluggy's own entry-point machinery, which knows the distribution
+    pm = plugins.get_plugin_manager()
+    assert [(pm.get_name(p), d.project_name) for p, d in pm.list_plugin_distinfo()] == [("good", "spectra-test-plugins")]
     # an unknown name points at the plugins that failed
     with pytest.raises(UnknownNameError, match="plugins with load errors: bad, missing"):
         spectra.models.create("nope")
@@ -239,9 +252,9 @@ def test_duplicate_names_keep_the_first_and_report_the_second():
 
     plugins.register_plugin(make_plugin("dup", spectra_register_models=hook), "dup")
     with pytest.warns(plugins.PluginWarning, match="'dup'.*model 'mlp' is already registered by plugin "
-                                                   "'spectra_builtins.models'"):
+                                                   "'spectra.default_plugins.models'"):
         reg = plugins.registry("models")
-    assert reg.get("mlp").plugin == "spectra_builtins.models"
+    assert reg.get("mlp").plugin == "spectra.default_plugins.models"
     assert reg.get("fine-net").plugin == "dup"
 
 
@@ -261,12 +274,19 @@ def test_bad_registrations_are_reported(bad_call, match):
 
 
 def test_misspelled_hook_and_bad_signature_are_reported():
-    typo = make_plugin("typo", spectra_register_model=lambda registry: None)
-    with pytest.warns(plugins.PluginWarning, match="'typo'.*unknown hook.*spectra_register_model"):
+    typo = make_plugin("typo", spectra_register_model=lambda registry: registry.register("typo-net", _tiny_net),
+                       spectra_register_datasets=lambda registry: registry.register("typo-data", lambda: None))
+    with pytest.warns(plugins.PluginWarning, match="'typo'.*unknown hook.*spectra_register_model; did you mean "
+                                                   "'spectra_register_models'"):
         plugins.register_plugin(typo, "typo")
+    pm = plugins.get_plugin_manager()
+    assert pm.get_plugin("typo") is None  # pluggy's check_pending refused it as a whole
+    assert "typo-data" not in plugins.registry("datasets")
     bad_sig = make_plugin("sig", spectra_register_models=lambda registry, extra: None)
     with pytest.warns(plugins.PluginWarning, match="'sig'.*could not be registered"):
         plugins.register_plugin(bad_sig, "sig")
+    assert pm.get_plugin("sig") is None
+    pm.check_pending()  # nothing half-registered is left behind
     assert "mlp" in plugins.registry("models")
 
 
@@ -322,8 +342,9 @@ def test_factory_failures_become_spectra_errors(name, kwargs, error, match):
 def test_non_string_name_and_bad_kind():
     with pytest.raises(InvalidInputError, match="must be a string"):
         spectra.models.create(3)
-    with pytest.raises(InvalidInputError, match="unknown registry kind"):
-        plugins.registry("losses")
+    with pytest.raises(UnknownNameError, match="unknown registry kind 'model'; known registry kinds: .*; "
+                                               "did you mean 'models'"):
+        plugins.registry("model")
 
 
 def test_dataset_and_backend_factories_are_checked():
@@ -356,20 +377,160 @@ def test_warnings_are_not_repeated():
         plugins.load_errors()  # already reported: no second warning
 
 
-def test_source_checkout_without_install_finds_the_builtins(monkeypatch):
-    """If ``spectra_builtins`` is not importable (an uninstalled checkout), plugins/ next to spectra/ is used."""
-    import importlib
-    from pathlib import Path
+# ------------------------------------------------------ the other hooks, one test each
+class _ShiftedHessian:
+    """A plugin matrix: H + 1.5 I, built on spectra's Hessian operator (composition, as a plugin would)."""
 
-    plugins_dir = str(Path(plugins.__file__).resolve().parent.parent / "plugins")
-    real_import = importlib.import_module
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != plugins_dir])
+    SHIFT = 1.5
 
-    def uninstalled(name, package=None):
-        if name.startswith("spectra_builtins") and plugins_dir not in sys.path:
-            raise ModuleNotFoundError(f"No module named {name!r}", name="spectra_builtins")
-        return real_import(name, package)
+    @classmethod
+    def build(cls):
+        from spectra.operators.base import SpectralOperator
+        from spectra.operators.hessian import HessianOperator
 
-    monkeypatch.setattr(importlib, "import_module", uninstalled)
-    assert {"mlp", "blobnet", "cnn"} <= set(plugins.registry("models").names())
-    assert plugins_dir in sys.path and plugins.load_errors() == []
+        class ShiftedHessian(SpectralOperator):
+            def __init__(self, model, loss, data, params=None, **options):
+                self.hessian = HessianOperator(model, loss, data, params=params, **options)
+                super().__init__(self.hessian.shape, self.hessian.dtype, self.hessian.device)
+                self.num_samples, self.check_matvecs = self.hessian.num_samples, self.hessian.check_matvecs
+
+            def _matmat(self, V):
+                return self.hessian.matmat(V) + cls.SHIFT * V
+
+            def describe(self):
+                return {**self.hessian.describe(), "matrix": "shifted-hessian"}
+
+        return ShiftedHessian
+
+
+def test_hook_spectra_register_matrices():
+    def hook(registry):
+        registry.register("shifted-hessian", _ShiftedHessian.build, "H + 1.5 I", aliases=("h+",))
+
+    plugins.register_plugin(make_plugin("m", spectra_register_matrices=hook), "matrix-plugin")
+    model = spectra.models.create("blobnet", hidden=2, dtype="float64")
+    data = spectra.datasets.load("blobs", n=30, dtype="float64")
+    shifted = spectra.analyze(model, data, method="exact", matrix="H+")  # an alias, in another case
+    plain = spectra.analyze(model, data, method="exact")
+    assert shifted.provenance["matrix"] == "shifted-hessian"
+    np.testing.assert_allclose(shifted.eigenvalues, plain.eigenvalues + _ShiftedHessian.SHIFT, atol=1e-10)
+    assert spectra.matrices.get("shifted-hessian").__name__ == "ShiftedHessian"
+
+
+def test_hook_spectra_register_losses():
+    from spectra.losses import Loss, resolve_loss
+
+    mse = resolve_loss("mse")
+    third = Loss("third-mse", lambda out, target: mse(out, target) / 3, "mean")
+
+    def hook(registry):
+        registry.register("third-mse", third, "a third of mse", aliases=("tmse",))
+
+    plugins.register_plugin(make_plugin("l", spectra_register_losses=hook), "loss-plugin")
+    assert resolve_loss("TMSE") is third
+    model = spectra.models.create("blobnet", hidden=2, dtype="float64")
+    data = spectra.datasets.load("blobs", n=30, dtype="float64")
+    ours = spectra.analyze(model, data, method="exact", loss="third-mse")
+    ref = spectra.analyze(model, data, method="exact", loss="mse")
+    assert ours.provenance["loss"] == "third-mse"
+    np.testing.assert_allclose(ours.eigenvalues, ref.eigenvalues / 3, atol=1e-12)
+
+
+class _CountingExperiment:
+    """A plugin experiment: counts the samples of a blobs draw (an object with title and load())."""
+
+    title = "Counting blobs"
+
+    @staticmethod
+    def run(ctx):
+        n = ctx.cfg["n"]
+        data = spectra.datasets.load("blobs", n=n, seed=ctx.seed)
+        return {"measured": {"n": len(data), "label_one": int(data.y.sum())}, "claims": []}
+
+    def load(self):
+        return self.run, {scale: {"n": n} for scale, n in (("tiny", 6), ("quick", 60), ("paper", 600))}
+
+
+def test_hook_spectra_register_experiments(tmp_path):
+    plugins.register_plugin(make_plugin("e", spectra_register_experiments=lambda registry: registry.register(
+        "count-blobs", _CountingExperiment(), _CountingExperiment.title)), "experiment-plugin")
+    results = spectra.experiments.run("Count-Blobs", tmp_path, scale="tiny", quiet=True)
+    assert results["measured"] == {"n": 6, "label_one": 3}
+    assert (tmp_path / "count-blobs" / "results.json").is_file()
+    assert spectra.experiments.config("count-blobs", "paper") == {"n": 600}
+
+
+def test_hook_spectra_register_commands(capsys):
+    from spectra import cli
+
+    def add_hello(subparsers):
+        p = subparsers.add_parser("hello", help="greet")
+        p.add_argument("--name", default="world")
+        p.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
+
+    def add_broken(subparsers):
+        raise RuntimeError("no parser today")
+
+    def hook(registry):
+        registry.register("hello", add_hello, "greet")
+        registry.register("broken", add_broken, "fails")
+
+    plugins.register_plugin(make_plugin("c", spectra_register_commands=hook), "command-plugin")
+    assert cli.main(["hello", "--name", "spectra"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "hello spectra\n"
+    assert err == ("spectra: warning: command 'broken' from plugin 'command-plugin' is not available: "
+                   "RuntimeError: no parser today\n")  # one line, and the other commands still work
+    assert cli.main(["list", "commands", "--json"]) == 0
+    listed = {c["name"]: c["plugin"] for c in __import__("json").loads(capsys.readouterr().out)}
+    assert listed["hello"] == "command-plugin" and listed["analyze"] == "spectra.default_plugins.commands"
+
+
+# ---------------------------------------------------------- names: case, aliases, suggestions
+@pytest.mark.parametrize("kind, typed, name", [
+    ("models", "MLP", "mlp"), ("datasets", "Blobs", "blobs"), ("backends", "EXACT", "exact"),
+    ("matrices", "GGN", "ggn"), ("matrices", "Gauss_Newton", "ggn"), ("losses", "NLL", "cross_entropy"),
+    ("losses", "CrossEntropy", "cross_entropy"), ("losses", "ce", "cross_entropy"), ("experiments", "FIG4", "fig4"),
+    ("commands", "Analyze", "analyze"),
+])
+def test_names_are_found_in_any_case_and_by_alias(kind, typed, name):
+    assert plugins.get_entry(kind, typed).name == name
+    assert typed in plugins.registry(kind)
+
+
+@pytest.mark.parametrize("kind, typo, suggestion", [
+    ("models", "mpl", "mlp"), ("datasets", "blob", "blobs"), ("backends", "lanczo", "lanczos"),
+    ("matrices", "hesian", "hessian"), ("losses", "cross-entropy", "cross_entropy"),
+    ("experiments", "decompose", "decomposition"), ("commands", "analyse", "analyze"),
+])
+def test_unknown_names_suggest_the_closest(kind, typo, suggestion):
+    noun, plural = plugins.KINDS[kind]
+    with pytest.raises(UnknownNameError, match=f"unknown {noun} '{typo}'; known {plural}: .*; did you mean "
+                                               f"'{suggestion}'"):
+        plugins.get_entry(kind, typo)
+
+
+def test_names_that_differ_only_in_case_or_take_an_alias_are_refused():
+    def hook(registry):
+        registry.register("MLP", _tiny_net, "a clash in case only")
+        registry.register("mine", lambda out, y: out.sum(), "a loss", aliases=("NLL",))
+
+    plugins.register_plugin(make_plugin("clash", spectra_register_models=hook, spectra_register_losses=hook), "clash")
+    with pytest.warns(plugins.PluginWarning, match="model 'MLP' is already registered by plugin "
+                                                   "'spectra.default_plugins.models'"):
+        assert plugins.get_entry("models", "MLP").plugin == "spectra.default_plugins.models"
+    with pytest.warns(plugins.PluginWarning, match="alias 'NLL' of loss 'mine' is already taken by loss "
+                                                   "'cross_entropy' of plugin 'spectra.default_plugins.losses'"):
+        assert "mine" not in plugins.registry("losses")
+
+
+def test_spectra_plugins_is_an_attribute_of_spectra():
+    code = textwrap.dedent("""
+        import spectra
+        assert callable(spectra.plugins.register_plugin)
+        assert spectra.matrices.get("hessian").__name__ == "HessianOperator"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -20,9 +20,8 @@ import torch
 import spectra
 from spectra import api, cli, plugins
 from spectra import distributed as sd
+from spectra.default_plugins import datasets as builtin_datasets
 from spectra.errors import InvalidInputError, PluginError
-
-builtin_datasets = pytest.importorskip("spectra_builtins.datasets")
 
 # (dataset, kwargs, world): uneven and even cuts, one sample per rank, a rank count equal to n
 CASES = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from .._memory import available_memory_bytes, format_bytes  # re-exported: what backends check memory with
 from ..errors import InvalidInputError
 
 
@@ -42,32 +43,4 @@ def check_options(backend: str, options: dict[str, Any], allowed: set[str]) -> N
         )
 
 
-def available_memory_bytes(device: Any = "cpu") -> int:
-    """Bytes that can be allocated now on ``device`` (best effort)."""
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
+__all__ = ["Backend", "available_memory_bytes", "check_options", "format_bytes"]

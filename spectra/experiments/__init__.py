@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import InvalidInputError, UnknownNameError
+from ..errors import InvalidInputError, close_matches, did_you_mean
 
 SCALES = ("tiny", "quick", "paper")
 
@@ -74,9 +74,10 @@ def config(name: str, scale: str = "quick") -> dict[str, Any]:
 
 
 def _get(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise UnknownNameError("experiment", name, list(EXPERIMENTS) + ["all"])
-    return EXPERIMENTS[name]
+    """The experiment registered as ``name`` (the built-ins above are registered by a default plugin)."""
+    from .. import plugins
+
+    return plugins.get_entry("experiments", name).factory
 
 
 def _check_scale(scale: str) -> None:
@@ -96,12 +97,13 @@ def run(name: str, out: str | Path, scale: str = "quick", seed: int = 0, resume:
     sets torch's thread count for the run (default: the figure's own choice —
     1 for the tiny blob nets — else torch's current setting).
     """
-    from ..train import _check_seed
+    from .. import plugins
+    from ..validation import check_seed
     from ._common import Context, torch_threads
     from ._report import RunDir
 
     _check_scale(scale)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if name == "all":
         started = time.perf_counter()
         results = {n: run(n, out, scale, seed, resume, quiet, force, threads=threads)
@@ -109,11 +111,13 @@ def run(name: str, out: str | Path, scale: str = "quick", seed: int = 0, resume:
         _write_index(Path(out), results, time.perf_counter() - started)
         return results
     exp = _get(name)
+    name = plugins.get_entry("experiments", name).name  # as registered, whatever the case typed
     fn, configs = exp.load()
     cfg = dict(configs[scale])
     for key, value in (overrides or {}).items():
         if key not in cfg:
-            raise InvalidInputError(f"unknown setting {key!r} for {name}; known: {', '.join(sorted(cfg))}")
+            raise InvalidInputError(f"unknown setting {key!r} for {name}; known: {', '.join(sorted(cfg))}"
+                                    f"{did_you_mean(close_matches(key, cfg))}")
         cfg[key] = value
     rd = RunDir(out, name, config=cfg, seed=seed, resume=resume, force=force)
     ctx = Context(name=name, scale=scale, seed=seed, cfg=cfg, rd=rd, quiet=quiet)

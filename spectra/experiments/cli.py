@@ -39,9 +39,10 @@ _positive = _int_at_least(1, "must be a positive integer")
 
 def add_reproduce_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``reproduce`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``); return its parser."""
-    from . import EXPERIMENTS, SCALES
+    from .. import plugins
+    from . import SCALES
 
-    names = list(EXPERIMENTS) + ["all"]
+    names = plugins.registry("experiments").names() + ["all"]
     p = subparsers.add_parser(
         "reproduce",
         help="run one of the paper's experiments (figures, arrays, results.json, report.md)",
@@ -82,7 +83,3 @@ def run_reproduce(args: argparse.Namespace) -> int:
             print(f"summary: {args.out}/README.md", file=sys.stdout)
     return 0
 
-
-def add_parsers(subparsers: Any) -> None:
-    """The hook ``spectra.cli`` calls for every module in its ``COMMAND_MODULES``."""
-    add_reproduce_parser(subparsers)

@@ -38,7 +38,7 @@ from spectra.errors import InvalidInputError
 from spectra.hookspecs import hookimpl
 
 from . import mnist as _mnist
-from ._checks import check_allocation, check_choice, check_float, check_int, check_seed, resolve_dtype
+from spectra.validation import check_allocation, check_choice, check_float, check_int, check_seed, resolve_dtype
 
 _MAX_N = 10**9
 
@@ -53,7 +53,7 @@ def _draw(pool_size: int, n: Any, seed: int) -> np.ndarray:
     """``n`` distinct indices of ``range(pool_size)`` in seeded random order (``None``: all, in order)."""
     if n is None:
         return np.arange(pool_size)
-    n = check_int(n, "n", 1, pool_size)
+    n = check_int("n", n, 1, pool_size)
     return np.random.default_rng(seed).choice(pool_size, size=n, replace=False)
 
 
@@ -78,8 +78,8 @@ def blobs(n: int = 1000, std: float = 1.0, seed: int = 0, dtype: Any = None, sha
     0) and the samples are in seeded random order.  ``shard=(rank, world)``:
     that rank's rows only (all ``n`` are drawn in numpy first, then cut).
     """
-    n = check_int(n, "n", 2, _MAX_N)
-    std = check_float(std, "std", positive=True)
+    n = check_int("n", n, 2, _MAX_N)
+    std = check_float("std", std, positive=True)
     if std > 1e6:  # beyond this the blobs are noise and float32 data overflow its squares
         raise InvalidInputError(f"std must be <= 1e6; got {std:g}")
     seed = check_seed(seed)
@@ -142,9 +142,9 @@ def random_patterns(n: int = 1000, seed: int = 0, num_classes: int = 10, dtype: 
     uniform on ``0..num_classes-1``; inputs and labels are independent.
     ``shard=(rank, world)``: that rank's rows only; only their pixels are drawn.
     """
-    n = check_int(n, "n", 1, _MAX_N)
+    n = check_int("n", n, 1, _MAX_N)
     seed = check_seed(seed)
-    num_classes = check_int(num_classes, "num_classes", 1, 10**6)
+    num_classes = check_int("num_classes", num_classes, 1, 10**6)
     dtype = resolve_dtype(dtype)
     rows, record = _shard_rows(n, shard)
     info = {"name": "random", "seed": seed, "n": n, "num_classes": num_classes,
@@ -178,7 +178,7 @@ def mnist(n: int | None = 1000, seed: int = 0, path: str | None = None, split: s
     rows kept become floats).
     """
     seed = check_seed(seed)
-    split = check_choice(split, "split", ("train", "test"))
+    split = check_choice("split", split, ("train", "test"))
     dtype = resolve_dtype(dtype)
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise InvalidInputError(f"path must be a folder name; got {path!r}")

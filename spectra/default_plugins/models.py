@@ -24,7 +24,7 @@ from torch import nn
 from spectra.errors import InvalidInputError
 from spectra.hookspecs import hookimpl
 
-from ._checks import check_allocation, check_bool, check_choice, check_int, check_seed, resolve_dtype
+from spectra.validation import check_allocation, check_bool, check_choice, check_int, check_seed, resolve_dtype
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 _MAX_WIDTH = 10**7  # larger layers are typos, not models
@@ -46,7 +46,7 @@ def _check_sizes(sizes: Any, what: str = "sizes") -> list[int]:
         raise InvalidInputError(f"{what} must be a list of layer widths such as [784, 10, 10]; got {sizes!r}")
     if len(sizes) < 2:
         raise InvalidInputError(f"{what} needs at least an input and an output width; got {list(sizes)!r}")
-    return [check_int(s, f"{what}[{i}]", 1, _MAX_WIDTH) for i, s in enumerate(sizes)]
+    return [check_int(f"{what}[{i}]", s, 1, _MAX_WIDTH) for i, s in enumerate(sizes)]
 
 
 def _build_mlp(sizes: list[int], activation: str, bias: bool, dtype: torch.dtype) -> nn.Sequential:
@@ -74,8 +74,8 @@ def mlp(
     ``(784+1)*k + (k+1)*10`` parameters.
     """
     sizes = _check_sizes(sizes)
-    activation = check_choice(activation, "activation", tuple(_ACTIVATIONS))
-    bias = check_bool(bias, "bias")
+    activation = check_choice("activation", activation, tuple(_ACTIVATIONS))
+    bias = check_bool("bias", bias)
     dtype = resolve_dtype(dtype)
     with _seeded(seed):
         return _build_mlp(sizes, activation, bias, dtype)
@@ -86,7 +86,7 @@ def blobnet(hidden: int = 6, dtype: Any = None, seed: int | None = 0) -> nn.Modu
 
     ``hidden`` = 2, 6, 10, 14, 18 gives 18, 74, 162, 282, 434 parameters.
     """
-    hidden = check_int(hidden, "hidden", 1, 10**5)
+    hidden = check_int("hidden", hidden, 1, 10**5)
     dtype = resolve_dtype(dtype)
     with _seeded(seed):
         return _build_mlp([2, hidden, hidden, 2], "relu", True, dtype)
@@ -108,14 +108,14 @@ def cnn(
     -> 2x2 max-pool; a linear layer maps to ``num_classes``.  The default (MNIST,
     1x28x28) has 2,202 parameters.
     """
-    num_classes = check_int(num_classes, "num_classes", 1, _MAX_WIDTH)
+    num_classes = check_int("num_classes", num_classes, 1, _MAX_WIDTH)
     if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not 1 <= len(channels) <= 6:
         raise InvalidInputError(f"channels must be a list of 1 to 6 channel counts such as [4, 8]; got {channels!r}")
-    channels = [check_int(c, f"channels[{i}]", 1, 4096) for i, c in enumerate(channels)]
-    kernel_size = check_int(kernel_size, "kernel_size", 1, 64)
-    in_channels = check_int(in_channels, "in_channels", 1, 4096)
-    image_size = check_int(image_size, "image_size", 1, 4096)
-    activation = check_choice(activation, "activation", tuple(_ACTIVATIONS))
+    channels = [check_int(f"channels[{i}]", c, 1, 4096) for i, c in enumerate(channels)]
+    kernel_size = check_int("kernel_size", kernel_size, 1, 64)
+    in_channels = check_int("in_channels", in_channels, 1, 4096)
+    image_size = check_int("image_size", image_size, 1, 4096)
+    activation = check_choice("activation", activation, tuple(_ACTIVATIONS))
     dtype = resolve_dtype(dtype)
 
     side, num_params, prev = image_size, 0, in_channels
