@@ -1,5 +1,13 @@
 """How a batch becomes the model's output and its target, and how many units it counts.
 
+Every place a curvature operator touches a batch goes through one
+:class:`BatchReader`: it splits a batch into what the model is called with and
+the target, moves both to the operator's device and dtype, calls the model (or
+a functional version of it) and reads its output, and says how much the batch
+weighs in a mean.  Over a dataset of batches ``b`` the operators compute the
+curvature of ``sum_b w_b * loss_b`` with ``w_b = count_b / sum_b' count_b'``
+for a mean-reduced loss (``1`` for a summed one).
+
 The conventions users already know work with no argument:
 
 * a tuple or list ``(X, y)``: the model is called as ``model(X)`` and ``y`` is
@@ -17,16 +25,16 @@ The conventions users already know work with no argument:
 
 A batch counts ``loss.count(target)`` units: its samples, or its target tokens
 that are not ``ignore_index`` (see :mod:`spectra.losses`).  Any other convention
-is one :class:`BatchConvention` away: where the target is, how to call the
-model, how to read its output, how many units a batch holds.
+is one :class:`BatchReader` away: where the target is, how to call the model,
+how to read its output, how many units a batch holds.
 
 >>> import torch
 >>> from spectra.losses import resolve_loss
 >>> model = torch.nn.Embedding(5, 3)
 >>> batch = {"input": torch.tensor([[1, 2, 0]]), "labels": torch.tensor([[2, 1, -100]])}
->>> convention = BatchConvention().for_model(model)
->>> prepared = convention.prepare(batch, resolve_loss("cross_entropy"))
->>> prepared.units, tuple(convention.run(model, prepared.inputs).shape)
+>>> reader = BatchReader().bind(model, resolve_loss("cross_entropy"))
+>>> inputs, target = reader.split(batch)
+>>> reader.count(inputs, target), tuple(reader.call(model, inputs).shape)
 (2, (1, 3, 3))
 """
 
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
 import torch
@@ -43,8 +51,8 @@ from torch import nn
 from .errors import InvalidInputError
 from .losses import IGNORE_INDEX, Loss
 
-__all__ = ["BatchConvention", "PreparedBatch", "CalledModel", "HUGGING_FACE_LABELS", "to_device",
-           "tensors_in", "is_causal_lm", "shift_labels", "leading_size"]
+__all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "to_device", "tensors_in",
+           "is_causal_lm", "shift_labels", "leading_size"]
 
 #: The key of the target in a Hugging Face dict batch.
 HUGGING_FACE_LABELS = "labels"
@@ -137,18 +145,22 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torc
     return torch.cat([labels[..., 1:], pad], dim=-1)
 
 
-# ----------------------------------------------------------------------------- the convention
-@dataclass(frozen=True)
-class PreparedBatch:
-    """One batch split into what the model takes and its target, with its count of units."""
+# ----------------------------------------------------------------------------- the reader
+@dataclass
+class Batch:
+    """One batch as the operators see it (on the operator's device, floats in its dtype)."""
 
-    inputs: Any
+    index: int  #: position among this process's batches
+    inputs: Any  #: what the model is called with
     target: Any
-    units: int
+    count: int  #: what the batch weighs in a mean (samples, or counted tokens)
+    weight: float  #: ``w_b``: ``count / total count`` (mean reduction) or 1 (sum)
+    offset: int  #: index of the batch's first sample in the whole dataset (over all ranks)
+    num_rows: int  #: samples in the batch
 
 
 @dataclass(frozen=True)
-class BatchConvention:
+class BatchReader:
     """Where a batch's target is, how the model is called, how its output is read, what a batch counts.
 
     ``target``
@@ -157,7 +169,7 @@ class BatchConvention:
     ``inputs``
         a function ``batch -> what the model takes``; default: the batch
         without its target (a dict's other keys, a tuple's other elements).
-    ``call``
+    ``forward``
         a function ``(model, inputs) -> output``; default ``model(**inputs)``
         for a dict, ``model(*inputs)`` for a tuple's other elements, else
         ``model(inputs)``.
@@ -165,97 +177,97 @@ class BatchConvention:
         an attribute or key name, or a function ``output -> tensor``;
         default: ``output.logits`` (or ``output["logits"]``) where there is
         one, else the output itself, which must then be a tensor.
-    ``count``
-        a function ``batch -> number of units`` for the batch weights;
-        default: the loss's count of the target (samples, or tokens that are
-        not ``ignore_index``).
+    ``units``
+        a function ``(inputs, target) -> number`` of units the batch holds,
+        for the batch weights; default: the loss's count of the target
+        (samples, or tokens that are not ``ignore_index``).
     ``shift_labels``
         shift the labels by one for next-token prediction; ``None``
         (default): exactly for Hugging Face causal language models.
 
-    >>> convention = BatchConvention(target="y", output="prediction")
-    >>> convention.split({"x": torch.zeros(2, 3), "y": torch.ones(2)})[1].tolist()
+    An operator binds its reader to the model and loss (:meth:`bind`) before use.
+
+    >>> reader = BatchReader(target="y", output="prediction")
+    >>> reader.split({"x": torch.zeros(2, 3), "y": torch.ones(2)})[1].tolist()
     [1.0, 1.0]
     """
 
     target: TargetSpec | None = None
     inputs: Callable[[Any], Any] | None = None
-    call: Callable[[nn.Module, Any], Any] | None = None
+    forward: Callable[[Any, Any], Any] | None = None
     output: str | Callable[[Any], torch.Tensor] | None = None
-    count: Callable[[Any], int] | None = None
+    units: Callable[[Any, Any], int] | None = None
     shift_labels: bool | None = None
+    loss: Loss | None = field(default=None, compare=False, repr=False)  #: set by :meth:`bind`
 
     # ---------------------------------------------------------------- set-up
-    def for_model(self, model: nn.Module) -> "BatchConvention":
-        """This convention with ``shift_labels`` decided for ``model``."""
-        if self.shift_labels is not None:
-            return self
-        return replace(self, shift_labels=is_causal_lm(model))
+    def bind(self, model: nn.Module, loss: Loss) -> "BatchReader":
+        """This reader for ``model`` and ``loss``: ``shift_labels`` decided, the loss known for counts."""
+        shift = is_causal_lm(model) if self.shift_labels is None else self.shift_labels
+        return replace(self, shift_labels=shift, loss=loss)
 
-    def describe(self) -> dict[str, Any]:
-        """The convention's settings, for a result's provenance."""
+    def settings(self) -> dict[str, Any]:
+        """The reader's settings, for a result's provenance."""
         def name(value: Any) -> Any:
             return value if value is None or isinstance(value, (str, int)) else getattr(value, "__name__", "custom")
 
-        return {"target": name(self.target), "inputs": name(self.inputs), "call": name(self.call),
-                "output": name(self.output), "count": name(self.count), "shift_labels": self.shift_labels}
+        return {"target": name(self.target), "inputs": name(self.inputs), "forward": name(self.forward),
+                "output": name(self.output), "units": name(self.units), "shift_labels": self.shift_labels}
 
     # ---------------------------------------------------------------- one batch
-    def split(self, batch: Any) -> tuple[Any, Any]:
-        """``(inputs, target)`` of a batch, before any label shift."""
-        if callable(self.target) and not isinstance(self.target, (str, int)):
-            target = self.target(batch)
-            return (self.inputs(batch) if self.inputs is not None else batch), target
-        if isinstance(batch, Mapping):
-            key = HUGGING_FACE_LABELS if self.target is None else self.target
-            if key not in batch:
-                raise InvalidInputError(
-                    f"the dict batch has no target {key!r} (its keys: {', '.join(map(str, batch))}); put the target "
-                    f"under {HUGGING_FACE_LABELS!r} (the Hugging Face convention) or name its key with "
-                    "spectra.batches.BatchConvention(target=...)"
-                )
-            inputs = {k: v for k, v in batch.items() if k != key}
-            return (self.inputs(batch) if self.inputs is not None else inputs), batch[key]
-        if isinstance(batch, (tuple, list)):
-            if len(batch) < 2:
-                raise InvalidInputError(
-                    f"a tuple batch needs its inputs and a target, (X, y); got {len(batch)} element(s)"
-                )
-            index = -1 if self.target is None else self.target
-            if not isinstance(index, int):
-                raise InvalidInputError(f"the batch is a {type(batch).__name__}: target={index!r} must be an index")
-            index %= len(batch)
-            rest = tuple(v for i, v in enumerate(batch) if i != index)
-            return (self.inputs(batch) if self.inputs is not None else _Positional(rest)), batch[index]
-        raise InvalidInputError(
-            f"a batch must be a tuple (X, y), a dict (Hugging Face: model(**inputs), target under 'labels') or a "
-            f"structure that BatchConvention(target=..., inputs=...) can read; got a {type(batch).__name__}"
-        )
-
-    def prepare(self, batch: Any, loss: Loss) -> PreparedBatch:
-        """Split ``batch``, shift its labels where the convention says so, and count its units."""
-        inputs, target = self.split(batch)
+    def split(self, raw: Any) -> tuple[Any, Any]:
+        """``(inputs, target)`` of one batch as the data source yields it (labels shifted if asked)."""
+        inputs, target = self._split(raw)
         if self.shift_labels:
             if not isinstance(target, torch.Tensor) or target.is_floating_point():
                 raise InvalidInputError("shift_labels=True needs integer label tensors [batch, length]")
-            target = shift_labels(target, getattr(loss, "ignore_index", None) or IGNORE_INDEX)
-        units = self.count(batch) if self.count is not None else loss.count(target)
-        if not isinstance(units, int) and not (isinstance(units, torch.Tensor) and units.numel() == 1):
-            raise InvalidInputError(f"count(batch) must return a number; got a {type(units).__name__}")
-        units = int(units)
-        if units < 0:
-            raise InvalidInputError(f"count(batch) must not be negative; got {units}")
-        return PreparedBatch(inputs, target, units)
+            target = shift_labels(target, getattr(self.loss, "ignore_index", None) or IGNORE_INDEX)
+        return inputs, target
 
-    def call_model(self, model: nn.Module, inputs: Any) -> Any:
-        """The model's raw output on ``inputs``."""
-        if self.call is not None:
-            return self.call(model, inputs)
-        if isinstance(inputs, _Positional):
-            return model(*inputs)
-        if isinstance(inputs, Mapping):
-            return model(**inputs)
-        return model(inputs)
+    def _split(self, raw: Any) -> tuple[Any, Any]:
+        if callable(self.target) and not isinstance(self.target, (str, int)):
+            return (self.inputs(raw) if self.inputs is not None else raw), self.target(raw)
+        if isinstance(raw, Mapping):
+            key = HUGGING_FACE_LABELS if self.target is None else self.target
+            if key not in raw:
+                raise InvalidInputError(
+                    f"the dict batch has no target {key!r} (its keys: {', '.join(map(str, raw))}); put the target "
+                    f"under {HUGGING_FACE_LABELS!r} (the Hugging Face convention) or name its key with "
+                    "spectra.batches.BatchReader(target=...)"
+                )
+            inputs = {k: v for k, v in raw.items() if k != key}
+            return (self.inputs(raw) if self.inputs is not None else inputs), raw[key]
+        if isinstance(raw, (tuple, list)):
+            if len(raw) < 2:
+                raise InvalidInputError(f"a tuple batch needs its inputs and a target, (X, y); got {len(raw)} element(s)")
+            index = -1 if self.target is None else self.target
+            if not isinstance(index, int):
+                raise InvalidInputError(f"the batch is a {type(raw).__name__}: target={index!r} must be an index")
+            index %= len(raw)
+            rest = tuple(v for i, v in enumerate(raw) if i != index)
+            inputs = rest[0] if len(rest) == 1 else _Positional(rest)
+            return (self.inputs(raw) if self.inputs is not None else inputs), raw[index]
+        raise InvalidInputError(
+            f"a batch must be a tuple (X, y), a dict (Hugging Face: model(**inputs), target under 'labels') or a "
+            f"structure that BatchReader(target=..., inputs=...) can read; got a {type(raw).__name__}"
+        )
+
+    def to(self, inputs: Any, target: Any, device: torch.device | str | None,
+           dtype: torch.dtype | None) -> tuple[Any, Any]:
+        """Both moved to ``device``; floating-point tensors converted to ``dtype``."""
+        return to_device(inputs, device, dtype), to_device(target, device, dtype)
+
+    def call(self, model: Callable[..., Any], inputs: Any) -> torch.Tensor:
+        """The model's output on ``inputs``, read as the tensor the loss takes (``model`` may be functional)."""
+        if self.forward is not None:
+            raw = self.forward(model, inputs)
+        elif isinstance(inputs, _Positional):
+            raw = model(*inputs)
+        elif isinstance(inputs, Mapping):
+            raw = model(**inputs)
+        else:
+            raw = model(inputs)
+        return self.read_output(raw)
 
     def read_output(self, raw: Any) -> torch.Tensor:
         """The tensor the loss takes, read from the model's raw output."""
@@ -276,30 +288,39 @@ class BatchConvention:
         if not isinstance(raw, torch.Tensor):
             raise InvalidInputError(
                 f"the model must return a tensor or an output with .logits; it returned a {type(raw).__name__} "
-                "(say which part is the prediction: BatchConvention(output=...), e.g. output=lambda out: out[0])"
+                "(say which part is the prediction: BatchReader(output=...), e.g. output=lambda out: out[0])"
             )
         return raw
 
-    def run(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        """The model's output on ``inputs`` as the tensor the loss takes."""
-        return self.read_output(self.call_model(model, inputs))
+    def count(self, inputs: Any, target: Any) -> int:
+        """How much the batch weighs in a mean: its units (samples, or counted tokens)."""
+        if self.units is not None:
+            units = self.units(inputs, target)
+        elif self.loss is not None:
+            units = self.loss.count(target)
+        else:
+            units = self.num_rows(inputs, target)
+        if isinstance(units, torch.Tensor) and units.numel() == 1:
+            units = int(units)
+        if isinstance(units, bool) or not isinstance(units, int):
+            raise InvalidInputError(f"units(inputs, target) must return an integer; got a {type(units).__name__}")
+        if units < 0:
+            raise InvalidInputError(f"units(inputs, target) must not be negative; got {units}")
+        return units
+
+    def num_rows(self, inputs: Any, target: Any) -> int:
+        """Number of samples (rows) in the batch: the target's first axis, else the inputs'."""
+        rows = leading_size(target)
+        rows = leading_size(inputs) if rows is None else rows
+        return 0 if rows is None else rows
+
+    def describe(self, inputs: Any) -> str:
+        """A short description of the inputs for error messages."""
+        if isinstance(inputs, torch.Tensor):
+            return f"inputs of shape {tuple(inputs.shape)} ({inputs.dtype})"
+        shapes = ", ".join(f"{path.removeprefix('inputs')} {tuple(t.shape)}" for path, t in tensors_in(inputs, "inputs"))
+        return f"inputs {type(inputs).__name__} ({shapes})" if shapes else f"inputs of type {type(inputs).__name__}"
 
 
 class _Positional(tuple):
-    """A tuple batch's inputs: passed to the model as positional arguments."""
-
-
-class CalledModel(nn.Module):
-    """``model`` under a batch convention, as a module ``inputs -> output tensor``.
-
-    ``torch.func.functional_call`` on it (with parameter names prefixed by
-    ``"model."``) evaluates the convention's call with other parameters.
-    """
-
-    def __init__(self, model: nn.Module, convention: BatchConvention):
-        super().__init__()
-        self.model = model
-        self._convention = convention
-
-    def forward(self, inputs: Any) -> torch.Tensor:
-        return self._convention.run(self.model, inputs)
+    """A tuple batch's inputs when there are several: passed to the model as positional arguments."""

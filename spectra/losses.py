@@ -86,7 +86,7 @@ class Loss:
             return int(target.shape[0])
         raise InvalidInputError(
             f"cannot count the samples of a batch whose target is a {type(target).__name__}; "
-            "tell spectra how many units each batch holds: BatchConvention(count=...) (spectra.batches)"
+            "tell spectra how many units each batch holds: BatchReader(units=...) (spectra.batches)"
         )
 
     def unit(self, target: Any) -> str:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from spectra.batches import (
-    BatchConvention,
-    CalledModel,
+    BatchReader,
     is_causal_lm,
     leading_size,
     shift_labels,
@@ -47,76 +46,80 @@ class HFStyle(nn.Module):
 
 Pair = namedtuple("Pair", "x y")
 
-# (name, convention, model, batch, expected output, expected target, expected units)
+# (name, reader, model, batch, expected output, expected target, expected units)
 CASES = [
-    ("tuple-X-y", BatchConvention(), nn.Identity(), (X, Y), X, Y, 4),
-    ("list-X-y", BatchConvention(), nn.Identity(), [X, Y], X, Y, 4),
-    ("named-tuple", BatchConvention(), nn.Identity(), Pair(X, Y), X, Y, 4),
-    ("tuple-three", BatchConvention(), TwoInputs(), (X, X, Y), 2 * X, Y, 4),
-    ("tuple-target-first", BatchConvention(target=0), nn.Identity(), (Y, X), X, Y, 4),
-    ("dict-hugging-face", BatchConvention(), Keywords(),
+    ("tuple-X-y", BatchReader(), nn.Identity(), (X, Y), X, Y, 4),
+    ("list-X-y", BatchReader(), nn.Identity(), [X, Y], X, Y, 4),
+    ("named-tuple", BatchReader(), nn.Identity(), Pair(X, Y), X, Y, 4),
+    ("tuple-three", BatchReader(), TwoInputs(), (X, X, Y), 2 * X, Y, 4),
+    ("tuple-target-first", BatchReader(target=0), nn.Identity(), (Y, X), X, Y, 4),
+    ("dict-hugging-face", BatchReader(), Keywords(),
      {"input_ids": IDS, "attention_mask": torch.ones_like(IDS), "labels": LABELS},
      IDS.double().unsqueeze(-1).expand(-1, -1, 6), LABELS, 5),
-    ("dict-logits-output", BatchConvention(), HFStyle(), {"input_ids": IDS, "labels": LABELS},
+    ("dict-logits-output", BatchReader(), HFStyle(), {"input_ids": IDS, "labels": LABELS},
      IDS.double().unsqueeze(-1).expand(-1, -1, 6), LABELS, 5),
-    ("dict-other-key", BatchConvention(target="y"), nn.Identity(), {"input": X, "y": Y}, X, Y, 4),
-    ("custom-everything", BatchConvention(target=lambda b: b["t"], inputs=lambda b: b["x"],
-                                         call=lambda model, x: model(x) * 2, output=lambda out: out + 1,
-                                         count=lambda b: 7),
+    ("dict-other-key", BatchReader(target="y"), nn.Identity(), {"input": X, "y": Y}, X, Y, 4),
+    ("custom-everything", BatchReader(target=lambda b: b["t"], inputs=lambda b: b["x"],
+                                      forward=lambda model, x: model(x) * 2, output=lambda out: out + 1,
+                                      units=lambda inputs, target: 7),
      nn.Identity(), {"x": X, "t": Y}, 2 * X + 1, Y, 7),
-    ("output-by-name", BatchConvention(output="pred"), lambda x: {"pred": x}, (X, Y), X, Y, 4),
+    ("output-by-name", BatchReader(output="pred"), lambda x: {"pred": x}, (X, Y), X, Y, 4),
 ]
 
 
-@pytest.mark.parametrize("name,convention,model,batch,output,target,units", CASES, ids=[c[0] for c in CASES])
-def test_convention_table(name, convention, model, batch, output, target, units):
-    prepared = convention.for_model(model if isinstance(model, nn.Module) else nn.Identity()).prepare(
-        batch, resolve_loss("cross_entropy"))
-    assert torch.equal(prepared.target, target) and prepared.units == units
-    assert torch.equal(convention.run(model, prepared.inputs), output)
+@pytest.mark.parametrize("name,reader,model,batch,output,target,units", CASES, ids=[c[0] for c in CASES])
+def test_reader_table(name, reader, model, batch, output, target, units):
+    bound = reader.bind(model if isinstance(model, nn.Module) else nn.Identity(), resolve_loss("cross_entropy"))
+    inputs, got_target = bound.split(batch)
+    assert torch.equal(got_target, target) and bound.count(inputs, got_target) == units
+    assert torch.equal(bound.call(model, inputs), output)
+    assert bound.num_rows(inputs, got_target) == target.shape[0]
 
 
-# (name, convention, batch or output, message)
+# (name, reader, batch, message)
 REFUSALS = [
-    ("dict-without-labels", BatchConvention(), {"input_ids": IDS}, "has no target 'labels'"),
-    ("one-element-tuple", BatchConvention(), (X,), "(X, y)"),
-    ("string-target-tuple", BatchConvention(target="labels"), (X, Y), "must be an index"),
-    ("tensor-batch", BatchConvention(), X, "a batch must be a tuple"),
-    ("negative-count", BatchConvention(count=lambda b: -1), (X, Y), "must not be negative"),
-    ("shift-float-labels", BatchConvention(shift_labels=True), (X, X), "integer label tensors"),
+    ("dict-without-labels", BatchReader(), {"input_ids": IDS}, "has no target 'labels'"),
+    ("one-element-tuple", BatchReader(), (X,), "(X, y)"),
+    ("string-target-tuple", BatchReader(target="labels"), (X, Y), "must be an index"),
+    ("tensor-batch", BatchReader(), X, "a batch must be a tuple"),
+    ("negative-count", BatchReader(units=lambda inputs, target: -1), (X, Y), "must not be negative"),
+    ("count-not-a-number", BatchReader(units=lambda inputs, target: "7"), (X, Y), "must return an integer"),
+    ("shift-float-labels", BatchReader(shift_labels=True), (X, X), "integer label tensors"),
 ]
 
 
-@pytest.mark.parametrize("name,convention,batch,message", REFUSALS, ids=[r[0] for r in REFUSALS])
-def test_refusals(name, convention, batch, message):
+@pytest.mark.parametrize("name,reader,batch,message", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals(name, reader, batch, message):
+    bound = reader.bind(nn.Identity(), resolve_loss("cross_entropy"))
     with pytest.raises(InvalidInputError) as info:
-        convention.prepare(batch, resolve_loss("cross_entropy"))
+        bound.count(*bound.split(batch))
     assert message in str(info.value)
 
 
 @pytest.mark.parametrize("raw", [(X, X), {"prediction": X}, None], ids=["tuple", "dict-without-logits", "none"])
 def test_output_without_logits_refused(raw):
     with pytest.raises(InvalidInputError) as info:
-        BatchConvention().read_output(raw)
-    assert "BatchConvention(output=...)" in str(info.value)
+        BatchReader().read_output(raw)
+    assert "BatchReader(output=...)" in str(info.value)
     with pytest.raises(InvalidInputError, match="no 'pred'"):
-        BatchConvention(output="pred").read_output({"logits": X})
+        BatchReader(output="pred").read_output({"logits": X})
 
 
 def test_shift_labels_for_next_token_prediction():
     shifted = shift_labels(LABELS)
     assert shifted.tolist() == [[1, 4, -100, -100], [5, -100, -100, -100]]
-    prepared = BatchConvention(shift_labels=True).prepare({"input_ids": IDS, "labels": LABELS},
-                                                          resolve_loss("cross_entropy"))
-    assert torch.equal(prepared.target, shifted) and prepared.units == 3
+    reader = BatchReader(shift_labels=True).bind(nn.Identity(), resolve_loss("cross_entropy"))
+    inputs, target = reader.split({"input_ids": IDS, "labels": LABELS})
+    assert torch.equal(target, shifted) and reader.count(inputs, target) == 3
     with pytest.raises(InvalidInputError, match=r"\[batch, length\]"):
         shift_labels(Y)
 
 
 def test_plain_modules_are_not_causal_lms():
     assert not is_causal_lm(nn.Linear(2, 2))
-    assert BatchConvention().for_model(nn.Linear(2, 2)).shift_labels is False
-    assert BatchConvention(shift_labels=True).for_model(nn.Linear(2, 2)).shift_labels is True
+    loss = resolve_loss("cross_entropy")
+    assert BatchReader().bind(nn.Linear(2, 2), loss).shift_labels is False
+    assert BatchReader(shift_labels=True).bind(nn.Linear(2, 2), loss).shift_labels is True
 
 
 def test_to_device_casts_floating_tensors_only():
@@ -131,14 +134,14 @@ def test_to_device_casts_floating_tensors_only():
     assert leading_size(moved) == 2 and leading_size({"a": 1}) is None
 
 
-def test_called_model_under_functional_call():
-    """The convention's call can be evaluated at other parameters (what forward-mode products need)."""
+def test_functional_call_through_the_reader():
+    """The reader calls a functional version of the model (what forward-mode products pass it)."""
     torch.manual_seed(0)
     model = nn.Linear(3, 2).double()
-    convention = BatchConvention(target="labels")
-    wrapped = CalledModel(model, convention)
-    inputs = {"input": X.double()}
-    new = {f"model.{n}": torch.zeros_like(p) for n, p in model.named_parameters()}
-    out = torch.func.functional_call(wrapped, new, (inputs,))
+    reader = BatchReader().bind(model, resolve_loss("mse"))
+    inputs, _ = reader.split({"input": X.double(), "labels": Y})
+    zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    out = reader.call(lambda *a, **k: torch.func.functional_call(model, zeros, a, k), inputs)
     assert torch.equal(out, torch.zeros(4, 2, dtype=torch.float64))
-    assert torch.equal(wrapped(inputs), model(X.double()))
+    assert torch.equal(reader.call(model, inputs), model(X.double()))
+    assert "input" in reader.describe(inputs) and "(4, 3)" in reader.describe(inputs)

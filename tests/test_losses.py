@@ -118,7 +118,7 @@ REFUSALS = [
     ("unknown-name", lambda: resolve_loss("hinge"), UnknownNameError, "cross_entropy"),
     ("not-a-loss", lambda: resolve_loss(3), InvalidInputError, "callable"),
     ("uncountable-target", lambda: resolve_loss(lambda o, t: o.sum()).count({"a": 1}), InvalidInputError,
-     "BatchConvention(count=...)"),
+     "BatchReader(units=...)"),
 ]
 
 

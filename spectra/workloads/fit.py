@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..batches import BatchConvention, to_device
+from ..batches import BatchReader
 from ..errors import NonFiniteError
 from ..losses import LossLike, resolve_loss
 
@@ -49,25 +49,35 @@ class FitRecord:
         return asdict(self)
 
 
+def _read(model: nn.Module, batches: Sequence[Any], loss: Any, reader: BatchReader | None) -> tuple:
+    """The bound reader and every batch as ``(inputs, target, units)`` in the model's dtype."""
+    reader = (reader or BatchReader()).bind(model, loss)
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    device = next(model.parameters()).device
+    out = []
+    for raw in batches:
+        inputs, target = reader.to(*reader.split(raw), device, dtype)
+        out.append((inputs, target, reader.count(inputs, target)))
+    return reader, out
+
+
 def full_loss_and_gradient(model: nn.Module, batches: Sequence[Any], loss: LossLike = "cross_entropy",
-                           convention: BatchConvention | None = None) -> tuple[float, float]:
+                           reader: BatchReader | None = None) -> tuple[float, float]:
     """Mean loss over all units of ``batches`` and the norm of its gradient (model in eval mode)."""
     loss_fn = resolve_loss(loss)
-    convention = (convention or BatchConvention()).for_model(model)
+    reader, prepared = _read(model, batches, loss_fn, reader)
     params = [p for p in model.parameters() if p.requires_grad]
-    dtype = params[0].dtype
-    prepared = [convention.prepare(to_device(b, dtype=dtype), loss_fn) for b in batches]
-    total = sum(p.units for p in prepared)
+    total = sum(units for _, _, units in prepared)
     grads = [torch.zeros_like(p) for p in params]
     value = 0.0
     was_training = model.training
     model.eval()
     try:
-        for p in prepared:
-            if p.units == 0:
+        for inputs, target, units in prepared:
+            if units == 0:
                 continue
-            weight = p.units / total if loss_fn.reduction == "mean" else 1.0
-            batch_loss = weight * loss_fn(convention.run(model, p.inputs), p.target)
+            weight = units / total if loss_fn.reduction == "mean" else 1.0
+            batch_loss = weight * loss_fn(reader.call(model, inputs), target)
             for g, gi in zip(grads, torch.autograd.grad(batch_loss, params, allow_unused=True)):
                 if gi is not None:
                     g += gi
@@ -78,7 +88,7 @@ def full_loss_and_gradient(model: nn.Module, batches: Sequence[Any], loss: LossL
 
 
 def fit(model: nn.Module, batches: Sequence[Any], loss: LossLike = "cross_entropy", *,
-        convention: BatchConvention | None = None, steps: int = 300, lr: float = 3e-3, grad_tol: float = 1e-3,
+        reader: BatchReader | None = None, steps: int = 300, lr: float = 3e-3, grad_tol: float = 1e-3,
         seed: int = 0) -> FitRecord:
     """Train ``model`` with Adam for ``steps`` minibatch steps, cycling through ``batches`` in order.
 
@@ -88,27 +98,25 @@ def fit(model: nn.Module, batches: Sequence[Any], loss: LossLike = "cross_entrop
     """
     torch.manual_seed(seed)
     loss_fn = resolve_loss(loss)
-    convention = (convention or BatchConvention()).for_model(model)
-    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    prepared = [convention.prepare(to_device(b, dtype=dtype), loss_fn) for b in batches]
+    reader, prepared = _read(model, batches, loss_fn, reader)
     start = time.perf_counter()
-    initial, _ = full_loss_and_gradient(model, batches, loss_fn, convention)
+    initial, _ = full_loss_and_gradient(model, batches, loss_fn, reader)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     was_training = model.training
     model.train()
     try:
         for step in range(steps):
-            batch = prepared[step % len(prepared)]
-            if batch.units == 0:
+            inputs, target, units = prepared[step % len(prepared)]
+            if units == 0:
                 continue
             optimizer.zero_grad()
-            value = loss_fn(convention.run(model, batch.inputs), batch.target)
+            value = loss_fn(reader.call(model, inputs), target)
             if not math.isfinite(float(value.detach())):
                 raise NonFiniteError(f"training diverged at step {step}: loss {float(value.detach())} (lower lr)")
             value.backward()
             optimizer.step()
     finally:
         model.train(was_training)
-    final, grad_norm = full_loss_and_gradient(model, batches, loss_fn, convention)
+    final, grad_norm = full_loss_and_gradient(model, batches, loss_fn, reader)
     return FitRecord("adam", lr, steps, initial, final, grad_norm, grad_tol, grad_norm <= grad_tol,
                      time.perf_counter() - start)

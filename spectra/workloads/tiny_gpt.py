@@ -9,7 +9,7 @@ has no second derivative: spectra's products run it on the math kernel
 (:mod:`spectra.attention`).
 
 Its logits at position ``t`` predict token ``t + 1``, so analyse it with
-``BatchConvention(shift_labels=True)`` when the labels are the input ids
+``BatchReader(shift_labels=True)`` when the labels are the input ids
 (as Hugging Face's causal models shift them inside their loss).
 
 >>> model = TinyGPT(vocab_size=11, d_model=8, num_heads=2, num_layers=1, max_len=16)
