@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ._memory import available_memory_bytes, format_bytes
-from .errors import InvalidInputError
+from .errors import InvalidInputError, PluginError
 from .losses import LossLike
 from .operators.base import SpectralOperator
 from .operators.hessian import HessianOperator, ParamSelector
@@ -30,6 +30,9 @@ from .result import SpectrumResult, versions
 # quarter of the free memory.
 AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
+AUTO = "auto"  # the method name that lets analyze choose
+# The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
+BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
 _OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
 
@@ -66,24 +69,28 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
 def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int, which: str,
           num_probes: int, num_steps: int, seed: int, return_eigenvectors: bool,
           options: dict[str, Any]) -> tuple[str, str, str | None, Any, dict[str, Any]]:
-    """The backend to run on ``op`` and its options: ``(method, auto_reason, memory_fallback, backend, options)``."""
+    """The backend to run on ``op`` and its arguments: ``(method, auto_reason, memory_fallback, backend, arguments)``.
+
+    The backend gets the common arguments its ``run`` names (:func:`spectra.backends.base.backend_arguments`).
+    """
+    from . import plugins
+    from .backends.base import backend_arguments
+
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
     reason = "requested"
-    if method == "auto":
+    if method.lower() == AUTO:
         method, reason = choose_method(op.shape[0], op.device, memory_limit)
+    else:
+        method = plugins.get_entry("backends", method).name  # as registered, whatever the case typed
     options = dict(options)
     fallback = None
     if on_memory == "lanczos":
         method, fallback = _memory_fallback(method, op, memory_limit, num_probes, num_steps, options)
     backend = get_backend(method)
-    if method == "exact":
-        options.update(return_eigenvectors=return_eigenvectors, memory_limit=memory_limit)
-    elif method == "arpack":
-        options.update(k=k, which=which, seed=seed, return_eigenvectors=return_eigenvectors)
-    elif method == "lanczos":
-        options.update(num_probes=num_probes, num_steps=num_steps, seed=seed, memory_limit=memory_limit)
-    return method, reason, fallback, backend, options
+    common = {"k": k, "which": which, "seed": seed, "num_probes": num_probes, "num_steps": num_steps,
+              "return_eigenvectors": return_eigenvectors, "memory_limit": memory_limit}
+    return method, reason, fallback, backend, backend_arguments(backend, common, options, _OPERATOR_OPTIONS)
 
 
 class _StandIn(SpectralOperator):
@@ -118,13 +125,15 @@ def check_request(num_params: int, *, method: str = "auto", k: int = 10, which: 
     ...
     spectra.errors.InvalidInputError: num_steps=100 exceeds P=74: ...
     """
+    from . import plugins
+
     if on_memory not in ("refuse", "lanczos"):
         raise InvalidInputError(f"on_memory must be 'refuse' or 'lanczos'; got {on_memory!r}")
     op = _StandIn((int(num_params), int(num_params)), dtype, device)
     method, _, _, backend, run_options = _plan(
         op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
         num_steps=num_steps, seed=seed, return_eigenvectors=False, options=options)
-    if method not in ("exact", "arpack", "lanczos"):
+    if plugins.get_entry("backends", method).plugin != BUILTIN_BACKENDS_PLUGIN:
         return method  # a plugin backend may do anything with an operator; it checks when it runs
     try:
         backend.run(op, **run_options)
@@ -305,7 +314,11 @@ def analyze(
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
         result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
-        raise InvalidInputError(f"backend {method!r} returned {type(result).__name__}, not a SpectrumResult")
+        from .plugins import get_entry
+
+        raise PluginError(f"backend {method!r} from plugin {get_entry('backends', method).plugin!r} returned "
+                          f"{type(result).__name__}, not a SpectrumResult")
+    result.is_exact = bool(getattr(backend, "is_exact", False))  # the backend's own claim, whatever it named itself
     result.num_samples = op.num_samples
     model_spec = getattr(model, "spectra_spec", None)
     result.provenance = {

@@ -62,12 +62,15 @@ class SpectrumResult:
     num_matvecs: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: every eigenvalue to machine precision; set from the backend's own ``is_exact`` (``None``: a result
+    #: made by hand, taken as exact when its method is ``"exact"``)
+    is_exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_exact is None:
+            self.is_exact = self.method == "exact"
 
     # ----------------------------------------------------------------- basics
-    @property
-    def is_exact(self) -> bool:
-        return self.method == "exact"
-
     @property
     def ritz_values(self) -> np.ndarray | None:
         """Lanczos only: all Ritz values of all probes, ascending."""
@@ -89,7 +92,7 @@ class SpectrumResult:
         if self.nodes is not None and self.weights is not None:
             n_probes = self.nodes.shape[0]
             return self.nodes.ravel(), self.weights.ravel() / n_probes
-        if self.eigenvalues is not None and self.method == "exact":
+        if self.eigenvalues is not None and self.is_exact:
             lam = self.eigenvalues
             return lam, np.full(lam.shape, 1.0 / max(lam.size, 1))
         raise InvalidInputError(
@@ -122,8 +125,7 @@ class SpectrumResult:
         """
         out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
                                "num_matvecs": self.num_matvecs}
-        if self.method == "arpack" or (self.eigenvalues is not None and self.method not in ("exact",)
-                                       and self.nodes is None):
+        if self.method == "arpack" or (self.eigenvalues is not None and not self.is_exact and self.nodes is None):
             lam = np.sort(self.eigenvalues)
             out.update(lambda_max=float(lam[-1]), lambda_min=float(lam[0]), num_computed=int(lam.size),
                        computed_eigenvalues=lam.tolist(), estimated=False,
@@ -210,6 +212,7 @@ class SpectrumResult:
             "format": "spectra-result",
             "format_version": FORMAT_VERSION,
             "method": self.method,
+            "is_exact": bool(self.is_exact),
             "num_params": int(self.num_params),
             "num_samples": self.num_samples,
             "num_matvecs": int(self.num_matvecs),
@@ -275,6 +278,7 @@ def load(path: str | Path) -> SpectrumResult:
     _check_arrays(arrays, path / ARRAYS)
     return SpectrumResult(
         method=manifest["method"],
+        is_exact=manifest.get("is_exact"),  # None in results saved before it was recorded: the method decides
         num_params=manifest["num_params"],
         num_samples=manifest.get("num_samples"),
         num_matvecs=manifest.get("num_matvecs", 0),
@@ -293,7 +297,9 @@ def _check_fields(manifest: dict[str, Any], where: Path) -> None:
               ("num_params", count(manifest.get("num_params")), "a count"),
               ("num_samples", manifest.get("num_samples") is None or count(manifest.get("num_samples")), "a count"),
               ("num_matvecs", count(manifest.get("num_matvecs", 0)), "a count"),
-              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object")]
+              ("provenance", isinstance(manifest.get("provenance", {}), dict), "an object"),
+              ("is_exact", manifest.get("is_exact") is None or isinstance(manifest.get("is_exact"), bool),
+               "true or false")]
     for name, ok, what in checks:
         if not ok:
             raise ResultFormatError(f"{where}: {name!r} must be {what}; got {manifest.get(name)!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -218,13 +220,15 @@ def test_auto_runs_lanczos_when_dense_does_not_fit(untrained_net, monkeypatch):
     calls = []
     original = LanczosBackend.run
 
+    @functools.wraps(original)  # analyze passes the common arguments run's signature names
     def spy(self, op, **kw):
         calls.append(kw)
         return original(self, op, **kw)
 
     monkeypatch.setattr(LanczosBackend, "run", spy)
     result = spectra.analyze(model, (X, y), method="auto", memory_limit=60_000, num_probes=2, num_steps=10)
-    assert calls and result.method == "lanczos"
+    assert calls == [{"num_probes": 2, "num_steps": 10, "seed": 0, "memory_limit": 60_000}]
+    assert result.method == "lanczos"
     assert "lanczos: the dense Hessian needs" in result.provenance["auto_reason"]
     assert result.nodes.shape == (2, 10)
 

@@ -28,8 +28,8 @@ from torch import nn
 
 import spectra
 from spectra import cli, plugins
-from spectra.errors import (InvalidInputError, MemoryBudgetError, NonDeterministicError, NonFiniteError,
-                            PluginError, ResultFormatError, UnknownNameError)
+from spectra.errors import (ConvergenceError, InvalidInputError, MemoryBudgetError, NonDeterministicError,
+                            NonFiniteError, PluginError, ResultFormatError, UnknownNameError)
 from spectra.operators.hessian import HessianOperator
 from spectra.result import SpectrumResult
 
@@ -350,6 +350,14 @@ ROWS: list[Refusal] = [
          "recorded as provenance memory_fallback)", None, _handled_fallback, None,
          _cli_analyze("--memory-limit", "5KiB", "--on-memory", "lanczos", "--steps", "6", "--probes", "2"),
          cli_check=lambda tmp: _assert("ran lanczos" in _provenance_of(tmp)["memory_fallback"])),
+    _row("backend-option-misspelt", "a backend option the backend does not take (a typo)", InvalidInputError,
+         lambda tmp: _analyze(_net(), _xy(), method="lanczos", num_prob=5, num_steps=6),
+         "the lanczos backend does not take option(s) 'num_prob'; it takes: engine, lanczos_dtype, memory_limit, "
+         "num_probes, num_steps, probes, seed; did you mean 'num_probes'?"),
+    _row("arpack-no-convergence", "ARPACK stops before it converges", ConvergenceError,
+         lambda tmp: _analyze(_net(), _xy(), method="arpack", k=3, maxiter=1, tol=0, ncv=5),
+         "ARPACK did not converge at the largest end: 0 of k=3 eigenvalues converged within maxiter=1 restarts "
+         "(ncv=5, tol=0); raise maxiter, raise ncv (at most P=12), loosen tol, or ask for fewer eigenvalues"),
     _row("chain-mode-not-a-chain", "mode='chain' for a model that is not a Linear/activation Sequential",
          InvalidInputError, lambda tmp: _analyze(_conv_net(), _images(), mode="chain"),
          "mode='chain' cannot be used here: 0 (Conv1d) before the first Linear; use mode='auto' or 'reverse'"),
@@ -369,6 +377,10 @@ ROWS: list[Refusal] = [
     _row("unknown-backend", "an unknown backend (method) name", UnknownNameError,
          lambda tmp: _analyze(_net(), _xy(), method="eigen"), "unknown backend 'eigen'; known backends: arpack",
          _cli_analyze("--method", "eigen")),
+    _row("unknown-matrix", "an unknown (misspelt) matrix name", UnknownNameError,
+         lambda tmp: _analyze(_net(), _xy(), matrix="hessain"),
+         "unknown matrix 'hessain'; known matrices: ggn, hessian, residual; did you mean 'hessian'?",
+         _cli_analyze("--matrix", "hessain")),
     _row("unknown-loss", "an unknown loss name", UnknownNameError,
          lambda tmp: _analyze(_net(), _xy(), loss="hinge"), "unknown loss 'hinge'; known losses: cross_entropy, mse",
          _cli_analyze("--loss", "hinge")),
@@ -463,7 +475,7 @@ def test_exceptions_are_spectra_errors_of_the_builtin_kind() -> None:
     """Callers can catch SpectraError, or the matching built-in exception."""
     pairs = {InvalidInputError: ValueError, UnknownNameError: LookupError, MemoryBudgetError: MemoryError,
              NonDeterministicError: RuntimeError, NonFiniteError: FloatingPointError, PluginError: RuntimeError,
-             ResultFormatError: ValueError}
+             ResultFormatError: ValueError, ConvergenceError: RuntimeError}
     for cls, builtin in pairs.items():
         assert issubclass(cls, spectra.errors.SpectraError) and issubclass(cls, builtin)
     for row in ROWS:

@@ -33,21 +33,26 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import ConvergenceError, InvalidInputError
 from ..result import SpectrumResult
-from .base import check_options
+from .base import refuses_unknown_options
 
 _WHICH = {"largest": "LA", "smallest": "SA"}
+# Eigenvalues this close (relative to the spectrum's scale) count as repeated or as zero: the case where a
+# single-vector Krylov run misses copies and the multiplicity check runs.
+REPEAT_TOL = 1e-8
+# Found eigenpairs are pushed this many spectral scales away before the search for missed copies.
+DEFLATION_PUSH = 4.0
+# The largest eigenvalue's cheap estimate is padded by this factor, so the shifted spectrum stays one-signed.
+SHIFT_PADDING = 1.01
+TINY = 1e-300  # keeps a scale positive when every eigenvalue found is exactly zero
 
 
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Limit numpy/scipy BLAS to one thread for the block (torch keeps its own)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         yield
 
@@ -57,12 +62,11 @@ class ArpackBackend:
 
     name = "arpack"
     is_exact = False
-    options = {"k", "which", "tol", "ncv", "maxiter", "seed", "return_eigenvectors", "check_multiplicity"}
 
+    @refuses_unknown_options
     def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float = 1e-6, ncv: int | None = None,
             maxiter: int | None = None, seed: int = 0, return_eigenvectors: bool = False,
-            check_multiplicity: bool | str = "auto", **options: Any) -> SpectrumResult:
-        check_options(self.name, options, set())
+            check_multiplicity: bool | str = "auto") -> SpectrumResult:
         P = op.shape[0]
         if which not in ("largest", "smallest", "both"):
             raise InvalidInputError(f"which must be 'largest', 'smallest' or 'both'; got {which!r}")
@@ -113,6 +117,7 @@ class ArpackBackend:
         residuals_np = residuals.cpu().numpy().astype(np.float64)
         return SpectrumResult(
             method=self.name,
+            is_exact=self.is_exact,
             eigenvalues=lam.astype(np.float64),
             eigenvectors=vec if return_eigenvectors else None,
             residuals=residuals_np,
@@ -168,9 +173,13 @@ class _EndSolver:
                 w, v = eigsh(target, k=self.k, which=_WHICH[self.end], tol=self.tol, ncv=self.ncv,
                              maxiter=self.maxiter, v0=self.v0 if v0 is None else v0)
             except ArpackNoConvergence as exc:
-                raise InvalidInputError(
-                    f"ARPACK did not converge for which={self.end!r} (k={self.k}, {len(exc.eigenvalues)} "
-                    "converged); raise maxiter or ncv, or loosen tol"
+                P = self.op.shape[0]
+                ncv = self.ncv if self.ncv is not None else min(P, max(2 * self.k + 1, 20))  # scipy's default (choose_ncv)
+                maxiter = self.maxiter if self.maxiter is not None else 10 * P  # scipy's default
+                raise ConvergenceError(
+                    f"ARPACK did not converge at the {self.end} end: {len(exc.eigenvalues)} of k={self.k} "
+                    f"eigenvalues converged within maxiter={maxiter} restarts (ncv={ncv}, tol={self.tol:g}); "
+                    f"raise maxiter, raise ncv (at most P={P}), loosen tol, or ask for fewer eigenvalues"
                 ) from exc
             except ArpackError as exc:
                 raise InvalidInputError(f"ARPACK failed for which={self.end!r} (k={self.k}): {exc}") from exc
@@ -187,14 +196,14 @@ def _recover_multiplicities(solve: _EndSolver, sigma: float, w: np.ndarray, v: n
     eigenvectors far away (Hotelling deflation, ``+- c V V^T``) and solve again;
     keep the ``k`` best of old and new until nothing better appears.  ``"auto"``
     does this only when the found eigenvalues hold a repeat or a zero
-    (relative 1e-8), the case where copies go missing.
+    (relative ``REPEAT_TOL``), the case where copies go missing.
     """
-    scale = max(float(np.abs(w).max()), abs(sigma), 1e-300)
-    repeated = (np.abs(np.diff(np.sort(w))) <= 1e-8 * scale).any() or (np.abs(w) <= 1e-8 * scale).any()
+    scale = max(float(np.abs(w).max()), abs(sigma), TINY)
+    repeated = (np.abs(np.diff(np.sort(w))) <= REPEAT_TOL * scale).any() or (np.abs(w) <= REPEAT_TOL * scale).any()
     if check is False or (check == "auto" and not repeated):
         return w, v, 0
     sign = 1.0 if solve.end == "smallest" else -1.0
-    c = sign * 4.0 * scale
+    c = sign * DEFLATION_PUSH * scale
     rounds = 0
     rng = np.random.default_rng([solve.seed, 1])  # reproducible, and independent of the first start
     for rounds in range(1, max_rounds + 1):
@@ -246,5 +255,4 @@ def _top_estimate(op: Any, v0: np.ndarray) -> float:
 
     with single_threaded_blas():
         w = eigsh(op, k=1, which="LA", tol=1e-2, v0=v0, return_eigenvectors=False)
-    # pad by 1 % so the shifted spectrum stays on one side of zero
-    return float(w[0]) * 1.01 if w[0] > 0 else float(w[0])
+    return float(w[0]) * SHIFT_PADDING if w[0] > 0 else float(w[0])

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import MemoryBudgetError
 from ..result import SpectrumResult
-from .base import available_memory_bytes, check_options, format_bytes
+from .base import available_memory_bytes, format_bytes, refuses_unknown_options
 
 # dense matrix + its symmetrised copy / eigenvector output + LAPACK workspace
 DENSE_COPIES = 3
@@ -37,11 +37,10 @@ class ExactBackend:
 
     name = "exact"
     is_exact = True
-    options = {"return_eigenvectors", "return_hessian", "block_size", "memory_limit"}
 
+    @refuses_unknown_options
     def run(self, op: Any, *, return_eigenvectors: bool = False, return_hessian: bool = False,
-            block_size: int | None = None, memory_limit: int | None = None, **options: Any) -> SpectrumResult:
-        check_options(self.name, options, set())
+            block_size: int | None = None, memory_limit: int | None = None) -> SpectrumResult:
         P = op.shape[0]
         need = exact_memory_bytes(P)
         have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
@@ -67,6 +66,7 @@ class ExactBackend:
         arrays = {"hessian": dense64.cpu().numpy()} if return_hessian else {}
         return SpectrumResult(
             method=self.name,
+            is_exact=self.is_exact,
             eigenvalues=evals.cpu().numpy().astype(np.float64),
             eigenvectors=eigenvectors,
             num_params=P,

@@ -53,13 +53,16 @@ import torch
 
 from ..errors import InvalidInputError, MemoryBudgetError
 from ..result import SpectrumResult
-from .base import available_memory_bytes, check_options, format_bytes
+from .base import available_memory_bytes, format_bytes, refuses_unknown_options
 
 ENGINES = ("reorth", "linear_operator", "lowmem")
 DEFAULT_ENGINE = "reorth"
 BASIS_ENGINES = ("reorth", "linear_operator")  # the engines that store the whole Krylov basis
 BREAKDOWN_TOL = 1e-10  # relative to the rescaled operator (norm ~ 1)
 LOWMEM_BLOCKS = 5  # q_prev, q, r and the product (plus its rescaled copy) of the lowmem engine
+# Kahan-Parlett "twice is enough": a new vector that kept less than this fraction of its norm through
+# one projection carries that projection's rounding and is orthogonalised once more.
+REORTH_KEPT_FRACTION = 0.7
 
 
 def rademacher_probes(num_params: int, num_probes: int, seed: int, dtype: torch.dtype,
@@ -80,13 +83,11 @@ class LanczosBackend:
 
     name = "lanczos"
     is_exact = False
-    options = {"num_probes", "num_steps", "seed", "probes", "engine", "memory_limit", "lanczos_dtype"}
 
+    @refuses_unknown_options
     def run(self, op: Any, *, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
             probes: torch.Tensor | None = None, engine: str = DEFAULT_ENGINE,
-            memory_limit: int | None = None, lanczos_dtype: torch.dtype = torch.float64,
-            **options: Any) -> SpectrumResult:
-        check_options(self.name, options, set())
+            memory_limit: int | None = None, lanczos_dtype: torch.dtype = torch.float64) -> SpectrumResult:
         P = op.shape[0]
         if not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
             raise InvalidInputError(f"num_steps must be an integer >= 2; got {num_steps!r}")
@@ -151,6 +152,7 @@ class LanczosBackend:
         seconds = time.perf_counter() - start
         return SpectrumResult(
             method=self.name,
+            is_exact=self.is_exact,
             nodes=nodes,
             weights=weights,
             num_params=P,
@@ -202,7 +204,7 @@ def _tridiag_reorth(closure: Callable[[torch.Tensor], torch.Tensor], V0: torch.T
         after = r.norm(dim=1)
         # Kahan-Parlett: a vector that lost much of its norm to the projection
         # carries rounding from it; one more pass restores orthogonality.
-        again = alive & (after < 0.7 * before)
+        again = alive & (after < REORTH_KEPT_FRACTION * before)
         if bool(again.any()):
             r = _remove_projection(r, basis)
             after = r.norm(dim=1)
