@@ -34,7 +34,8 @@ AUTO = "auto"  # the method name that lets analyze choose
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
-_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
+_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction",
+                     "reader"}
 
 
 def operator_class(matrix: str) -> type:
@@ -248,7 +249,10 @@ def analyze(
     ``model_args``/``data_args``.  Remaining ``options`` go to
     :class:`~spectra.operators.hessian.HessianOperator` (``mode``,
     ``cache_graph``, ``chunk_size``, ``train_mode``, ``check_determinism``,
-    ``reduction``) or to the backend.
+    ``reduction``, ``reader``) or to the backend.  Batches may be tuples,
+    dicts (Hugging Face: ``model(**inputs)``, target under ``labels``,
+    ``.logits`` read) or nested structures; ``reader`` (a
+    :class:`~spectra.batches.BatchReader`) describes any other convention.
 
     ``matrix``: ``"hessian"`` (default), ``"ggn"`` (the Gauss-Newton part
     ``G = J^T H_loss J``) or ``"residual"`` (``R = H - G``); the operator

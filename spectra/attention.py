@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+from .errors import InvalidInputError
+
 __all__ = ["differentiable_attention", "attention_backends", "PRODUCT_ATTENTION_BACKEND", "explain_attention_error"]
 
 #: The attention kernel whose derivatives are themselves differentiable (torch's math kernel).
@@ -41,12 +43,20 @@ def differentiable_attention() -> Iterator[None]:
 
     The kernels the caller allowed before are allowed again on exit, also when
     the block raises (``torch.nn.attention.sdpa_kernel`` saves and restores
-    them).  Nested use is harmless.
+    them).  Nested use is harmless.  If a fused kernel still refuses a
+    derivative inside the block (a model that forces one itself), the error
+    becomes an :class:`~spectra.errors.InvalidInputError` that says so.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(getattr(SDPBackend, PRODUCT_ATTENTION_BACKEND)):
-        yield
+        try:
+            yield
+        except RuntimeError as exc:
+            explained = explain_attention_error(exc)
+            if explained is None:
+                raise
+            raise InvalidInputError(explained) from exc
 
 
 def attention_backends() -> list:
@@ -69,5 +79,5 @@ def explain_attention_error(exc: BaseException) -> str | None:
     if not any(name in text for name in _FUSED_KERNEL_ERRORS):
         return None
     return ("the model's scaled-dot-product attention ran on a fused kernel that has no second derivative; "
-            "run it inside spectra.attention.differentiable_attention() (spectra's own products already do), "
-            "or avoid a context that forces a fused kernel")
+            "spectra's products select torch's math kernel (spectra.attention.differentiable_attention), so "
+            "the model must not force a fused kernel itself (an sdpa_kernel(...) context inside its forward)")

@@ -165,6 +165,8 @@ class LayerChain:
     # ------------------------------------------------------------------ one batch
     def state(self, X: torch.Tensor, y: torch.Tensor, weight: float) -> ChainState:
         """Forward pass and backward signals of one batch whose mean loss has weight ``weight``."""
+        if not isinstance(X, torch.Tensor):
+            raise UnsupportedChain(f"the inputs are a {type(X).__name__}, not one tensor")
         a = X.reshape(X.shape[0], -1) if self.flatten else X
         if a.ndim != 2:
             raise UnsupportedChain(f"inputs of shape {tuple(X.shape)} are not [batch, features]")

@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import torch
 from torch import nn
 
+from ..attention import differentiable_attention
+from ..batches import BatchReader
 from ..data import BatchSource, as_batch_source
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
 from ..losses import Loss, LossLike, resolve_loss
@@ -161,6 +163,7 @@ class DatasetOperator(SpectralOperator):
         train_mode: bool = False,
         check_determinism: bool = True,
         reduction: str | None = None,
+        reader: BatchReader | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -172,8 +175,11 @@ class DatasetOperator(SpectralOperator):
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise InvalidInputError(f"chunk_size must be a positive integer or None; got {chunk_size!r}")
 
+        if reader is not None and not isinstance(reader, BatchReader):
+            raise InvalidInputError(f"reader must be a spectra.batches.BatchReader; got {type(reader).__name__}")
         self.model = model
         self.loss: Loss = resolve_loss(loss, reduction)
+        self.reader = (reader or BatchReader()).bind(model, self.loss)
         self.source: BatchSource = as_batch_source(data)
         named = select_parameters(model, params)
         self.param_names = [n for n, _ in named]
@@ -206,16 +212,20 @@ class DatasetOperator(SpectralOperator):
         self.max_block = chunk_size
         # (a data-parallel subclass compares the settings above across ranks here)
         # the loss's units per batch: samples, or target tokens that are not ignore_index
-        self.batch_units = [self.loss.count(y) for _X, y in self.source]
-        self.unit = self.loss.unit(next(iter(self.source))[1])
+        split = [self.reader.split(raw) for raw in self.source]
+        self.batch_units = [self.reader.count(inputs, target) for inputs, target in split]
+        self.unit = self.loss.unit(split[0][1]) if self.reader.units is None else "unit"
+        del split
         self.num_samples = self._global_num_samples(sum(self.batch_units))
         if self.num_samples == 0:
             raise InvalidInputError(f"no {self.unit} of the data counts: every target is ignore_index")
         self._weights = [self._batch_weight(n_b) for n_b in self.batch_units]
         self.cache_graph = self._wants_cache(cache_graph)
         self._batched_ok = True
-        self._prepare(params=params, mode=mode, cache_graph=cache_graph, chunk_size=chunk_size,
-                      train_mode=train_mode, check_determinism=check_determinism, reduction=reduction)
+        with differentiable_attention():  # attention kernels with second derivatives (spectra.attention)
+            self._prepare(params=params, mode=mode, cache_graph=cache_graph, chunk_size=chunk_size,
+                          train_mode=train_mode, check_determinism=check_determinism, reduction=reduction,
+                          reader=reader)
 
     # ------------------------------------------------------- what subclasses add
     def _prepare(self, **options: Any) -> None:
@@ -240,22 +250,13 @@ class DatasetOperator(SpectralOperator):
         # mean over all units of the dataset: a batch's mean counts by its share of the units
         return n_b / self.num_samples if self.loss.reduction == "mean" else 1.0
 
-    def _to_device(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        X = X.to(self.device)
-        if X.is_floating_point():
-            X = X.to(self.dtype)
-        y = y.to(self.device)
-        if y.is_floating_point():
-            y = y.to(self.dtype)
-        return X, y
-
-    def _batches(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
-        """``(b, X, y, w_b)`` for every batch, moved to the operator's device and dtype."""
-        for b, (X, y) in enumerate(self.source):
+    def _batches(self) -> Iterator[tuple[int, Any, Any, float]]:
+        """``(b, inputs, target, w_b)`` for every batch with units, on the operator's device and dtype."""
+        for b, raw in enumerate(self.source):
             if self.batch_units[b] == 0:
                 continue  # no counted unit: no weight (its mean would be 0/0)
-            X, y = self._to_device(X, y)
-            yield b, X, y, self._weights[b]
+            inputs, target = self.reader.to(*self.reader.split(raw), self.device, self.dtype)
+            yield b, inputs, target, self._weights[b]
 
     def flatten(self, tensors: Iterable[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors into one flat vector of length P."""
@@ -325,7 +326,8 @@ class DatasetOperator(SpectralOperator):
 
     # --------------------------------------------------------------- products
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
+        with differentiable_attention():
+            local = self._matmat_forward(V) if self.mode == "forward" else self._matmat_reverse(V)
         return self._reduce(local)
 
     # Hooks for data-parallel subclasses (spectra.distributed): the sample count
@@ -348,10 +350,11 @@ class DatasetOperator(SpectralOperator):
         tangents = self.unflatten(V)  # each [m, *shape]
         out = torch.zeros_like(V)
         with model_mode(self.model, self.train_mode):
-            for _b, X, y, w in self._batches():
+            for _b, inputs, y, w in self._batches():
 
-                def output_fn(*theta: torch.Tensor, X: torch.Tensor = X) -> torch.Tensor:
-                    return functional_call(self.model, {**frozen, **buffers, **dict(zip(names, theta))}, (X,))
+                def output_fn(*theta: torch.Tensor, inputs: Any = inputs) -> torch.Tensor:
+                    state = {**frozen, **buffers, **dict(zip(names, theta))}
+                    return self.reader.call(lambda *a, **k: functional_call(self.model, state, a, k), inputs)
 
                 out += self._flatten_block(self._forward_batch(output_fn, primal, tangents, y, w), V.shape[1])
         return out

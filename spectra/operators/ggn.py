@@ -116,7 +116,7 @@ class GGNOperator(DatasetOperator):
         """Graphs for one batch: outputs ``f``, a dummy ``u`` with ``g_u = J^T u``, and ``dl/df``."""
         if b in self._cache:
             return self._cache[b]
-        out = self.model(X)
+        out = self.reader.call(self.model, X)
         # J V as the derivative of the linear map u -> J^T u (the "double vjp" trick):
         # keeps every product in reverse mode, on graphs built once per batch.
         u = torch.zeros_like(out, requires_grad=True)

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..batches import BatchReader
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
 from .base import _mirror_upper_in_place
 from .chain import ChainState, LayerChain, UnsupportedChain
@@ -105,8 +106,11 @@ class HessianOperator(DatasetOperator):
         self._chain_states: list[ChainState] | None = None
         self._unit_block: int | None = None  # set by to_dense while it sends unit columns
         self.chain_note: str | None = None  # why "auto" did not use the chain products
+        self.forward_path: str | None = None  # forward mode: jvp(grad), or the fallback and why
         if mode in ("auto", "chain"):
             try:
+                if self.reader.settings() != BatchReader().bind(self.model, self.loss).settings():
+                    raise UnsupportedChain("the batches are read by a custom BatchReader")
                 self._chain = LayerChain.of(self.model, self.params, self.loss)
                 self.mode = "chain"
             except UnsupportedChain as exc:
@@ -136,17 +140,14 @@ class HessianOperator(DatasetOperator):
         self.chain_note = reason
 
     # ------------------------------------------------------------------ helpers
-    def _forward_loss(self, X: torch.Tensor, y: torch.Tensor, batch_index: int) -> torch.Tensor:
+    def _forward_loss(self, X: Any, y: Any, batch_index: int) -> torch.Tensor:
         try:
-            output = self.model(X)
+            output = self.reader.call(self.model, X)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InvalidInputError(
-                f"the model cannot take batch {batch_index} with inputs of shape {tuple(X.shape)} "
-                f"({X.dtype}): {first}"
+                f"the model cannot take batch {batch_index} with {self.reader.describe(X)}: {first}"
             ) from exc
-        if not isinstance(output, torch.Tensor):
-            raise InvalidInputError(f"the model must return a tensor; it returned {type(output).__name__}")
         self.loss.check_target(output, y)
         try:
             value = self.loss(output, y)
@@ -319,15 +320,12 @@ class HessianOperator(DatasetOperator):
 
     def _forward_batch(self, output_fn: Callable[..., torch.Tensor], primal: tuple[torch.Tensor, ...],
                        tangents: list[torch.Tensor], y: torch.Tensor, w: float) -> tuple[torch.Tensor, ...]:
-        from torch.func import grad, jvp, vmap
-
-        grad_fn = grad(lambda theta: w * self.loss(output_fn(*theta), y))
-
-        def hvp(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return jvp(grad_fn, (primal,), (tuple(tangent),))[1]
+        from ..forward_ad import hessian_columns
 
         try:
-            return vmap(hvp)(*tangents)
+            columns, self.forward_path = hessian_columns(lambda theta: w * self.loss(output_fn(*theta), y),
+                                                         primal, tangents)
+            return columns
         except RuntimeError as exc:
             if "random" not in str(exc):
                 raise
@@ -353,6 +351,8 @@ class HessianOperator(DatasetOperator):
             "batch_weighting": "n_b / N" if self.loss.reduction == "mean" else "1",
             "hvp_mode": self.mode,
             "chain_products": "used" if self.mode == "chain" else (self.chain_note or "not requested"),
+            **({"forward_products": self.forward_path} if self.mode == "forward" else {}),
+            "batch_reader": self.reader.settings(),
             "cache_graph": self.cache_graph,
             "model_mode": "train" if self.train_mode else "eval",
             "dtype": str(self.dtype).replace("torch.", ""),
