@@ -137,7 +137,8 @@ def gradient_difference(build: Callable[[], Any], params: Any, v: torch.Tensor, 
     """``(g(θ + εv) - g(θ - εv)) / 2ε``, with ``g = build().gradient`` at the shifted parameters.
 
     ``params`` are the tensors the operator differentiates (``op.params``), in
-    its flattening order; they are shifted in place and restored exactly.
+    its flattening order; they are shifted in place and restored exactly,
+    through ``.data`` so that graphs cached earlier (an operator's) stay usable.
     ``build`` makes a new operator on the same model and data (pass
     ``check_determinism=False``: only its first pass is needed).
 
@@ -156,17 +157,15 @@ def gradient_difference(build: Callable[[], Any], params: Any, v: torch.Tensor, 
     original = [p.detach().clone() for p in params]
 
     def gradient_at(sign: float) -> torch.Tensor:
-        with torch.no_grad():
-            for p, p0, piece in zip(params, original, pieces):
-                p.copy_(p0 + sign * eps * piece.view_as(p).to(p.dtype))
+        for p, p0, piece in zip(params, original, pieces):
+            p.data.copy_(p0 + sign * eps * piece.view_as(p).to(p.dtype))
         return build().gradient.detach().clone()
 
     try:
         plus, minus = gradient_at(1.0), gradient_at(-1.0)
     finally:
-        with torch.no_grad():
-            for p, p0 in zip(params, original):
-                p.copy_(p0)
+        for p, p0 in zip(params, original):
+            p.data.copy_(p0)
     return (plus - minus) / (2 * eps)
 
 
