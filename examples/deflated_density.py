@@ -3,14 +3,16 @@
 On a small MNIST net whose exact spectrum is computable (784-2-10, 1,600
 parameters), compares plain SLQ and deflated SLQ at the same number of
 Hessian-vector products: L1 distance to the exact density over the bulk, in
-the linear and the log-|λ| views; saves the log-|λ| plot.
+the linear and the log-|λ| views.  Writes the log-|λ| plot to
+OUT/log_density.png (OUT: --out, default runs/deflated-density).
 
-    python examples/deflated_density.py --k 10 --steps 20 --probes 10
+    python examples/deflated_density.py --k 10 --steps 20 --probes 10 --out runs/deflated-density
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", default="deflated_density.png")
+    ap.add_argument("--out", default="runs/deflated-density", help="folder for log_density.png")
     args = ap.parse_args()
     model = spectra.models.create("mlp", sizes=[784, 2, 10], dtype="float64")
     data = spectra.datasets.load("mnist", n=200, seed=0, dtype="float64")
@@ -58,8 +60,10 @@ def main() -> None:
     fig, ax = plot_log_density(exact, floor=floor)
     plot_log_density(d, ax=ax, floor=floor)
     ax.legend(["exact λ>0", "exact λ<0", "deflated SLQ λ>0", "deflated SLQ λ<0"], fontsize=7)
-    fig.savefig(args.out, dpi=120)
-    print(f"log-|λ| view saved to {args.out}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "log_density.png", dpi=120)
+    print(f"log-|λ| view saved to {out / 'log_density.png'}")
 
 
 if __name__ == "__main__":

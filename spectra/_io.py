@@ -2,7 +2,9 @@
 
 Each writer puts the bytes into a temporary file in the destination folder,
 flushes it to disk, then ``os.replace``-s it over the destination (atomic on
-POSIX and Windows when both live on one filesystem).
+POSIX and Windows when both live on one filesystem).  A folder of files that
+belong together (a result with its plots) is written through a
+:class:`StagedFolder`, which moves them in only when all are written.
 
 >>> import tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -13,14 +15,19 @@ POSIX and Windows when both live on one filesystem).
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import InvalidInputError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -107,3 +114,139 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold turned into its ``str`` (tuples become lists).
+
+    >>> jsonable({"sizes": (784, 10), "dtype": np.float64, 3: None})
+    {'sizes': [784, 10], 'dtype': "<class 'numpy.float64'>", '3': None}
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+OWNER = ".owner"  # in a staging folder: "pid host" of the run writing it
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+class StagedFolder:
+    """Writes into a staging folder next to ``out``; moves the files in only when all are written.
+
+    So a failed or killed run leaves no partial result, and a replaced result
+    (``force``) never mixes with files of the old one.  ``outputs``: every
+    file a run may write (with ``force``, stale ones from an earlier run are
+    removed); ``manifest``: the file that marks a whole result, moved in last.
+    ``option`` and ``force_hint`` word the refusals (``"out"``/``"force=True"``
+    in Python, ``"--out"``/``"--force"`` on the command line).
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "result"
+    >>> with StagedFolder(out, outputs=("a.txt",)) as stage:
+    ...     atomic_write_text(stage / "a.txt", "whole")
+    ...     out.exists()
+    False
+    >>> sorted(p.name for p in out.iterdir())
+    ['a.txt']
+    """
+
+    def __init__(self, out: str | os.PathLike, force: bool = False, *, outputs: tuple[str, ...] = (),
+                 manifest: str = "result.json", option: str = "out", force_hint: str = "force=True"):
+        self.out = Path(out).expanduser()
+        self.force = force
+        self.outputs, self.manifest, self.option, self.force_hint = outputs, manifest, option, force_hint
+        self.stage: Path | None = None
+
+    def check(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"{self.option} {str(out)!r} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not self.force:
+            if (out / self.manifest).exists():
+                raise InvalidInputError(f"{self.option} {str(out)!r} already holds a result; pass "
+                                        f"{self.force_hint} to replace it")
+            raise InvalidInputError(f"{self.option} {str(out)!r} exists and is not empty; choose a new folder or "
+                                    f"pass {self.force_hint}")
+        # can we write there?  Probe the nearest existing folder now, not after the computation
+        probe = out
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".spectra-probe.", dir=probe))
+        except OSError as exc:
+            raise InvalidInputError(f"{self.option} {str(out)!r}: cannot write in {str(probe)!r} "
+                                    f"({exc.strerror or exc})") from None
+
+    def __enter__(self) -> Path:
+        self.check()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep_stale_stages()
+        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=self.out.parent))
+        os.chmod(self.stage, 0o777 & ~_umask())  # mkdtemp makes it private; the result folder should not be
+        atomic_write_text(self.stage / OWNER, f"{os.getpid()} {socket.gethostname()}\n")
+        return self.stage
+
+    def _sweep_stale_stages(self) -> None:
+        """Remove staging folders of earlier runs into the same ``out`` whose process is gone.
+
+        A SIGKILLed run cannot clean up after itself; its stage names its owner
+        (pid and host), and a stage whose owner no longer runs on this host is
+        deleted.  Stages of live runs, of other hosts, or without an owner file
+        are left alone.
+        """
+        for stage in self.out.parent.glob(f".{glob.escape(self.out.name)}.*.partial"):
+            try:
+                pid_text, host = (stage / OWNER).read_text(encoding="utf-8").split()
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                continue
+            if host != socket.gethostname() or _process_alive(pid):
+                continue
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.stage is not None
+        try:
+            if exc_type is None:
+                self._commit(self.stage)
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+    def _commit(self, stage: Path) -> None:
+        (stage / OWNER).unlink(missing_ok=True)
+        if not self.out.exists():
+            os.replace(stage, self.out)  # one rename: the whole result appears at once
+            return
+        self.check()  # someone may have written there meanwhile
+        written = {p.name for p in stage.iterdir()}
+        # the manifest goes last, so a folder with a manifest is always whole
+        for name in sorted(written, key=lambda n: n == self.manifest):
+            os.replace(stage / name, self.out / name)
+        for name in self.outputs:
+            if name not in written and (self.out / name).exists():
+                (self.out / name).unlink()
+
+
+__all__ = ["OWNER", "StagedFolder", "atomic_save_npz", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "jsonable", "save_figure", "to_json"]

@@ -22,7 +22,9 @@ from ._memory import available_memory_bytes, format_bytes
 from .errors import InvalidInputError, PluginError
 from .losses import LossLike
 from .operators.base import SpectralOperator
+from .backends.base import expected_products
 from .operators.hessian import HessianOperator, ParamSelector
+from .progress import ProductBar, wanted
 from .result import SpectrumResult, versions
 
 # method="auto" runs exact up to this many parameters (P HVPs + an O(P^3) eigh
@@ -169,6 +171,14 @@ def _memory_fallback(method: str, op: Any, memory_limit: int | None, num_probes:
     return method, "; ".join(notes) or None
 
 
+def _label(matrix: str) -> str:
+    """How a progress line names the matrix: "Hessian", or its registry name."""
+    from . import plugins
+
+    name = plugins.get_entry("matrices", matrix).name
+    return "Hessian" if name == "hessian" else name
+
+
 def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Module:
     if isinstance(model, str):
         from . import models
@@ -234,6 +244,7 @@ def analyze(
     distributed: bool | str = "auto",
     on_memory: str = "refuse",
     product_dtype: str | torch.dtype | None = None,
+    progress: bool | None = None,
     **options: Any,
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
@@ -272,6 +283,14 @@ def analyze(
     density can resolve, but it limits eigenvalues to about 1e-6 relative.
     The solvers keep their own precision (Lanczos: ``lanczos_dtype``,
     float64 by default; exact: ``eigh`` in float64).  Default: the model's dtype.
+
+    ``progress``: a bar on stderr that counts the Hessian-vector products
+    against what the backend expects (``None``, the default: only when stderr
+    is a terminal; ``False``: never).
+
+    Names are found in any case: ``method="Exact"``, ``matrix="GGN"``,
+    ``loss="MSE"``; the loss ``cross_entropy`` is also ``"ce"``, ``"nll"`` and
+    ``"crossentropy"`` (``spectra list losses`` shows every name and alias).
 
     ``memory_limit`` (bytes; default: the memory free now) bounds the dense
     Hessian of ``exact`` and the Lanczos basis.  When they do not fit,
@@ -316,7 +335,9 @@ def analyze(
         method, reason, fallback, backend, run_options = _plan(
             op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
-        result = backend.run(op, **run_options)
+        total = expected_products(backend, op.shape[0], run_options)
+        with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)):
+            result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
         from .plugins import get_entry
 

@@ -55,6 +55,18 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    def __repr__(self) -> str:
+        """Shapes and dtypes, not the tensors; the keys of ``info``, not its long lists.
+
+        >>> Dataset(torch.zeros(3, 2), torch.tensor([0, 1, 0]), name="toy", info={"seed": 0, "indices": [4, 1, 7]})
+        Dataset(name='toy', n=3, X=[3, 2] float32, y=[3] int64, info keys: seed, indices)
+        """
+        def shape(t: torch.Tensor) -> str:
+            return f"[{', '.join(map(str, t.shape))}] {str(t.dtype).removeprefix('torch.')}"
+
+        keys = ", ".join(map(str, self.info)) or "(none)"
+        return f"Dataset(name={self.name!r}, n={len(self)}, X={shape(self.X)}, y={shape(self.y)}, info keys: {keys})"
+
     def __iter__(self) -> Iterator[Batch]:
         """Iterate as a single full batch (full-batch analysis is the default)."""
         yield self.X, self.y

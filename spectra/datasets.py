@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import plugins
+from ._io import jsonable
 from .data import Dataset
 from .errors import InvalidInputError, PluginError, SpectraError
 
@@ -87,9 +88,10 @@ def _load(name: str, call_kwargs: dict[str, Any], user_kwargs: dict[str, Any]) -
         )
     if len(data) == 0:
         raise PluginError(f"dataset {name!r} from plugin {entry.plugin!r} returned no samples")
+    name = entry.name  # as registered, whatever the case typed
     data.info.setdefault("name", name)
     data.info.setdefault("plugin", entry.plugin)
-    data.info.setdefault("arguments", {k: _jsonable(v) for k, v in user_kwargs.items()})
+    data.info.setdefault("arguments", {k: jsonable(v) for k, v in user_kwargs.items()})
     return data, entry
 
 
@@ -120,16 +122,6 @@ def _check_shard_result(data: Dataset, name: str, plugin: str, rank: int, world:
             "rows start:stop of the whole dataset with info['shard'] = "
             "spectra.distributed.shard_record(num_samples_total, rank, world)"
         )
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def list_datasets() -> list[dict[str, Any]]:

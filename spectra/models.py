@@ -36,7 +36,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             "not a torch.nn.Module"
         )
     try:
-        model.spectra_spec = {"name": name, "kwargs": dict(kwargs), "plugin": entry.plugin}
+        model.spectra_spec = {"name": entry.name, "kwargs": dict(kwargs), "plugin": entry.plugin}
     except Exception:  # noqa: BLE001 - a module that forbids attributes still works
         pass
     return model

@@ -5,7 +5,7 @@ solution from the same start, as in the paper's figure 10) this records the
 loss, the gradient norm, the top eigenvalue(s) of the Hessian and its trace
 (with a standard error) at each ``t``.  The eigen-solver at each ``t`` is
 warm-started from the eigenvectors at the previous ``t``
-(:func:`spectra.tracking.top_eigenpairs`).
+(:func:`spectra.backends.top_eigenpairs.warm_top_eigenpairs`).
 
 **BatchNorm buffers.**  A net with BatchNorm has running statistics that are
 not parameters, and a point on the line needs some.  The policy is declared
@@ -241,7 +241,7 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
     (a loss-only line costs no Hessian products).  ``bn``: see the module notes.
     """
     from .operators.hessian import HessianOperator
-    from .tracking import top_eigenpairs, warm_vector
+    from .backends.top_eigenpairs import warm_top_eigenpairs
 
     if bn not in BN_POLICIES:
         raise InvalidInputError(f"bn must be one of {', '.join(map(repr, BN_POLICIES))}; got {bn!r}")
@@ -273,8 +273,7 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
         out["loss"][i], out["grad_norm"][i] = op.loss_value, op.grad_norm
         out["accuracy"][i] = _accuracy(work, data)
         if k > 0:
-            v0 = warm_vector(previous, op.shape[0], seed + 1) if (warm_start and previous is not None) else None
-            pairs = top_eigenpairs(op, int(k), v0=v0, tol=tol, seed=seed)
+            pairs = warm_top_eigenpairs(op, int(k), previous if warm_start else None, tol=tol, seed=seed)
             eig[i] = pairs.values
             eig_mv[i] = pairs.num_matvecs
             previous = pairs

@@ -85,10 +85,10 @@ class Entry:
 
     def accepts(self, param: str) -> bool:
         """Whether the factory takes a keyword ``param`` (by name or through ``**kwargs``)."""
-        sig = self.signature()
-        if sig is None:
+        if self.signature() is None:
             return False
-        return param in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        names, takes_any = accepted_keywords(self.factory)
+        return param in names or takes_any
 
 
 @dataclass

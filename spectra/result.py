@@ -22,6 +22,7 @@ atomically.  Loading never unpickles.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass, field
@@ -40,7 +41,11 @@ ARRAYS = "arrays.npz"
 _ARRAY_FIELDS = ("eigenvalues", "eigenvectors", "nodes", "weights", "residuals")
 
 
-@dataclass
+STEM_GAP = 3  # slots between the two ends of a which="both" stem plot
+MAX_STEM_TICKS = 12  # at most about this many rank labels under a stem plot
+
+
+@dataclass(repr=False)
 class SpectrumResult:
     """What one eigen-analysis found.
 
@@ -196,14 +201,70 @@ class SpectrumResult:
             ax.set_ylabel("density")
             ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
         else:
-            lam = np.sort(self.eigenvalues)
-            ax.stem(np.arange(lam.size), lam)
-            ax.set_xlabel("index (ascending)")
-            ax.set_ylabel("eigenvalue")
-            ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={self.provenance.get('which')})")
+            self._stem_plot(ax)
             return fig, ax
         ax.set_xlabel("eigenvalue")
         return fig, ax
+
+    def _stem_plot(self, ax: Any) -> None:
+        """The computed eigenvalues at their rank in the spectrum (1 = smallest).
+
+        With both ends computed the two groups stand apart, with a shaded gap
+        for the eigenvalues in between that were not computed.
+        """
+        lam = np.sort(self.eigenvalues)
+        which, P = self.provenance.get("which"), self.num_params or lam.size
+        k = lam.size // 2 if which == "both" else lam.size
+        if which == "both" and 0 < k < lam.size and P > lam.size:
+            x = np.r_[np.arange(k), np.arange(lam.size - k) + k + STEM_GAP]
+            ranks = np.r_[np.arange(1, k + 1), np.arange(P - (lam.size - k) + 1, P + 1)]
+            ax.axvspan(k - 0.5, k + STEM_GAP - 0.5, color="0.93", zorder=0)
+            ax.text(k + (STEM_GAP - 1) / 2, 0.5, f"{P - lam.size} not computed", rotation=90, ha="center",
+                    va="center", fontsize=7, color="0.4", transform=ax.get_xaxis_transform())
+        else:
+            x = np.arange(lam.size)
+            first = P - lam.size + 1 if which == "largest" else 1
+            ranks = np.arange(first, first + lam.size)
+        ax.stem(x, lam)
+        step = max(1, lam.size // MAX_STEM_TICKS)
+        ax.set_xticks(x[::step], [str(r) for r in ranks[::step]])
+        ax.set_xlabel("rank in the spectrum (1 = smallest)")
+        ax.set_ylabel("eigenvalue")
+        ax.set_title(f"{lam.size} eigenvalues ({self.method}, which={which})")
+
+    # ------------------------------------------------------------ text forms
+    def __repr__(self) -> str:
+        """One line: what was computed, without the arrays.
+
+        >>> SpectrumResult(method="exact", eigenvalues=np.array([-1.0, 0.5, 2.0]), num_params=3)
+        SpectrumResult(method='exact', num_params=3, num_samples=None, eigenvalues=<3 in [-1, 2]>, num_matvecs=0, is_exact=True)
+        """
+        parts = [f"method={self.method!r}", f"num_params={self.num_params}", f"num_samples={self.num_samples}"]
+        if self.eigenvalues is not None and self.eigenvalues.size:
+            parts.append(f"eigenvalues=<{self.eigenvalues.size} in [{self.eigenvalues.min():.4g}, "
+                         f"{self.eigenvalues.max():.4g}]>")
+        if self.nodes is not None:
+            parts.append(f"nodes=<{self.nodes.shape[0]} probes x {self.nodes.shape[1]} steps>")
+        parts += [f"num_matvecs={self.num_matvecs}", f"is_exact={self.is_exact}"]
+        return f"SpectrumResult({', '.join(parts)})"
+
+    def __str__(self) -> str:
+        """A header line and the :meth:`summary` table: what ``print(result)`` shows.
+
+        >>> print(SpectrumResult(method="arpack", eigenvalues=np.array([2.0, 3.0]), num_params=10))
+        arpack: P=10, N=None, 0 Hessian-vector products
+          method                arpack
+          num_params            10
+          num_matvecs           0
+          lambda_max            3
+          lambda_min            2
+          num_computed          2
+          computed_eigenvalues  [2, 3]
+          estimated             False
+          which                 None
+        """
+        header = f"{self.method}: P={self.num_params}, N={self.num_samples}, {self.num_matvecs} Hessian-vector products"
+        return f"{header}\n{format_summary(self.summary())}"
 
     # --------------------------------------------------------------- save/load
     def to_manifest(self) -> dict[str, Any]:
@@ -348,6 +409,37 @@ def _outliers_by_gap(top_desc: np.ndarray, tol: float, truncated: bool = False) 
     if ratios[i] <= 1.0:
         return 0, float(pos[0])
     return i + 1, float(floor[i])
+
+
+SHOWN_ITEMS = 5  # a list in a summary table shows its first few items and its length
+
+
+def format_value(value: Any) -> str:
+    """One summary value as text: floats to 6 significant digits, long lists cut.
+
+    >>> format_value(0.123456789), format_value(list(range(8)))
+    ('0.123457', '[0, 1, 2, 3, 4, ...] (8)')
+    """
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(format_value(v) for v in value[:SHOWN_ITEMS])
+        more = len(value) > SHOWN_ITEMS
+        return f"[{head}{', ...' if more else ''}]" + (f" ({len(value)})" if more else "")
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A summary dict as an aligned two-column table.
+
+    >>> print(format_summary({"method": "exact", "lambda_max": 2.0}))
+      method      exact
+      lambda_max  2
+    """
+    width = max((len(k) for k in summary), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {format_value(v)}" for k, v in summary.items())
 
 
 def versions() -> dict[str, str]:

@@ -24,7 +24,7 @@ plugin backend or operator can be validated the same way:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

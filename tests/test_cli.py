@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import spectra
-from spectra import cli
+from spectra import cli, pipeline
+from spectra._io import OWNER
 from spectra.errors import InvalidInputError
 
 
@@ -108,12 +109,20 @@ def test_analyze_train_save_show_end_to_end(launched, capsys):
     ref = spectra.analyze(model, data, method="exact")
     np.testing.assert_allclose(spectra.load(out).eigenvalues, ref.eigenvalues, rtol=0, atol=1e-12)
 
-    # show (in-process: the subprocess path is the same main()) redraws without recomputing
+    # show (in-process: the subprocess path is the same main()) prints without recomputing, and reading
+    # never writes into the result folder; --plots redraws the plots elsewhere
     (out / cli.SPECTRUM_PNG).unlink()
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
     code, shown, _ = main_capture(capsys, "show", str(out))
     assert code == 0 and "lambda_max" in shown and "trained 30 steps" in shown
     assert f"{ref.summary()['lambda_max']:.6g}" in shown
-    assert (out / cli.SPECTRUM_PNG).exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    code, shown, _ = main_capture(capsys, "show", str(out), "--plots", str(out.parent / "plots"))
+    assert code == 0 and f"drew {cli.SPECTRUM_PNG}, {cli.TRAINING_PNG} in {out.parent / 'plots'}/" in shown
+    assert sorted(p.name for p in (out.parent / "plots").iterdir()) == [cli.SPECTRUM_PNG, cli.TRAINING_PNG]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+    code, _, err = main_capture(capsys, "show", str(out), "--plots", str(out))
+    assert code == 2 and "is the result folder itself; spectra show never writes there" in err
 
     before = (out / "result.json").read_bytes()
     code, _, err = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--out", str(out), "--quiet")
@@ -264,11 +273,11 @@ def test_out_dir_rules(tmp_path, capsys):
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch):
-    def broken_plot(result, path):
+    def broken_plot(fig, path):
         path.write_bytes(b"half")
         raise InvalidInputError("plotting failed")
 
-    monkeypatch.setattr(cli, "plot_spectrum", broken_plot)
+    monkeypatch.setattr(pipeline, "save_figure", broken_plot)
     code, _, err = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--quiet",
                                 "--out", str(tmp_path / "out"))
     assert code == 2 and "plotting failed" in err
@@ -318,7 +327,7 @@ def test_progress_bars_go_to_stderr_on_a_terminal_unless_quiet(capsys, monkeypat
     argv = ["analyze", *SMALL, "--train", "gd", "--max-steps", "5", "--method", "exact"]
     code, out, err = main_capture(capsys, *argv)  # captured stderr is no terminal: status lines only
     assert code == 0 and "training (gd)" not in err and "trained 5 steps" in err
-    monkeypatch.setattr(cli, "progress_enabled", lambda args: not args.quiet)
+    monkeypatch.setattr(cli.analyze, "progress_enabled", lambda args: not args.quiet)
     code, out, err = main_capture(capsys, *argv)
     assert code == 0 and "training (gd)" in err and "computing the Hessian spectrum" in err
     assert "training (gd)" not in out and "lambda_max" in out
@@ -346,9 +355,9 @@ def test_stages_of_dead_runs_are_swept(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "arrays.npz").write_bytes(b"half-written")
         if owner is not None:
-            (tmp_path / name / cli.OWNER).write_text(owner + "\n")
+            (tmp_path / name / OWNER).write_text(owner + "\n")
     code, _, _ = main_capture(capsys, "analyze", *SMALL, "--method", "exact", "--quiet", "--out", str(tmp_path / "out"))
     assert code == 0
     for name, _, swept in stages:
         assert (tmp_path / name).exists() is not swept, name
-    assert (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / cli.OWNER).exists()
+    assert (tmp_path / "out" / "result.json").exists() and not (tmp_path / "out" / OWNER).exists()

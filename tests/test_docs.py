@@ -156,9 +156,29 @@ def test_package_tree_covers_spectra():
     assert block.count("\n") - 1 == len(modules) + sum(1 for p in (ROOT / "spectra").rglob("__init__.py"))
 
 
-def test_api_pages_cover_the_public_api():
+def test_api_pages_name_only_public_names():
     hooks = load_hooks("spectra_docs")
     assert hooks.api_coverage_problems(ROOT / "docs") == []
+
+
+def test_nav_paths_follow_the_reading_order():
+    hooks = load_hooks("spectra_docs")
+    nav = [{"Home": "index.md"}, {"API": ["api/index.md", {"B": "api/b.md"}, {"A": "api/a.md"}]}]
+    assert hooks.nav_paths(nav) == ["index.md", "api/index.md", "api/b.md", "api/a.md"]
+
+
+def test_api_index_places_every_public_name(tmp_path, monkeypatch):
+    hooks = load_hooks("spectra_docs")
+    monkeypatch.setattr(hooks, "public_names", lambda: ["analyze", "load", "train"])
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "analysis.md").write_text("# Analysis\n\n::: spectra.analyze\n\n::: spectra.load\n")
+    index = hooks.api_index(tmp_path)
+    assert "| [Analysis](analysis.md) | `spectra.analyze`, `spectra.load` |" in index
+    assert index.endswith("## Other public names\n\n::: spectra.train\n")  # documented here until a page takes it
+    (tmp_path / "api" / "training.md").write_text("# Training\n\n::: spectra.train\n\n::: spectra.gone\n")
+    assert "Every public name is on one of the pages above." in hooks.api_index(tmp_path)
+    assert hooks.api_coverage_problems(tmp_path) == [
+        "docs/api/training.md documents spectra.gone, which spectra.__all__ does not export"]
 
 
 @pytest.mark.parametrize("name", ["analyze", "SpectrumResult", "models", "hookimpl"])

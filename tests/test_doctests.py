@@ -16,7 +16,9 @@ MODULES = [
     "spectra._io", "spectra.matrices", "spectra.models", "spectra.datasets", "spectra.api", "spectra.result",
     "spectra.backends", "spectra.backends.base", "spectra.backends.exact", "spectra.backends.arpack",
     "spectra.backends.lanczos", "spectra.default_plugins.models", "spectra.default_plugins.datasets",
-    "spectra.default_plugins.mnist", "spectra.losses", "spectra.cli", "spectra.experiments.cli",
+    "spectra.default_plugins.mnist", "spectra.default_plugins", "spectra.losses", "spectra.cli",
+    "spectra.cli.parsing", "spectra.experiments.cli", "spectra.pipeline", "spectra.progress", "spectra.ranks",
+    "spectra.data",
 ]
 
 

@@ -96,14 +96,16 @@ def test_command_line_exits_0_or_2_with_one_line(argv):
     # The heavy handlers are replaced by stubs that do the argument work only
     # (key=value parsing); `list` runs for real.  Everything else is main()'s.
     def stub(args: argparse.Namespace) -> int:
-        cli._collect_pairs(getattr(args, "model_arg", None), "--model-arg")
-        cli._collect_pairs(getattr(args, "dataset_arg", None), "--dataset-arg")
+        cli.collect_pairs(getattr(args, "model_arg", None), "--model-arg")
+        cli.collect_pairs(getattr(args, "dataset_arg", None), "--dataset-arg")
         return 0
 
-    saved = cli.cmd_analyze, cli.cmd_show, cli.cmd_demo
+    commands = (cli.analyze, cli.show, cli.demo)  # each command module's run() is its handler
+    saved = [command.run for command in commands]
     err, out = io.StringIO(), io.StringIO()
     try:
-        cli.cmd_analyze = cli.cmd_show = cli.cmd_demo = stub
+        for command in commands:
+            command.run = stub
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
                 code = cli.main(argv)
@@ -111,7 +113,8 @@ def test_command_line_exits_0_or_2_with_one_line(argv):
                 code = exc.code
                 assert code == 0 and out.getvalue().startswith(("usage: spectra", "spectra "))
     finally:
-        cli.cmd_analyze, cli.cmd_show, cli.cmd_demo = saved
+        for command, run in zip(commands, saved):
+            command.run = run
     assert code in (0, 2)
     if code == 2:
         lines = err.getvalue().strip().splitlines()

@@ -7,7 +7,6 @@ Plugins here are throw-away module objects registered with
 
 from __future__ import annotations
 
-import importlib.metadata
 import subprocess
 import sys
 import textwrap

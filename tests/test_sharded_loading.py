@@ -22,6 +22,7 @@ from spectra import api, cli, plugins
 from spectra import distributed as sd
 from spectra.default_plugins import datasets as builtin_datasets
 from spectra.errors import InvalidInputError, PluginError
+from spectra.ranks import Ranks, check_tiling
 
 # (dataset, kwargs, world): uneven and even cuts, one sample per rank, a rank count equal to n
 CASES = [
@@ -187,7 +188,7 @@ def test_shard_record_matches_shard_sizes(num, world):
 
 
 # ---------------------------------------------------------------- the command under torchrun, in-process
-class FakeRanks(cli._Ranks):
+class FakeRanks(Ranks):
     """One rank of a pretend torchrun launch: no process group; steps and collectives are local."""
 
     def __init__(self, rank: int, world: int):
@@ -201,7 +202,7 @@ class FakeRanks(cli._Ranks):
     def check_shards(self, record):
         self.checked.append(record)
         total = record["num_samples_total"]
-        cli._check_tiling([[total, s["start"], s["stop"]] for s in
+        check_tiling([[total, s["start"], s["stop"]] for s in
                            (sd.shard_record(total, r, self.world) for r in range(self.world))])
 
     def share_weights(self, model):
@@ -233,7 +234,7 @@ ANALYZE = ["analyze", "--model", "blobnet", "--model-arg", "hidden=2", "--datase
 def _run(argv, ranks):
     args = cli.build_parser().parse_args(argv)
     args.argv = argv
-    return cli._run_analysis(args, ranks)
+    return cli.analyze.run(args, ranks)
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])
@@ -286,8 +287,8 @@ def test_dataset_arg_shard_is_refused(capsys):
 ])
 def test_check_tiling(rows, problem):
     if problem is None:
-        cli._check_tiling(rows)
+        check_tiling(rows)
     else:
         with pytest.raises(InvalidInputError) as info:
-            cli._check_tiling(rows)
+            check_tiling(rows)
         assert problem in str(info.value)

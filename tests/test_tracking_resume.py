@@ -24,6 +24,7 @@ from torch import nn
 
 import spectra
 from spectra import _io, tracking
+from spectra.tracking import store
 from spectra.errors import InvalidInputError, ResultFormatError
 from spectra.tracking import CSV, JSON, NPZ, CurvatureTracker
 
@@ -152,7 +153,7 @@ def test_a_kill_between_the_file_writes_is_detected_and_repaired(tmp_path, refer
     # save() writes curvature.npz, then .csv, then .json; the third record's save dies after the npz
     # ("csv") or after the npz and csv ("json"), so the views on disk are one record behind.
     writer = {"csv": "atomic_write_text", "json": "atomic_write_json"}[fail]
-    real, calls = getattr(tracking, writer), []
+    real, calls = getattr(store, writer), []
 
     def dies_on_third(*args, **kwargs):
         calls.append(args[0])
@@ -160,7 +161,7 @@ def test_a_kill_between_the_file_writes_is_detected_and_repaired(tmp_path, refer
             raise Killed(f"killed before writing {args[0]}")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tracking, writer, dies_on_third)
+    monkeypatch.setattr(store, writer, dies_on_third)
     ckpt, tracker = Checkpoints(), CurvatureTracker(DATA, out=tmp_path, **SETTINGS)
     with pytest.raises(Killed):
         train(make_model(), tracker, ckpt)
@@ -178,7 +179,7 @@ def test_a_kill_between_the_file_writes_is_detected_and_repaired(tmp_path, refer
 
 
 def test_the_views_are_rewritten_on_resume_before_anything_else(tmp_path, monkeypatch):
-    real, calls = tracking.atomic_write_json, []
+    real, calls = store.atomic_write_json, []
 
     def dies_on_second(*args, **kwargs):
         calls.append(args[0])
@@ -186,7 +187,7 @@ def test_the_views_are_rewritten_on_resume_before_anything_else(tmp_path, monkey
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tracking, "atomic_write_json", dies_on_second)
+    monkeypatch.setattr(store, "atomic_write_json", dies_on_second)
     tracker = CurvatureTracker(DATA, out=tmp_path, **SETTINGS)
     with pytest.raises(Killed):
         train(make_model(), tracker)
@@ -358,5 +359,10 @@ def tidy_equal(a, b) -> bool:
     return tracking.tidy_csv(a, tracking.TABLE_COLUMNS) == tracking.tidy_csv(b, tracking.TABLE_COLUMNS)
 
 
-def test_doctests():
-    assert doctest.testmod(tracking, optionflags=doctest.ELLIPSIS).failed == 0
+@pytest.mark.parametrize("module", ["spectra.tracking", "spectra.tracking.record", "spectra.tracking.table",
+                                    "spectra.tracking.tracker", "spectra.tracking.store",
+                                    "spectra.backends.top_eigenpairs"])
+def test_doctests(module):
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS).failed == 0

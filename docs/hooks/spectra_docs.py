@@ -5,6 +5,9 @@ Three things in the pages are generated when the site is built, so they cannot g
 * ``::: spectra.NAME`` (an API block naming a public name of ``spectra/__init__.py``)
   is pointed at the module that defines ``NAME`` today, so API pages name the public
   API and survive code moving between modules;
+* ``<!-- spectra-api-index -->`` becomes the table of API pages and their names, followed
+  by the API of every public name that no page places yet, so a new public name is
+  documented from the day it is added;
 * ``<!-- spectra-tree: spectra -->`` becomes the tree of that folder of the repository
   (``spectra``, ``examples``, ...), one line per module or package with the first line
   of its docstring;
@@ -31,6 +34,7 @@ HELP_COLUMNS = "100"  # argparse wraps help text at $COLUMNS; fixed so the page 
 
 API_BLOCK = re.compile(r"^::: spectra\.(?P<name>\w+)[ \t]*(?P<options>\n    options:[ \t]*$)?", re.MULTILINE)
 TREE_MARKER = re.compile(r"^<!-- spectra-tree:[ \t]*(?P<folder>[\w./-]+) -->[ \t]*$", re.MULTILINE)
+API_INDEX_MARKER = "<!-- spectra-api-index -->"
 HELP_MARKER = re.compile(r"^<!-- spectra-help(?::[ \t]*(?P<command>[\w-]+))? -->[ \t]*$", re.MULTILINE)
 ROLE = re.compile(r":\w+:`(?P<tilde>~?)(?P<target>[^`]+)`")  # reST cross-references such as :class:`~a.B`
 SKIPPED_DIRS = {"__pycache__"}
@@ -109,14 +113,44 @@ def documented_names(docs_dir: Path) -> dict[str, list[str]]:
 
 
 def api_coverage_problems(docs_dir: Path) -> list[str]:
-    """What is wrong between ``spectra.__all__`` and the API pages (empty when they agree)."""
+    """API blocks that name something ``spectra.__all__`` does not export (empty when none do)."""
     public = set(public_names())
-    documented = documented_names(docs_dir)
-    problems = [f"spectra.{name} is public but no page under docs/{API_DIR}/ has a '::: spectra.{name}' block"
-                for name in sorted(public - set(documented))]
-    problems += [f"docs/{pages[0]} documents spectra.{name}, which spectra.__all__ does not export"
-                 for name, pages in sorted(documented.items()) if name not in public]
-    return problems
+    return [f"docs/{pages[0]} documents spectra.{name}, which spectra.__all__ does not export"
+            for name, pages in sorted(documented_names(docs_dir).items()) if name not in public]
+
+
+def unplaced_names(docs_dir: Path) -> list[str]:
+    """Public names that no API page places; the API index documents them itself."""
+    return sorted(set(public_names()) - set(documented_names(docs_dir)))
+
+
+def nav_paths(nav: Any) -> list[str]:
+    """The page paths of an MkDocs ``nav`` setting, in reading order."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [path for value in nav.values() for path in nav_paths(value)]
+    if isinstance(nav, list):
+        return [path for item in nav for path in nav_paths(item)]
+    return []
+
+
+def api_index(docs_dir: Path, nav_order: list[str] | None = None) -> str:
+    """The table of API pages (in ``nav_order`` where given) and their names, then the public names no page places."""
+    order = {path: i for i, path in enumerate(nav_order or [])}
+    pages = sorted((docs_dir / API_DIR).glob("*.md"), key=lambda p: (order.get(f"{API_DIR}/{p.name}", len(order)), p.name))
+    rows = ["| page | public names |", "|---|---|"]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        names = [m.group("name") for m in API_BLOCK.finditer(text)]
+        if names:
+            title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), page.stem)
+            rows.append(f"| [{title}]({page.name}) | {', '.join(f'`spectra.{n}`' for n in names)} |")
+    unplaced = unplaced_names(docs_dir)
+    rows += ["", "## Other public names", ""]
+    rows += ([f"::: spectra.{name}\n" for name in unplaced] if unplaced
+             else ["Every public name is on one of the pages above."])
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- the package tree
@@ -211,6 +245,8 @@ def on_pre_build(config: Any, **kwargs: Any) -> None:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any, **kwargs: Any) -> str:
+    if API_INDEX_MARKER in markdown:
+        markdown = markdown.replace(API_INDEX_MARKER, api_index(Path(config["docs_dir"]), nav_paths(config["nav"])))
     markdown = resolve_api_blocks(markdown)
     markdown = TREE_MARKER.sub(lambda m: layout_block(ROOT / m.group("folder")), markdown)
     return expand_help_markers(markdown)

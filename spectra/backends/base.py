@@ -6,7 +6,9 @@ A backend is an object with
 ``is_exact``  whether it returns every eigenvalue to machine precision (results
               take their ``is_exact`` from it);
 ``run(op, ...) -> SpectrumResult``
-              computes on a :class:`spectra.operators.base.SpectralOperator`.
+              computes on a :class:`spectra.operators.base.SpectralOperator`;
+``expected_products(num_params, **arguments) -> int | None`` (optional)
+              how many products ``run`` will take, for a progress bar.
 
 :func:`spectra.analyze` gives ``run`` the :data:`COMMON_ARGUMENTS` its
 signature names (a backend that has no use for ``k`` does not name it and
@@ -42,6 +44,17 @@ class Backend(Protocol):
 
     def run(self, op: Any, **options: Any) -> Any:  # -> SpectrumResult
         ...
+
+
+def expected_products(backend: Any, num_params: int, arguments: dict[str, Any]) -> int | None:
+    """The backend's own estimate of its products (``None`` when it gives none, or cannot)."""
+    estimate = getattr(backend, "expected_products", None)
+    if estimate is None:
+        return None
+    try:
+        return int(estimate(num_params, **arguments))
+    except (TypeError, ValueError):  # a plugin's estimate that does not take these arguments
+        return None
 
 
 def run_parameters(backend: Any) -> tuple[list[str], bool]:
@@ -97,4 +110,5 @@ def backend_arguments(backend: Any, common: dict[str, Any], options: dict[str, A
 
 
 __all__ = ["Backend", "COMMON_ARGUMENTS", "available_memory_bytes", "backend_arguments", "check_options",
+           "expected_products",
            "format_bytes", "refuses_unknown_options", "run_parameters"]

@@ -38,6 +38,10 @@ class ExactBackend:
     name = "exact"
     is_exact = True
 
+    def expected_products(self, num_params: int, **arguments: Any) -> int:
+        """One product per parameter: the dense matrix, column by column (for progress bars)."""
+        return int(num_params)
+
     @refuses_unknown_options
     def run(self, op: Any, *, return_eigenvectors: bool = False, return_hessian: bool = False,
             block_size: int | None = None, memory_limit: int | None = None) -> SpectrumResult:

@@ -84,6 +84,12 @@ class LanczosBackend:
     name = "lanczos"
     is_exact = False
 
+    def expected_products(self, num_params: int, *, num_probes: int = 10, num_steps: int = 80,
+                          probes: Any = None, **arguments: Any) -> int:
+        """At most ``num_steps`` products per probe (for progress bars; a breakdown stops a probe early)."""
+        n = num_probes if probes is None else (1 if np.ndim(probes) == 1 else int(np.shape(probes)[1]))
+        return int(n) * int(min(num_steps, num_params))
+
     @refuses_unknown_options
     def run(self, op: Any, *, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
             probes: torch.Tensor | None = None, engine: str = DEFAULT_ENGINE,

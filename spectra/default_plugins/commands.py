@@ -6,29 +6,19 @@ module that defines it is imported only when the command line is built.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable
+from typing import Any
 
 from spectra.hookspecs import hookimpl
 
-
-def lazy_adder(module: str, function: str) -> Callable[[Any], Any]:
-    """A factory that imports ``module`` and calls ``module.function(subparsers)``."""
-
-    def add(subparsers: Any) -> Any:
-        return getattr(importlib.import_module(module), function)(subparsers)
-
-    add.__name__ = add.__qualname__ = function
-    return add
+from . import lazy
 
 
 @hookimpl
 def spectra_register_commands(registry: Any) -> None:
-    registry.register("list", lazy_adder("spectra.cli", "add_list_command"),
+    registry.register("list", lazy("spectra.cli.listing", "add_parser"),
                       "list models, datasets, backends, matrices, losses, experiments, commands or plugins")
-    registry.register("analyze", lazy_adder("spectra.cli", "add_analyze_command"),
-                      "compute a Hessian spectrum and save it")
-    registry.register("show", lazy_adder("spectra.cli", "add_show_command"), "print the summary of a saved result")
-    registry.register("demo", lazy_adder("spectra.cli", "add_demo_command"), "a small real analysis in seconds")
-    registry.register("reproduce", lazy_adder("spectra.experiments.cli", "add_reproduce_parser"),
+    registry.register("analyze", lazy("spectra.cli.analyze", "add_parser"), "compute a Hessian spectrum and save it")
+    registry.register("show", lazy("spectra.cli.show", "add_parser"), "print the summary of a saved result")
+    registry.register("demo", lazy("spectra.cli.demo", "add_parser"), "a small real analysis in seconds")
+    registry.register("reproduce", lazy("spectra.experiments.cli", "add_reproduce_parser"),
                       "run one of the paper's experiments")

@@ -9,28 +9,19 @@ one line below.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable
+from typing import Any
 
 from spectra.hookspecs import hookimpl
 
-
-def lazy_class(module: str, cls: str) -> Callable[[], type]:
-    """A factory that imports ``module`` and returns its class ``cls`` when called."""
-
-    def factory() -> type:
-        return getattr(importlib.import_module(module), cls)
-
-    factory.__name__ = factory.__qualname__ = cls
-    return factory
+from . import lazy
 
 
 @hookimpl
 def spectra_register_matrices(registry: Any) -> None:
-    registry.register("hessian", lazy_class("spectra.operators.hessian", "HessianOperator"),
+    registry.register("hessian", lazy("spectra.operators.hessian", "HessianOperator", call=False),
                       "the Hessian H of the loss (default)")
-    registry.register("ggn", lazy_class("spectra.operators.ggn", "GGNOperator"),
+    registry.register("ggn", lazy("spectra.operators.ggn", "GGNOperator", call=False),
                       "the Gauss-Newton part G = J^T H_loss J (positive semi-definite for convex losses)",
                       aliases=("gauss_newton",))
-    registry.register("residual", lazy_class("spectra.operators.residual", "ResidualOperator"),
+    registry.register("residual", lazy("spectra.operators.residual", "ResidualOperator", call=False),
                       "the residual R = H - G (the part from the network's own curvature)")
