@@ -54,7 +54,7 @@ def test_corpus_batches_are_ragged_dicts_in_the_hugging_face_convention():
     lengths = (b["labels"] != -100).sum(1)
     assert len(set(lengths.tolist())) > 1  # ragged
     assert torch.equal(b["labels"][b["labels"] != -100], b["input_ids"][b["labels"] != -100])
-    assert decode(b["input_ids"][0]).endswith("\n")  # cut at a line end
+    assert sum(decode(row).endswith("\n") for row in b["input_ids"]) >= 3  # cut at line ends (long lines: truncated)
     with pytest.raises(InvalidInputError, match="not in"):
         load_corpus(files=("no_such_module.py",))
 
