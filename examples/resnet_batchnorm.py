@@ -18,22 +18,13 @@ the same matrix.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import numpy as np
-import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=["tiny", "small"], default="small")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    from spectra.workloads.runs import example_arguments, print_json, resnet_run
 
-    from spectra.workloads.runs import resnet_run
+    args = example_arguments(__doc__.splitlines()[0], argv)
 
     r = resnet_run(args.scale, seed=args.seed)
     train = r["train"]
@@ -52,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch.func.hessian with batch statistics ({f['samples']} images): relative error "
           f"{f['relative_error']:.2e}")
     if args.json:
-        print(json.dumps(r, indent=1, default=str))
+        print_json(r)
     return r
 
 

@@ -17,22 +17,13 @@ of the next-token loss (the mean over all real tokens; padding labelled
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import numpy as np
-import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=["tiny", "small"], default="small")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print the whole record as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    from spectra.workloads.runs import example_arguments, print_json, language_model_run
 
-    from spectra.workloads.runs import language_model_run
+    args = example_arguments(__doc__.splitlines()[0], argv)
 
     r = language_model_run(args.scale, seed=args.seed)
     train = r["train"]
@@ -50,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"negative mass {r['slq_negative_mass']:.3f} ({r['slq_products']} products, {r['slq_seconds']:.1f} s)")
     print(f"one Hessian-vector product costs {r['product_gradient_ratio']:.2f} gradients")
     if args.json:
-        print(json.dumps(r, indent=1, default=str))
+        print_json(r)
     return r
 
 

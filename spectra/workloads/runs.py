@@ -19,6 +19,8 @@ and ``examples/resnet_batchnorm.py``; ``scale="tiny"`` runs in seconds (tests).
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
 from typing import Any, Callable
@@ -33,7 +35,8 @@ from .resnet import SmallResNet
 from .text import VOCAB, load_corpus, sequence_batches
 from .tiny_gpt import TinyGPT
 
-__all__ = ["SCALES", "language_model_run", "resnet_run", "product_gradient_ratio"]
+__all__ = ["SCALES", "language_model_run", "resnet_run", "product_gradient_ratio", "example_arguments",
+           "print_json"]
 
 SCALES = {
     "tiny": {"lm": dict(d_model=8, num_heads=2, num_layers=1, seq_len=16, batch_size=4, train_batches=4,
@@ -46,6 +49,21 @@ SCALES = {
 FD_EPS = (1e-3, 1e-4, 1e-5)
 FUNC_HESSIAN_SAMPLES = 64
 TIMING_REPEATS = 5
+
+
+def example_arguments(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The examples' command line: ``--scale``, ``--seed``, ``--json``; one torch thread."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    torch.set_num_threads(1)  # small models: a second thread only adds hand-offs on 2 cores
+    return parser.parse_args(argv)
+
+
+def print_json(record: dict[str, Any]) -> None:
+    """The whole record, indented."""
+    print(json.dumps(record, indent=1, default=str))
 
 
 def _scale(scale: str, part: str) -> dict[str, Any]:
