@@ -76,7 +76,7 @@ def main() -> None:
     import spectra
     from spectra.experiments._batched import (StackedNet, batched_gd, batched_hessian_eigvals, init_seed,
                                               init_thetas, looped_reference)
-    from spectra.train import default_radius
+    from spectra.training import default_radius
 
     from spectra.experiments import config
 

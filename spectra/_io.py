@@ -116,6 +116,21 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object saved at ``path``; :class:`~spectra.errors.ResultFormatError` if it is not valid JSON
+    or not an object (the caller checks that the file exists, and its format).
+    """
+    from .errors import ResultFormatError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ResultFormatError(f"{path} is corrupt: it is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ResultFormatError(f"{path} is corrupt: not a JSON object")
+    return data
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
     """A matplotlib figure as a PNG at ``path``, atomically."""
     buf = io.BytesIO()
@@ -249,4 +264,4 @@ class StagedFolder:
 
 
 __all__ = ["OWNER", "StagedFolder", "atomic_save_npz", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "jsonable", "save_figure", "to_json"]
+           "jsonable", "read_json_object", "save_figure", "to_json"]

@@ -104,7 +104,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         raise InvalidInputError(f"{what} must be a tensor or array; got {type(value).__name__}") from exc
 
 
-def _is_batch(obj: Any) -> bool:
+def is_batch(obj: Any) -> bool:
     """Whether ``obj`` is one ``(X, y)`` batch: a pair of tensors or arrays."""
     return (
         isinstance(obj, (tuple, list))
@@ -120,7 +120,7 @@ def _is_structured(obj: Any) -> bool:
 
 def _is_single_batch(obj: Any) -> bool:
     """One batch rather than a list of batches: a dict, an (X, y) pair, or a tuple with a non-batch part."""
-    if isinstance(obj, Mapping) or _is_batch(obj):
+    if isinstance(obj, Mapping) or is_batch(obj):
         return True
     return isinstance(obj, tuple) and len(obj) >= 2 and not all(_is_structured(part) for part in obj)
 
@@ -155,7 +155,7 @@ class BatchSource:
         elif isinstance(data, Dataset):
             self._batches = [(data.X, data.y)]
             self.info = {"name": data.name, **data.info}
-        elif _is_batch(data):
+        elif is_batch(data):
             self._batches = [(_as_tensor(data[0], "X"), _as_tensor(data[1], "y"))]
         elif _is_single_batch(data):
             self._batches = [_tensors_of(data)]
@@ -172,7 +172,7 @@ class BatchSource:
                     f"each batch must be a pair (X, y) of tensors, a dict or a tuple of inputs and a target; "
                     f"batch {bad[0]} is {type(data[bad[0]]).__name__}"
                 )
-            self._batches = [(_as_tensor(b[0], "X"), _as_tensor(b[1], "y")) if _is_batch(b) else _tensors_of(b)
+            self._batches = [(_as_tensor(b[0], "X"), _as_tensor(b[1], "y")) if is_batch(b) else _tensors_of(b)
                              for b in data]
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             raise InvalidInputError(
@@ -194,7 +194,7 @@ class BatchSource:
 
     @staticmethod
     def _unpack(batch: Any) -> Batch:
-        if _is_batch(batch):
+        if is_batch(batch):
             return _as_tensor(batch[0], "X"), _as_tensor(batch[1], "y")
         if not _is_structured(batch):
             raise InvalidInputError(
@@ -207,7 +207,7 @@ class BatchSource:
 
         sizes, feature_shape, elements = [], None, 0
         for i, batch in enumerate(self):
-            if _is_batch(batch):
+            if is_batch(batch):
                 X, y = batch
                 if X.shape[0] != y.shape[0]:
                     raise InvalidInputError(

@@ -239,14 +239,15 @@ def _first_layer_hint(model: Any) -> str:
 
 
 def _train(model: Any, data: Any, a: dict[str, Any], show: bool) -> Any:
-    from .train import train
+    from .training import train
 
     with StepBar(a["max_steps"], f"training ({a['train']})", enabled=show) as bar:
         def progress(_model: Any, info: dict[str, Any]) -> None:
             bar.update(info["step"], loss=f"{info['loss']:.4g}", grad=f"{info['grad_norm']:.2g}")
 
         return train(model, data, loss=a["loss"], optimizer=a["train"], lr=a["lr"], grad_tol=a["grad_tol"],
-                     max_steps=a["max_steps"], batch_size=a["batch_size"], seed=a["seed"], callbacks=progress)
+                     max_steps=a["max_steps"], batch_size=a["batch_size"], seed=a["seed"], callbacks=progress,
+                     progress=False)
 
 
 def spectrum_figure(result: SpectrumResult) -> Any:

@@ -21,7 +21,6 @@ atomically.  Loading never unpickles.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import zipfile
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import density as _density
-from ._io import atomic_save_npz, atomic_write_json
+from ._io import atomic_save_npz, atomic_write_json, read_json_object
 from .errors import InvalidInputError, ResultFormatError
 
 FORMAT_VERSION = 1
@@ -119,15 +118,28 @@ class SpectrumResult:
         return grid, _density.gaussian_density(atoms, mass, grid, sigma)
 
     # ---------------------------------------------------------------- summary
-    def summary(self, zero_tol: float | None = None, max_outliers: int = 50) -> dict[str, Any]:
+    def summary(self, zero_tol: float | None = None, negative_tol: float | None = None) -> dict[str, Any]:
         """Key numbers: extremes, negative part, mass near zero, outliers above the bulk.
 
-        ``zero_tol`` defaults to ``1e-3 * max|lambda|``.  The bulk edge is the
-        largest ratio gap ``lambda_i / max(lambda_{i+1}, zero_tol)`` among the
-        top ``max_outliers + 1`` eigenvalues; the eigenvalues above it are the
-        outliers.  For Lanczos results counts are estimated from quadrature
-        mass times ``P`` and marked ``"estimated": True``.
+        Counts ignore rounding (:mod:`spectra.counts`): an eigenvalue is
+        negative only below ``-negative_tol`` and numerically zero within
+        ``±negative_tol`` (``num_zero``); the default is the eigensolver's
+        backward error, ``10·‖H‖·(P·ε64 + √P·ε)`` with ε of the dtype the
+        products ran in (``provenance["dtype"]``).  ``zero_tol`` (default
+        ``1e-3 * max|lambda|``, never below ``negative_tol``) is the paper's
+        looser "near zero" band of ``zero_fraction``.  Outliers: the
+        eigenvalues above ``0.1 * lambda_max``, with the count at other
+        fractions in ``outlier_sweep``.  For Lanczos results counts are
+        estimated from quadrature mass times ``P`` and marked
+        ``"estimated": True``.
+
+        >>> lam = np.array([-1e-17, 0.0, 3e-17, 0.5, 2.0])
+        >>> s = SpectrumResult(method="exact", eigenvalues=lam, num_params=5).summary()
+        >>> s["num_negative"], s["num_negative_raw"], s["num_zero"], s["num_outliers"]
+        (0, 1, 3, 2)
         """
+        from . import counts as _counts
+
         out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
                                "num_matvecs": self.num_matvecs}
         if self.method == "arpack" or (self.eigenvalues is not None and not self.is_exact and self.nodes is None):
@@ -140,14 +152,19 @@ class SpectrumResult:
             return out
         atoms, mass = self._measure()
         big = float(np.max(np.abs(atoms))) if atoms.size else 0.0
-        tol = 1e-3 * big if zero_tol is None else float(zero_tol)
         P = self.num_params or atoms.size
-        neg = atoms < 0
+        dtype = self.provenance.get("dtype", "float64")
+        neg_tol = _counts.negative_tolerance(P, big, dtype) if negative_tol is None else float(negative_tol)
+        tol = max(1e-3 * big if zero_tol is None else float(zero_tol), neg_tol)
+        neg = atoms < -neg_tol
         out.update(
             lambda_max=float(atoms.max()),
             lambda_min=float(atoms.min()),
+            negative_tol=neg_tol,
+            negative_tol_rule=_counts.tolerance_rule(dtype) if negative_tol is None else "given",
             zero_tol=tol,
-            zero_tol_rule="1e-3 * max|lambda|" if zero_tol is None else "given",
+            zero_tol_rule=("1e-3 * max|lambda|" if zero_tol is None else "given")
+            + (" (raised to negative_tol)" if tol == neg_tol and tol > 0 else ""),
             zero_fraction=float(mass[np.abs(atoms) < tol].sum()),
             negative_fraction=float(mass[neg].sum()),
             trace=float(P * (mass * atoms).sum()),
@@ -155,23 +172,27 @@ class SpectrumResult:
         )
         if self.is_exact:
             lam = atoms
-            out["num_negative"] = int(neg.sum())
-            out["negative_sum"] = float(lam[neg].sum())
-            out["num_negative_below_tol"] = int((neg & (lam > -tol)).sum())
-            top = np.sort(lam)[::-1][: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol, truncated=lam.size > top.size)
-            out.update(num_outliers=n_out, bulk_edge=edge, outliers=top[:n_out].tolist())
+            rule = _counts.outlier_counts(lam)
+            out.update(num_negative=int(neg.sum()), num_negative_raw=int((lam < 0).sum()),
+                       num_zero=int((np.abs(lam) <= neg_tol).sum()), negative_sum=float(lam[neg].sum()))
         else:
             out["num_negative"] = int(round(P * out["negative_fraction"]))
+            out["num_zero"] = int(round(P * float(mass[np.abs(atoms) <= neg_tol].sum())))
             out["negative_sum"] = float(P * (mass[neg] * atoms[neg]).sum())
-            # Converged extreme Ritz values (weight ~ 1/P each) are the outliers.
+            # Converged extreme Ritz values (weight ~ 1/P each) carry the outliers: count quadrature
+            # mass above each threshold, times P.
             extremes = np.sort(self.nodes.max(axis=1))[::-1]
-            distinct = np.unique(np.round(self.nodes.ravel(), 10))[::-1]
-            top = distinct[: max_outliers + 1]
-            n_out, edge = _outliers_by_gap(top, tol, truncated=distinct.size > top.size)
-            out.update(num_outliers=int(round(P * mass[atoms > edge].sum())) if n_out else 0,
-                       bulk_edge=edge, top_ritz_values=extremes[:5].tolist(),
-                       num_probes=int(self.nodes.shape[0]), num_steps=int(self.nodes.shape[1]))
+            rule = _counts.outlier_counts(np.unique(np.round(self.nodes.ravel(), 10)))
+            top = float(atoms.max())
+            rule["sweep"] = {f"{f:g}": int(round(P * float(mass[atoms > f * top].sum())))
+                             for f in _counts.OUTLIER_SWEEP} if top > 0 else rule["sweep"]
+            rule["num_outliers"] = rule["sweep"][f"{_counts.OUTLIER_FRACTION:g}"]
+            out.update(top_ritz_values=extremes[:5].tolist(), num_probes=int(self.nodes.shape[0]),
+                       num_steps=int(self.nodes.shape[1]))
+        out.update(num_outliers=rule["num_outliers"], outlier_rule=rule["rule"], outlier_sweep=rule["sweep"],
+                   outlier_cut_ratio=rule["cut_ratio"], bulk_edge=rule["bulk_edge"])
+        if self.is_exact:
+            out["outliers"] = rule["outliers"]
         return out
 
     # ------------------------------------------------------------------ plots
@@ -309,11 +330,8 @@ def load(path: str | Path) -> SpectrumResult:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ResultFormatError(f"{path} holds no spectra result (missing {MANIFEST})")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{manifest_path} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != "spectra-result":
+    manifest = read_json_object(manifest_path)
+    if manifest.get("format") != "spectra-result":
         raise ResultFormatError(f"{manifest_path} is not a spectra result manifest")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -381,34 +399,6 @@ def _check_arrays(arrays: dict[str, np.ndarray], where: Path) -> None:
                                 f"one shape; got {shapes.get('nodes')} and {shapes.get('weights')}")
     if "eigenvalues" not in shapes and "nodes" not in shapes:
         raise ResultFormatError(f"{where} holds neither eigenvalues nor Lanczos nodes")
-
-
-def _outliers_by_gap(top_desc: np.ndarray, tol: float, truncated: bool = False) -> tuple[int, float]:
-    """Split the top of a spectrum at its largest ratio gap; return (count, edge).
-
-    ``truncated``: ``top_desc`` is only the top of a longer spectrum, so the
-    value after its last entry is unknown and no gap may be placed there
-    (measuring it against ``tol`` would invent one).
-
-    >>> top = np.array([10.0, 9.0, 1.0, 0.9])
-    >>> _outliers_by_gap(top, 1e-3)  # the whole spectrum: all four stand above zero
-    (4, 0.001)
-    >>> _outliers_by_gap(top, 1e-3, truncated=True)  # the top of a longer one
-    (2, 1.0)
-    """
-    pos = top_desc[top_desc > tol]
-    if pos.size == 0:
-        return 0, float(tol)
-    floor = np.maximum(np.append(top_desc[1 : pos.size + 1], -np.inf), tol)[: pos.size]
-    ratios = pos / floor
-    if truncated and pos.size == top_desc.size:
-        ratios = ratios[:-1]
-        if ratios.size == 0:
-            return 0, float(pos[0])
-    i = int(np.argmax(ratios))
-    if ratios[i] <= 1.0:
-        return 0, float(pos[0])
-    return i + 1, float(floor[i])
 
 
 SHOWN_ITEMS = 5  # a list in a summary table shows its first few items and its length

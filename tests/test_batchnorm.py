@@ -102,7 +102,7 @@ def test_eval_mode_is_a_different_matrix():
 @pytest.mark.skipif(not torch.__version__.startswith("2.13"), reason="documents torch 2.13's behaviour")
 def test_torch_func_hessian_is_wrong_with_batch_statistics():
     """What docs/models.md shows: ``torch.func.hessian`` is off where spectra matches finite differences."""
-    from spectra.operators.dataset import model_mode
+    from spectra.operators.model_state import model_mode
 
     model = _bn_cnn()
     X, y = _data((1, 6, 6))

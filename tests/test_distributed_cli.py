@@ -31,7 +31,7 @@ RTOL = 1e-10  # 2 ranks vs 1 process, relative to max |eigenvalue|
 JOB_TIMEOUT = 150  # seconds for each launch; they take ~8 s alone, ~25 s side by side on 2 busy cores
 BASE = ["analyze", "--model", "blobnet", "--model-arg", "hidden=3", "--dataset-arg", "n=51", "--quiet"]
 METHODS = {
-    "exact": ["--method", "exact", "--train", "gd", "--lr", "0.5", "--max-steps", "30"],
+    "exact": ["--method", "exact", "--train", "gd", "--lr", "0.5", "--max-steps", "30", "--grad-tol", "0"],
     "arpack": ["--method", "arpack", "--k", "4", "--which", "both"],
     "lanczos": ["--method", "lanczos", "--probes", "3", "--steps", "10"],
 }

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import spectra.train as train_mod
+import spectra.training as train_mod
 from spectra.data import Dataset
 from spectra.errors import InvalidInputError, NonFiniteError
-from spectra.train import default_radius, init_on_sphere, sphere_vector, train
+from spectra.training import default_radius, init_on_sphere, sphere_vector, train
 
 
 
@@ -54,7 +54,7 @@ def _blobs(n=40, seed=0):
 def test_gd_matches_closed_form_mse(steps):
     model, X, Y = _linear_problem()
     W0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
-    hist = train(model, (X, Y), loss="mse", lr=0.05, grad_tol=0.0, max_steps=steps)
+    hist = train(model, (X, Y), loss="mse", lr=0.05, grad_tol=0.0, max_steps=steps, step_rule="constant")
     W, b = _closed_form_gd(W0, b0, X, Y, 0.05, steps)
     assert hist.steps_taken == steps and hist.stop_reason == "max_steps" and not hist.converged
     np.testing.assert_allclose(model.weight.detach().numpy(), W, rtol=0, atol=1e-13)
@@ -172,6 +172,8 @@ def test_model_mode_is_restored():
     ({"optimizer": "sgd"}, "batch_size"), ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"),
     ({"seed": 1.5}, "seed"), ({"callbacks": [3]}, "callbacks"), ({"log_every": 0}, "log_every"),
     ({"callback_steps": [-1]}, "callback step"), ({"start_step": -2}, "start_step"), ({"loss": 3}, "loss"),
+    ({"step_rule": "wolfe"}, "step_rule"), ({"optimizer": "sgd", "batch_size": 4, "step_rule": "armijo"}, "armijo"),
+    ({"progress": "yes"}, "progress"),
 ])
 def test_invalid_arguments_raise_invalid_input(kwargs, match):
     X, y = _blobs()
@@ -205,7 +207,69 @@ def test_nan_weights_and_divergence_name_the_step():
         train(model, (X, y))
     model, X, Y = _linear_problem()
     with pytest.raises(NonFiniteError, match=r"diverged at step \d+"):
-        train(model, (X * 1e3, Y), loss="mse", lr=10.0, grad_tol=0.0, max_steps=10000)
+        train(model, (X * 1e3, Y), loss="mse", lr=10.0, grad_tol=0.0, max_steps=10000, step_rule="constant")
+
+
+def _mse_lambda_max(X):
+    """Largest Hessian eigenvalue of mean_i 0.5||W x_i + b - y_i||^2 (the same for every output)."""
+    A = np.hstack([X.numpy(), np.ones((X.shape[0], 1))])
+    return float(np.linalg.eigvalsh(A.T @ A / X.shape[0])[-1])
+
+
+def test_armijo_keeps_gd_a_descent_method_where_the_constant_step_diverges():
+    model, X, Y = _linear_problem()
+    lam = _mse_lambda_max(X * 10)
+    lr = 10.0 / lam  # five times the stable limit 2 / lambda_max
+    hist = train(model, (X * 10, Y), loss="mse", lr=lr, grad_tol=1e-4, max_steps=5000)
+    assert hist.step_rule == "armijo" and hist.converged
+    halved = math.log2(lr / hist.final_lr)  # steps are lr / 2^k: tries double after a success, halve after a refusal
+    assert hist.step_halvings >= 3 and halved >= 3 and halved == round(halved)
+    assert hist.final_lr * lam < 2.0  # it ends below the edge of stability
+    from spectra.training import ARMIJO_ROUNDING_SLACK
+
+    loss = np.array(hist.loss)  # every accepted step decreased the loss (up to its rounding)
+    assert np.all(np.diff(loss) <= ARMIJO_ROUNDING_SLACK * loss[:-1]) and loss[-1] < 0.01 * loss[0]
+    assert hist.gradient_evaluations == hist.steps_taken + 1 + hist.step_halvings
+
+
+def test_armijo_takes_every_step_of_a_stable_run_unchanged():
+    model, X, Y = _linear_problem()
+    ref = _linear_problem()[0]
+    a = train(model, (X, Y), loss="mse", lr=0.05, grad_tol=0.0, max_steps=20)
+    b = train(ref, (X, Y), loss="mse", lr=0.05, grad_tol=0.0, max_steps=20, step_rule="constant")
+    assert a.step_halvings == 0 and b.step_rule == "constant" and b.gradient_evaluations == 21
+    assert a.gradient_evaluations == 21  # the accepted point's gradient is the next step's: no extra work
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs,warns", [
+    ({"grad_tol": 1e-12, "max_steps": 3}, True),
+    ({"grad_tol": 0.0, "max_steps": 3}, False),
+    ({"grad_tol": 1e-1, "max_steps": 5000}, False),
+    ({"grad_tol": 1e-3, "max_steps": 0}, False),
+])
+def test_stopping_before_the_tolerance_warns(kwargs, warns):
+    import warnings
+
+    from spectra.training import NotConvergedWarning
+
+    X, y = _blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = train(_tiny_classifier(), (X, y), lr=0.5, **kwargs)
+    ours = [w for w in caught if issubclass(w.category, NotConvergedWarning)]
+    assert bool(ours) == warns
+    if warns:
+        assert "has not converged" in str(ours[0].message) and not hist.converged
+
+
+@pytest.mark.parametrize("progress,shown", [(True, True), (False, False), (None, False)])
+def test_progress_bar_on_request(progress, shown, capsys):
+    X, y = _blobs()
+    train(_tiny_classifier(), (X, y), lr=0.5, grad_tol=0.0, max_steps=30, progress=progress)
+    err = capsys.readouterr().err
+    assert ("training" in err) == shown  # None: only on a terminal, and pytest's stderr is not one
 
 
 def test_float32_data_on_float64_model():
@@ -258,12 +322,13 @@ def test_doctests():
     assert doctest.testmod(train_mod, optionflags=doctest.ELLIPSIS).failed == 0
 
 
-def test_spectra_train_stays_callable_after_importing_the_submodule():
+def test_spectra_train_is_the_function_whatever_was_imported_first():
     import importlib
 
     import spectra
 
-    importlib.import_module("spectra.train")  # binds the module to spectra.train
+    importlib.import_module("spectra.training")  # the module has its own name: nothing shadows the function
+    assert spectra.train is train and not isinstance(spectra.train, type(spectra))
     model = torch.nn.Linear(2, 2).double()
     X, y = torch.randn(10, 2, dtype=torch.float64), torch.randint(0, 2, (10,))
     history = spectra.train(model, (X, y), lr=0.1, max_steps=3)

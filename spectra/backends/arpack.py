@@ -46,6 +46,8 @@ DEFLATION_PUSH = 4.0
 # The largest eigenvalue's cheap estimate is padded by this factor, so the shifted spectrum stays one-signed.
 SHIFT_PADDING = 1.01
 TINY = 1e-300  # keeps a scale positive when every eigenvalue found is exactly zero
+KEPT_NORM = 0.5  # a new vector keeping less of its norm off the found ones lay in their span: not a new copy
+TOP_ESTIMATE_TOL = 1e-2  # a loose tolerance: the shift only needs the largest eigenvalue roughly
 
 
 @contextlib.contextmanager
@@ -216,7 +218,7 @@ def _recover_multiplicities(solve: _EndSolver, sigma: float, w: np.ndarray, v: n
         # eigenvectors of the pushed operator that are orthogonal to v are eigenvectors of op
         v_new = v_new - v @ (v.T @ v_new)
         norms = np.linalg.norm(v_new, axis=0)
-        keep = norms > 0.5
+        keep = norms > KEPT_NORM
         if not keep.any():
             break
         v_new = v_new[:, keep] / norms[keep]
@@ -254,5 +256,5 @@ def _top_estimate(op: Any, v0: np.ndarray) -> float:
     from scipy.sparse.linalg import eigsh
 
     with single_threaded_blas():
-        w = eigsh(op, k=1, which="LA", tol=1e-2, v0=v0, return_eigenvectors=False)
+        w = eigsh(op, k=1, which="LA", tol=TOP_ESTIMATE_TOL, v0=v0, return_eigenvectors=False)
     return float(w[0]) * SHIFT_PADDING if w[0] > 0 else float(w[0])

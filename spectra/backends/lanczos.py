@@ -63,6 +63,8 @@ LOWMEM_BLOCKS = 5  # q_prev, q, r and the product (plus its rescaled copy) of th
 # Kahan-Parlett "twice is enough": a new vector that kept less than this fraction of its norm through
 # one projection carries that projection's rounding and is orthogonalised once more.
 REORTH_KEPT_FRACTION = 0.7
+# linear_operator's breakdown tolerance per dtype (absolute, on the rescaled operator of norm ~1)
+LINEAR_OPERATOR_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
 def rademacher_probes(num_params: int, num_probes: int, seed: int, dtype: torch.dtype,
@@ -245,7 +247,7 @@ def _tridiag_linear_operator(closure: Callable[[torch.Tensor], torch.Tensor], V0
     from linear_operator.utils.lanczos import lanczos_tridiag
 
     P = V0.shape[0]
-    tol = 1e-12 if V0.dtype == torch.float64 else 1e-5
+    tol = LINEAR_OPERATOR_TOL.get(V0.dtype, LINEAR_OPERATOR_TOL[torch.float32])
     _Q, T = lanczos_tridiag(closure, max_iter=int(num_steps), dtype=V0.dtype, device=torch.device(V0.device),
                             matrix_shape=torch.Size((P, P)), init_vecs=V0, tol=tol)
     del _Q

@@ -7,11 +7,10 @@ a training history) are redrawn only into another folder, ``--plots OUT``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from .._io import save_figure
+from .._io import read_json_object, save_figure
 from ..errors import InvalidInputError
 from ..pipeline import SPECTRUM_PNG, TRAINING_JSON, TRAINING_PNG, spectrum_figure, training_figure
 from ..result import format_summary, format_value, load
@@ -66,12 +65,4 @@ def run(args: argparse.Namespace) -> int:
 def _history(folder: Path) -> dict[str, Any] | None:
     """The training history saved beside the result, if any."""
     path = folder / TRAINING_JSON
-    if not path.is_file():
-        return None
-    try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InvalidInputError(f"{path} is corrupt: {exc}") from exc
-    if not isinstance(history, dict):
-        raise InvalidInputError(f"{path} is corrupt: not a JSON object")
-    return history
+    return read_json_object(path) if path.is_file() else None

@@ -49,7 +49,7 @@ import torch
 from ..errors import InvalidInputError, NonFiniteError
 from ..losses import LossLike, resolve_loss
 from ..operators._activations import ELEMENTWISE_ACTIVATIONS
-from ..train import sphere_vector, trainable_parameters
+from ..training import sphere_vector, trainable_parameters
 
 __all__ = ["StackedNet", "init_seed", "init_thetas", "batched_gd", "batched_hessian_eigvals", "looped_reference"]
 
@@ -232,7 +232,8 @@ def _mse_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _PER_SAMPLE = {"cross_entropy": _ce_per_sample, "mse": _mse_per_sample}
 
 
-GD_STATE_KEYS = ("theta", "steps", "grad_norm", "loss", "converged", "active", "step")
+GD_STATE_KEYS = ("theta", "steps", "grad_norm", "loss", "converged", "active", "step", "try_lr", "last_lr",
+                 "halvings", "min_lr")
 
 
 def batched_gd(
@@ -244,41 +245,60 @@ def batched_gd(
     lr: float,
     grad_tol: float,
     max_steps: int,
+    step_rule: str = "armijo",
     on_step: Callable[[int, int], None] | None = None,
     state: dict[str, Any] | None = None,
     checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None,
     checkpoint_seconds: float = 60.0,
 ) -> dict[str, torch.Tensor]:
-    """Full-batch GD from each row of ``thetas`` ([B, P]) with :func:`spectra.train`'s stopping rule.
+    """Full-batch GD from each row of ``thetas`` ([B, P]) with :func:`spectra.train`'s rules.
 
-    Returns ``theta`` (final points), ``steps`` (updates made), ``grad_norm``
-    and ``loss`` at the final point, ``converged`` (grad norm < grad_tol) and
-    ``accuracy`` at the final point.  Converged inits drop out of the
-    computation, so the cost follows the slowest ones only while they run.
-    ``on_step(step, active)`` is called after every step (progress display).
+    ``step_rule="armijo"`` is :func:`spectra.train`'s backtracking, one try
+    per iteration for every init at once: an init tries ``min(2 s, lr)`` after
+    an accepted step ``s`` and half its refused try after a refusal, and takes
+    the step only if ``L(w - t g) <= L(w) - ARMIJO_C t |g|^2``.  ``"constant"``
+    takes every step ``lr``.  An init stops when its gradient norm is below
+    ``grad_tol`` or after ``max_steps`` accepted steps.
+
+    Returns ``theta`` (final points), ``steps`` (accepted updates), ``grad_norm``
+    and ``loss`` at the final point, ``converged`` (grad norm < grad_tol),
+    ``accuracy``, ``last_lr`` (the last accepted step: the GD map at the end is
+    ``w - last_lr g``), ``min_lr`` (smallest accepted step) and ``halvings``
+    (refused tries).  Stopped inits drop out of the computation.
+    ``on_step(iteration, active)`` is called after every iteration (progress
+    display).
 
     ``checkpoint(state)`` is called at most every ``checkpoint_seconds`` with
     a snapshot (keys :data:`GD_STATE_KEYS`); passing it back as ``state``
-    continues from there.  GD keeps no other state, so the continued run is
-    bit-identical to an uninterrupted one.
+    continues from there, bit-identically to an uninterrupted run.
     """
     import time
 
+    from ..training import ARMIJO_C, ARMIJO_ROUNDING_SLACK, STEP_RULES
+
     if thetas.ndim != 2 or thetas.shape[1] != stack.num_params:
         raise InvalidInputError(f"thetas must be [B, {stack.num_params}]; got {tuple(thetas.shape)}")
+    if step_rule not in STEP_RULES:
+        raise InvalidInputError(f"step_rule must be one of {', '.join(STEP_RULES)}; got {step_rule!r}")
     X = X.to(stack.dtype) if X.is_floating_point() else X
     B = thetas.shape[0]
+    f64 = torch.float64
     if state is None:
         theta = thetas.detach().clone().to(stack.dtype)
-        steps = torch.full((B,), max_steps, dtype=torch.long)
-        gnorm = torch.full((B,), math.nan, dtype=torch.float64)
-        lossv = torch.full((B,), math.nan, dtype=torch.float64)
+        steps = torch.zeros(B, dtype=torch.long)
+        gnorm = torch.full((B,), math.nan, dtype=f64)
+        lossv = torch.full((B,), math.nan, dtype=f64)
         converged = torch.zeros(B, dtype=torch.bool)
         active = torch.arange(B)
+        try_lr = torch.full((B,), float(lr), dtype=f64)
+        last_lr = torch.full((B,), float(lr), dtype=f64)
+        halvings = torch.zeros(B, dtype=torch.long)
+        min_lr = torch.full((B,), float(lr), dtype=f64)
         start = 0
     else:
         theta, steps, gnorm, lossv, converged, active = (torch.as_tensor(state[k]).clone()
-                                                         for k in GD_STATE_KEYS[:-1])
+                                                         for k in GD_STATE_KEYS[:6])
+        try_lr, last_lr, halvings, min_lr = (torch.as_tensor(state[k]).clone() for k in GD_STATE_KEYS[7:])
         theta = theta.to(stack.dtype)
         converged = converged.to(torch.bool)
         start = int(state["step"])
@@ -286,48 +306,67 @@ def batched_gd(
             raise InvalidInputError("the saved GD state does not match these inits")
     grad_fn = _grad_fn(stack)
     last_save = time.monotonic()
-    # The running inits' parameters are kept compact in ``th`` and written back
-    # to ``theta`` when an init stops or a checkpoint is taken: a step with no
-    # stop is then only the gradient, one norm, one check and the update
-    # (the per-step overhead is what the last few slow inits pay for).
+    armijo = step_rule == "armijo"
+    # The running inits are kept compact (th, their gradient g and loss val) and
+    # written back to ``theta`` when an init stops or a checkpoint is taken.
     th = theta[active]
-    for step in range(start, max_steps + 1):
-        if active.numel() == 0:
-            break
-        g, val = grad_fn(th, X, y)
+    g, val = grad_fn(th, X, y) if active.numel() else (None, None)
+    iteration = start
+    while active.numel():
         norms = g.norm(dim=1)
         if not bool(torch.isfinite(norms + val).all()):
             bad = int(active[~(torch.isfinite(val) & torch.isfinite(norms))][0])
-            raise NonFiniteError(f"training diverged at step {step} for init {bad} (lr={lr} may be too large)")
-        stop = norms < grad_tol
-        if step == max_steps:
-            stop = torch.ones_like(stop)
+            raise NonFiniteError(f"training diverged at step {int(steps[bad])} for init {bad} (lr={lr} may be too "
+                                 "large)")
+        stop = (norms < grad_tol) | (steps[active] >= max_steps)
         if bool(stop.any()):
             idx = active[stop]
             theta[idx] = th[stop]
-            steps[idx] = step
-            gnorm[idx] = norms[stop].to(torch.float64)
-            lossv[idx] = val[stop].detach().to(torch.float64)
+            gnorm[idx] = norms[stop].to(f64)
+            lossv[idx] = val[stop].detach().to(f64)
             converged[idx] = norms[stop] < grad_tol
             keep = ~stop
-            active = active[keep]
+            active, th, g, val, norms = active[keep], th[keep], g[keep], val[keep], norms[keep]
             if active.numel() == 0:
                 break
-            th, g = th[keep], g[keep]
-        th = th - lr * g
+        t = try_lr[active].to(stack.dtype)
+        proposal = th - t.unsqueeze(1) * g
+        g_new, val_new = grad_fn(proposal, X, y)
+        if armijo:
+            wanted = val - ARMIJO_C * t * norms * norms + ARMIJO_ROUNDING_SLACK * val.abs()
+            ok = torch.isfinite(val_new) & (val_new <= wanted)
+        else:
+            ok = torch.ones_like(norms, dtype=torch.bool)
+        acc_idx, rej_idx = active[ok], active[~ok]
+        steps[acc_idx] += 1
+        last_lr[acc_idx] = try_lr[acc_idx]
+        min_lr[acc_idx] = torch.minimum(min_lr[acc_idx], try_lr[acc_idx])
+        try_lr[acc_idx] = torch.clamp(2.0 * try_lr[acc_idx], max=float(lr))
+        try_lr[rej_idx] = 0.5 * try_lr[rej_idx]
+        halvings[rej_idx] += 1
+        if bool((try_lr[rej_idx] < lr * 2.0 ** -60).any()):
+            bad = int(rej_idx[try_lr[rej_idx] < lr * 2.0 ** -60][0])
+            raise NonFiniteError(f"no step size decreases the loss of init {bad}; the loss is not differentiable "
+                                 "there or the gradient is wrong")
+        okc = ok.unsqueeze(1)
+        th = torch.where(okc, proposal, th)
+        g = torch.where(okc, g_new, g)
+        val = torch.where(ok, val_new, val)
+        iteration += 1
         if on_step is not None:
-            on_step(step + 1, int(active.numel()))
+            on_step(iteration, int(active.numel()))
         if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
             theta[active] = th
             checkpoint({"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv,
-                        "converged": converged, "active": active, "step": torch.tensor(step + 1)})
+                        "converged": converged, "active": active, "step": torch.tensor(iteration),
+                        "try_lr": try_lr, "last_lr": last_lr, "halvings": halvings, "min_lr": min_lr})
             last_save = time.monotonic()
     with torch.no_grad():
         out = stack.batched_forward(theta, X)
-        acc = (out.argmax(dim=-1) == y).to(torch.float64).mean(dim=1) if out.ndim == 3 and not \
-            y.is_floating_point() else torch.full((B,), math.nan, dtype=torch.float64)
-    return {"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv,
-            "converged": converged, "accuracy": acc}
+        acc = (out.argmax(dim=-1) == y).to(f64).mean(dim=1) if out.ndim == 3 and not \
+            y.is_floating_point() else torch.full((B,), math.nan, dtype=f64)
+    return {"theta": theta, "steps": steps, "grad_norm": gnorm, "loss": lossv, "converged": converged,
+            "accuracy": acc, "last_lr": last_lr, "min_lr": min_lr, "halvings": halvings}
 
 
 # Inits per closed-form gradient call: blocks of 256 keep the [block, width, N]
@@ -415,13 +454,15 @@ def looped_reference(
 
     Independent of ``torch.func``: the reference the vectorised path is tested against.
     """
-    from ..train import train
+    from ..training import NotConvergedWarning, train
 
     steps, gnorms, losses, eigs = [], [], [], []
     for theta in thetas:
         model = stack.to_model(theta)
-        hist = train(model, (X, y), loss=stack.loss_obj, optimizer="gd", lr=lr, grad_tol=grad_tol,
-                     max_steps=max_steps, log_every=max(1, max_steps))
+        with warnings.catch_warnings():  # the outcome is returned
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            hist = train(model, (X, y), loss=stack.loss_obj, optimizer="gd", lr=lr, grad_tol=grad_tol,
+                         max_steps=max_steps, log_every=max(1, max_steps), progress=False)
         steps.append(hist.steps_taken)
         gnorms.append(hist.final_grad_norm)
         losses.append(hist.final_loss)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -24,8 +25,6 @@ from ._report import RunDir
 # SpectrumResult.summary).  A second, looser band is reported beside it.
 ZERO_TOL_REL = 1e-3
 ZERO_TOL_REL_LOOSE = 1e-2
-# "Outlier": an eigenvalue above this fraction of lambda_max (see spectrum_numbers).
-OUTLIER_FRACTION = 0.1
 
 # Finished units of this process, so `reproduce all` trains a shared model once.
 _MEMO: dict[tuple, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
@@ -104,41 +103,78 @@ def dense_hessian(model: torch.nn.Module, data: Any, loss: str) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def spectrum_numbers(eigs: np.ndarray) -> dict[str, Any]:
-    """The numbers the paper talks about, for one exact spectrum.
+def spectrum_numbers(eigs: np.ndarray, product_dtype: str = "float64") -> dict[str, Any]:
+    """The numbers the paper talks about, for one exact spectrum, from :meth:`SpectrumResult.summary`.
 
-    Outliers are counted two ways: ``num_outliers`` by
-    :meth:`spectra.result.SpectrumResult.summary` (largest ratio gap among the
-    top eigenvalues, with the zero tolerance as floor), and
-    ``num_above_10pct`` = eigenvalues above 10% of lambda_max (simple and
-    stable; the ratio-gap rule jumps between the dominant eigenvalue alone and
-    the edge of the zero cluster).  "Zero" means ``|lambda| < 1e-3
-    max|lambda|`` (and a looser ``1e-2`` band).
+    The counts are the library's (:mod:`spectra.counts`): negatives beyond the
+    rounding tolerance ``negative_tol``, outliers above ``0.1 * lambda_max``
+    with the count at other fractions (``outlier_sweep``); "zero" means
+    ``|lambda| < 1e-3 max|lambda|`` (and a looser ``1e-2`` band).
     """
     from ..result import SpectrumResult
 
     lam = np.sort(np.asarray(eigs, dtype=np.float64))
-    s = SpectrumResult(method="exact", eigenvalues=lam, num_params=lam.size).summary(
-        zero_tol=ZERO_TOL_REL * float(np.max(np.abs(lam))))
+    s = SpectrumResult(method="exact", eigenvalues=lam, num_params=lam.size,
+                       provenance={"dtype": product_dtype}).summary(zero_tol=ZERO_TOL_REL * float(np.max(np.abs(lam))))
     big = float(np.max(np.abs(lam)))
-    neg = lam[lam < 0]
+    neg = lam[lam < -s["negative_tol"]]
+    top = lam[::-1]
     return {
         "num_params": int(lam.size),
         "lambda_max": float(lam[-1]),
         "lambda_min": float(lam[0]),
-        "top5": lam[::-1][:5].tolist(),
-        "zero_tol": ZERO_TOL_REL * big,
-        "zero_fraction": float(np.mean(np.abs(lam) < ZERO_TOL_REL * big)),
+        "top5": top[:5].tolist(),
+        "zero_tol": s["zero_tol"],
+        "zero_fraction": s["zero_fraction"],
         "zero_fraction_loose": float(np.mean(np.abs(lam) < ZERO_TOL_REL_LOOSE * big)),
-        "num_negative": int(neg.size),
+        "negative_tol": s["negative_tol"],
+        "num_negative": s["num_negative"],
+        "num_negative_raw": s["num_negative_raw"],
+        "num_zero": s["num_zero"],
         "most_negative": float(neg.min()) if neg.size else 0.0,
-        "negative_sum": float(neg.sum()),
+        "negative_sum": s["negative_sum"],
         "most_negative_over_lambda_max": float(-neg.min() / big) if neg.size else 0.0,
-        "num_outliers": int(s["num_outliers"]),
-        "bulk_edge": float(s["bulk_edge"]),
-        "num_above_10pct": int(np.sum(lam > OUTLIER_FRACTION * lam[-1])),
-        "top8_over_lambda_max": (lam[::-1][:8] / lam[-1]).tolist() if lam[-1] > 0 else [],
+        "num_outliers": s["num_outliers"],
+        "outlier_sweep": s["outlier_sweep"],
+        "outlier_cut_ratio": s["outlier_cut_ratio"],
+        "bulk_edge": s["bulk_edge"],
+        "top8_over_lambda_max": (top[:8] / lam[-1]).tolist() if lam[-1] > 0 else [],
     }
+
+
+def kink_distance(model: torch.nn.Module, data: Any) -> float | None:
+    """How close the weights sit to a ReLU kink: min over samples and ReLU units of ``|z| / median |z|``.
+
+    ``z`` are the pre-activations entering every ``nn.ReLU``/``nn.LeakyReLU``.
+    Near 0 (below :data:`KINK_RELATIVE`) a sample lies on a unit's switching
+    surface, where the loss is not differentiable: plain GD zig-zags across
+    the surface and its gradient norm cannot fall below the jump there.
+    None for nets without such units.
+    """
+    from ..data import as_batch_source
+
+    seen: list[tuple[float, float]] = []
+
+    def hook(_m: Any, inputs: tuple, _out: Any) -> None:
+        z = inputs[0].detach().abs()
+        seen.append((float(z.min()), float(z.median())))
+
+    units = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    if not units:
+        return None
+    handles = [m.register_forward_hook(hook) for m in units]
+    try:
+        with torch.no_grad():
+            for X, _ in as_batch_source(data):
+                model(X.to(next(model.parameters()).dtype) if X.is_floating_point() else X)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(min(lo / med if med > 0 else 0.0 for lo, med in seen))
+
+
+# A run whose kink distance is below this sits on a ReLU switching surface.
+KINK_RELATIVE = 1e-6
 
 
 def train_unit(
@@ -161,7 +197,7 @@ def train_unit(
     ``memo_key`` (a hashable description of model and data) lets another figure
     of the same process reuse the unit instead of training again.
     """
-    from ..train import init_on_sphere, train
+    from ..training import NotConvergedWarning, init_on_sphere, train
 
     memo = None if memo_key is None else (memo_key, loss, init_seed, radius, spectrum,
                                           tuple(sorted((k, repr(v)) for k, v in train_kwargs.items())))
@@ -176,15 +212,21 @@ def train_unit(
         model = make_model()
         r = init_on_sphere(model, radius=radius, seed=init_seed)
         t0 = time.perf_counter()
-        hist = train(model, data, loss=loss, **train_kwargs)
+        with warnings.catch_warnings():  # the outcome is recorded and logged below
+            warnings.simplefilter("ignore", NotConvergedWarning)
+            hist = train(model, data, loss=loss, progress=False, **train_kwargs)
         t1 = time.perf_counter()
         eigs = exact_eigenvalues(model, data, loss) if spectrum else np.zeros(0)
         t2 = time.perf_counter()
         meta = {"stop_reason": hist.stop_reason, "converged": hist.converged, "steps": hist.steps_taken,
-                "final_loss": hist.final_loss, "final_grad_norm": hist.final_grad_norm,
+                "final_loss": hist.final_loss, "final_grad_norm": hist.final_grad_norm, "grad_tol": hist.grad_tol,
                 "final_accuracy": hist.final_accuracy, "radius": r, "init_seed": init_seed,
+                "step_rule": hist.step_rule, "lr": hist.lr, "last_lr": hist.final_lr, "min_lr": hist.min_lr,
+                "step_halvings": hist.step_halvings, "kink_distance": kink_distance(model, data),
                 "weight_norm": float(np.linalg.norm(flat_params(model))),
                 "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
+        if spectrum and eigs.size:
+            meta["last_lr_times_lambda_max"] = hist.final_lr * float(eigs[-1])
         arrays = {"params": flat_params(model), "eigs": eigs, **{f"hist_{k}": v for k, v in hist.arrays().items()}}
         ctx.rd.save_unit(key, arrays, meta)
         if memo is not None:
@@ -197,6 +239,7 @@ def train_unit(
 
 def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
     """The training outcome fields of a unit's meta, for results.json."""
-    keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "final_accuracy",
+    keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "grad_tol", "final_accuracy",
+            "step_rule", "lr", "last_lr", "step_halvings", "last_lr_times_lambda_max", "kink_distance",
             "weight_norm", "train_seconds", "spectrum_seconds")
     return {k: meta.get(k) for k in keys}

@@ -193,7 +193,7 @@ def _share_figure(results: list[tuple[str, dict[str, np.ndarray], dict[str, Any]
 
 def _model_at(ctx: Context, net: dict[str, Any], stage: str) -> Any:
     """The net at its initial weights or after GD (training is a resumable progress unit)."""
-    from ..train import init_on_sphere
+    from ..training import init_on_sphere
     from ._common import set_flat_params
 
     seed = sub_seed(ctx.seed, "decomposition", net["key"])

@@ -36,7 +36,7 @@ def _ckpts(cfg: dict[str, Any]) -> list[int]:
 def _run(ctx: Context, key: str, data: Any, init_seed: int, optimizer: str, shuffle_seed: int) -> np.ndarray:
     """Train one run, returning the parameters at every checkpoint ``[len(ckpts), P]`` (a progress unit)."""
     from ..models import create
-    from ..train import init_on_sphere, train
+    from ..training import init_on_sphere, train
 
     if ctx.rd.has_unit(key):
         return ctx.rd.load_unit(key)[0]["params"]

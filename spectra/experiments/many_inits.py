@@ -55,7 +55,7 @@ def run_inits(ctx: Context, key: str, *, hidden: int, n: int, std: float, lr: fl
     """
     from ..datasets import load
     from ..models import create
-    from ..train import default_radius
+    from ..training import default_radius
     from ._batched import StackedNet, batched_gd, batched_hessian_eigvals, init_seed, init_thetas
 
     data = load("blobs", n=n, std=std, seed=ctx.seed, dtype="float64")

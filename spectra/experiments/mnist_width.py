@@ -72,7 +72,7 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
         arrays[f"eigs_k{k}"] = u["eigs"]
         arrays[f"grad_norm_k{k}"] = u["hist"]["grad_norm"]
         rows.append([k, num["num_params"], tr["stop_reason"], tr["steps"], tr["final_loss"], tr["final_accuracy"],
-                     tr["final_grad_norm"], num["lambda_max"], num["num_above_10pct"], num["zero_fraction"],
+                     tr["final_grad_norm"], num["lambda_max"], num["num_outliers"], num["zero_fraction"],
                      num["zero_fraction_loose"], num["num_negative"], num["lambda_min"]])
     ctx.rd.save_figure(histogram_grid(panels, zero_tols=tols, suptitle=f"MNIST (n={cfg['n']}), after GD"),
                        "fig1_histograms.png")
@@ -88,7 +88,7 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
     ms = list(measured.values())
     zf = [m["zero_fraction"] for m in ms]
     grows = all(b >= a - 1e-12 for a, b in zip(zf, zf[1:])) and zf[-1] > zf[0]
-    outl = [m["num_above_10pct"] for m in ms]
+    outl = [m["num_outliers"] for m in ms]
     gn = [m["final_grad_norm"] for m in ms]
     conv = [m["converged"] for m in ms]
     claims = [

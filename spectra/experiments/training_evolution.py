@@ -43,7 +43,7 @@ def run_fig7(ctx: Context) -> dict[str, Any]:
     from ..datasets import load
     from ..models import create
     from ..plotting import evolution_figure
-    from ..train import init_on_sphere, train
+    from ..training import init_on_sphere, train
 
     cfg = ctx.cfg
     loss = "cross_entropy"
@@ -101,7 +101,7 @@ def run_fig7(ctx: Context) -> dict[str, Any]:
     for s, lam, lo, g in zip(steps, spectra, losses, gnorms):
         num = spectrum_numbers(lam)
         per[str(s)] = {"loss": lo, "grad_norm": g, **num}
-        rows.append([s, lo, g, num["lambda_max"], num["num_above_10pct"], num["zero_fraction"], num["num_negative"],
+        rows.append([s, lo, g, num["lambda_max"], num["num_outliers"], num["zero_fraction"], num["num_negative"],
                      num["lambda_min"]])
     ctx.rd.save_arrays({"steps": np.array(steps), "eigs": np.array(spectra), "loss": np.array(losses),
                         "grad_norm": np.array(gnorms)})

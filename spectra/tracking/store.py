@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_save_npz, atomic_write_json, atomic_write_text, to_json
+from .._io import atomic_save_npz, atomic_write_json, atomic_write_text, read_json_object, to_json
 from ..errors import ResultFormatError
 from ..backends.top_eigenpairs import Eigenpairs
 from .record import CurvatureRecord
@@ -154,8 +154,8 @@ def read_track(out: Path) -> SavedTrack:
 
 def _json_format_version(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format_version")
-    except (OSError, ValueError, AttributeError):
+        return read_json_object(path).get("format_version")
+    except (OSError, ResultFormatError):
         return None
 
 
@@ -264,11 +264,8 @@ def _view_in_step(path: Path, records: list[CurvatureRecord]) -> bool:
             return False
         raise ResultFormatError(f"{path} does not match {NPZ} (it is neither the snapshot's table nor the table "
                                 "one record before it): the files are not from one run; use force=True to start over")
-    try:
-        view = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{path} is not valid JSON ({exc}); it is damaged") from exc
-    if not isinstance(view, dict) or view.get("format") != TRACK_FORMAT:
+    view = read_json_object(path)
+    if view.get("format") != TRACK_FORMAT:
         raise ResultFormatError(f"{path} is not a spectra curvature track (format {TRACK_FORMAT!r} expected)")
     if view.get("records") == n and view.get("rows") == plain(rows(n)):
         return True

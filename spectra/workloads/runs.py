@@ -89,7 +89,7 @@ def product_gradient_ratio(op: Any, gradient: Callable[[], Any], repeats: int = 
 def _gradient_fn(model: torch.nn.Module, batches: list, reader: BatchReader, train_mode: bool = False) -> Callable:
     """One gradient of the mean loss over ``batches`` (what a product is compared with)."""
     from ..losses import resolve_loss
-    from ..operators.dataset import model_mode
+    from ..operators.model_state import model_mode
 
     loss = resolve_loss("cross_entropy")
     bound = reader.bind(model, loss)
@@ -164,7 +164,7 @@ def language_model_run(scale: str = "small", seed: int = 0) -> dict[str, Any]:
 def _functional_hessian_error(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, params: list[str],
                               dense: torch.Tensor) -> float:
     """Relative distance of ``torch.func.hessian`` (batch statistics) from spectra's matrix on ``params``."""
-    from ..operators.dataset import model_mode
+    from ..operators.model_state import model_mode
 
     named = dict(model.named_parameters())
     tensors = [named[n] for n in params]

@@ -2,17 +2,28 @@
 
 ``train`` runs either
 
-* ``optimizer="gd"``: full-batch gradient descent with a constant step.  The
-  gradient is that of the *mean* loss over the whole dataset; when the data
-  comes in several batches each batch is weighted by its size (``n_b / N``), so
-  a short last batch is not over-weighted.  Training stops at the first step
-  whose gradient norm is below ``grad_tol`` (``stop_reason="grad_tol"``,
-  ``converged=True``) or after ``max_steps`` updates (``"max_steps"``).
+* ``optimizer="gd"``: full-batch gradient descent.  The gradient is that of
+  the *mean* loss over the whole dataset; when the data comes in several
+  batches each batch is weighted by its size (``n_b / N``), so a short last
+  batch is not over-weighted.  With ``step_rule="armijo"`` (the default) each
+  step is the largest of ``min(2 s, lr), min(2 s, lr)/2, ...`` (``s`` the last
+  step taken) that passes the sufficient-decrease test
+  ``L(w - s g) <= L(w) - ARMIJO_C s |g|^2``: backtracking, so GD stays a
+  descent method and cannot hover at the edge of stability
+  (``s lambda_max`` near 2, where a constant step makes the loss oscillate);
+  ``step_rule="constant"`` takes every step ``lr`` as the paper did.
+  Training stops at the first point whose gradient norm is below
+  ``grad_tol`` (``stop_reason="grad_tol"``, ``converged=True``) or after
+  ``max_steps`` updates (``"max_steps"``: a :class:`NotConvergedWarning`
+  says so).
 * ``optimizer="sgd"``: plain SGD with a constant step on minibatches of
   ``batch_size``; each epoch visits the samples in a fresh order drawn from
   ``seed`` and the epoch number, so a run can be resumed exactly.  The
   full-batch gradient is checked (and the history recorded) every ``log_every``
   updates.
+
+A progress bar (tqdm, on stderr) shows the steps when stderr is a terminal;
+``progress=False`` silences it, ``True`` forces it.
 
 ``init_on_sphere`` draws the weights uniformly on a sphere of fixed radius in
 parameter space, the paper's initialisation protocol.
@@ -23,8 +34,8 @@ parameter space, the paper's initialisation protocol.
 >>> X = torch.randn(40, 2, dtype=torch.float64); y = (X.sum(1) > 0).long()
 >>> radius = init_on_sphere(model, seed=1)
 >>> hist = train(model, (X, y), lr=0.5, grad_tol=1e-2, max_steps=20000)
->>> hist.converged, hist.final_grad_norm < 1e-2
-(True, True)
+>>> hist.converged, hist.final_grad_norm < 1e-2, hist.step_rule, hist.final_lr <= 0.5
+(True, True, 'armijo', True)
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -41,12 +53,27 @@ import torch
 from .data import as_batch_source
 from .errors import InvalidInputError, NonFiniteError
 from .losses import LossLike, resolve_loss
+from .progress import StepBar, wanted
 from .validation import check_int as _check_count
 from .validation import check_seed as _check_seed
 
 Callback = Callable[[torch.nn.Module, dict], Any]
 
-__all__ = ["TrainHistory", "train", "init_on_sphere", "sphere_vector", "default_radius"]
+__all__ = ["TrainHistory", "NotConvergedWarning", "train", "init_on_sphere", "sphere_vector", "default_radius",
+           "ARMIJO_C", "STEP_RULES"]
+
+# Sufficient decrease asked of a GD step (Armijo's constant; Nocedal & Wright use 1e-4).
+ARMIJO_C = 1e-4
+# The loss is a sum of N rounded terms: a step that changes it by less than this
+# relative amount counts as no increase (otherwise rounding alone could halve lr).
+ARMIJO_ROUNDING_SLACK = 64 * float(np.finfo(np.float64).eps)
+STEP_RULES = ("armijo", "constant")
+# Halving below this fraction of the first lr means no step decreases the loss: stop with an error.
+MIN_STEP_FRACTION = 2.0 ** -60
+
+
+class NotConvergedWarning(UserWarning):
+    """``train`` stopped at ``max_steps`` with the gradient norm still above ``grad_tol``."""
 
 
 @dataclass
@@ -72,6 +99,11 @@ class TrainHistory:
     seed: int = 0
     loss_name: str = ""
     wall_time_s: float = 0.0
+    step_rule: str = "constant"
+    final_lr: float = 0.0
+    step_halvings: int = 0
+    gradient_evaluations: int = 0
+    min_lr: float = 0.0
 
     @property
     def final_loss(self) -> float:
@@ -283,6 +315,9 @@ def train(
     callback_steps: Iterable[int] | None = None,
     log_every: int | None = None,
     start_step: int = 0,
+    step_rule: str | None = None,
+    resume_lr: float | None = None,
+    progress: bool | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data``; return a :class:`TrainHistory`.
 
@@ -290,7 +325,7 @@ def train(
     ----------
     loss: a name (``"cross_entropy"``, ``"mse"``), a :class:`spectra.losses.Loss` or a callable.
     optimizer: ``"gd"`` (full batch) or ``"sgd"`` (minibatches of ``batch_size``).
-    lr: the constant step size (> 0).
+    lr: the step size (> 0); with ``step_rule="armijo"`` the largest one tried.
     grad_tol: stop once the full-batch gradient norm is below it (0 disables the test).
     max_steps: the most updates to make (counted from ``start_step``).
     batch_size: SGD minibatch size (required for SGD); for GD it only chunks the
@@ -299,16 +334,25 @@ def train(
     callbacks: ``f(model, info)`` called at the steps in ``callback_steps``
         (before the update of that step) and once more at the final step with
         ``info["final"] = True``.  ``info`` holds step, loss, grad_norm,
-        accuracy.  With ``callback_steps=None`` they run at every recorded step.
+        accuracy and lr (the step size in force).  With ``callback_steps=None``
+        they run at every recorded step.
     log_every: record the history every this many updates (GD default 1; SGD
         default one epoch, since each record costs a full pass over the data).
     start_step: the step counter to start from (resume a run from saved
-        parameters: GD keeps no state and SGD rebuilds its epoch order from the
-        seed, so the continued run equals an uninterrupted one).
+        parameters: GD keeps no state but its last step size, ``info["lr"]``
+        of the callbacks, which goes to ``resume_lr``; SGD rebuilds its epoch
+        order from the seed; so the continued run equals an uninterrupted one).
+    step_rule: ``"armijo"`` (GD default: backtracking, see the module
+        docstring) or ``"constant"`` (every step ``lr``; the only rule for SGD).
+    resume_lr: with ``"armijo"``, the last accepted step of the run being
+        resumed (the next try is twice it, at most ``lr``).
+    progress: show a tqdm bar on stderr (None: only when stderr is a terminal).
 
     The model runs in train mode during training and is put back in its
-    previous mode afterwards.  A non-finite loss or gradient raises
-    :class:`~spectra.errors.NonFiniteError` naming the step.
+    previous mode afterwards.  A non-finite loss or gradient at an accepted
+    point raises :class:`~spectra.errors.NonFiniteError` naming the step.
+    Stopping at ``max_steps`` above ``grad_tol`` warns with
+    :class:`NotConvergedWarning` (``history.converged`` is False).
     """
     started = time.perf_counter()
     if not isinstance(optimizer, str) or optimizer.lower() not in ("gd", "sgd"):
@@ -321,12 +365,15 @@ def train(
     max_steps = _check_count("max_steps", max_steps, 0)
     start_step = _check_count("start_step", start_step, 0)
     seed = _check_seed(seed)
+    step_rule = _check_step_rule(step_rule, optimizer)
     if batch_size is not None:
         batch_size = _check_count("batch_size", batch_size, 1)
     if optimizer == "sgd" and batch_size is None:
         raise InvalidInputError("optimizer='sgd' needs a batch_size")
     if log_every is not None:
         log_every = _check_count("log_every", log_every, 1)
+    if progress is not None and not isinstance(progress, bool):
+        raise InvalidInputError(f"progress must be True, False or None; got {progress!r}")
     cbs = _as_callbacks(callbacks)
     cb_steps = None if callback_steps is None else _as_steps(callback_steps)
 
@@ -352,18 +399,29 @@ def train(
         log_every = 1
 
     hist = TrainHistory(optimizer=optimizer, lr=lr, grad_tol=float(grad_tol), batch_size=batch_size,
-                        seed=seed, loss_name=loss_obj.name)
+                        seed=seed, loss_name=loss_obj.name, step_rule=step_rule)
+    bar = StepBar(max_steps, "training", enabled=wanted(progress))
     was_training = model.training
     model.train()
+    armijo = step_rule == "armijo"
+    if resume_lr is not None:
+        resume_lr = _check_positive_finite("resume_lr", resume_lr)
+        if not armijo or resume_lr > lr:
+            raise InvalidInputError(f"resume_lr ({resume_lr!r}) is the last step of an armijo run and must be <= lr "
+                                    f"({lr!r})")
+    step_lr = lr if resume_lr is None else resume_lr  # the step in force
     try:
         last = start_step + max_steps
         step = start_step
+        current = None  # (loss, gradient, accuracy) at the current weights, when already known
         while True:
             record = (step - start_step) % log_every == 0 or step == last
             want_cb = bool(cbs) and (cb_steps is None and record or cb_steps is not None and step in cb_steps)
             full = optimizer == "gd" or record or want_cb
             if full:
-                value, grads, acc = objective.evaluate()
+                value, grads, acc = current if current is not None else objective.evaluate()
+                hist.gradient_evaluations += current is None
+                current = None
                 gnorm = _flat_norm(grads)
                 if not (math.isfinite(value) and math.isfinite(gnorm)):
                     raise NonFiniteError(
@@ -376,7 +434,9 @@ def train(
                     hist.loss.append(value)
                     hist.accuracy.append(acc)
                     hist.grad_norm.append(gnorm)
-                info = {"step": step, "loss": value, "grad_norm": gnorm, "accuracy": acc, "final": done}
+                    bar.update(step - start_step, loss=f"{value:.4g}", grad=f"{gnorm:.2g}", lr=f"{step_lr:.3g}")
+                info = {"step": step, "loss": value, "grad_norm": gnorm, "accuracy": acc, "final": done,
+                        "lr": step_lr}
                 if done:
                     hist.stop_reason = "grad_tol" if gnorm < grad_tol else "max_steps"
                     hist.converged = gnorm < grad_tol
@@ -398,15 +458,65 @@ def train(
                                          f"(lr={lr} may be too large)")
                 grads = torch.autograd.grad(value_b, params, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.sub_(g, alpha=lr)
+            if armijo:
+                step_lr, current = _armijo_step(objective, params, grads, value, gnorm, step_lr, hist)
+            else:
+                with torch.no_grad():
+                    for p, g in zip(params, grads):
+                        p.sub_(g, alpha=lr)
             step += 1
         hist.steps_taken = step - start_step
     finally:
         model.train(was_training)
+        bar.close()
+    hist.final_lr = step_lr
     hist.wall_time_s = time.perf_counter() - started
+    if not hist.converged and grad_tol > 0 and max_steps > 0:
+        warnings.warn(
+            f"train stopped after max_steps={max_steps} updates with gradient norm {hist.final_grad_norm:.3g}, "
+            f"above grad_tol={grad_tol:g}: the run has not converged (history.converged is False); raise "
+            "max_steps, or check the step size", NotConvergedWarning, stacklevel=2)
     return hist
+
+
+def _armijo_step(objective: "_Objective", params: list[torch.Tensor], grads: list[torch.Tensor], value: float,
+                 gnorm: float, lr: float, hist: TrainHistory) -> tuple[float, tuple]:
+    """Backtracking: try ``min(2 lr, max_lr)``, halve until the sufficient-decrease test passes.
+
+    Returns the accepted step and the loss, gradient and accuracy at the new
+    point (the next step's, so an accepted try costs nothing extra).  Trying
+    twice the last accepted step first lets the step grow back after a
+    transient (a ReLU kink, a sharp region) instead of staying small for the
+    rest of the run; each refused try costs one evaluation.
+    """
+    start = [p.detach().clone() for p in params]
+    lr = min(2.0 * lr, hist.lr)
+    while True:
+        with torch.no_grad():
+            for p, p0, g in zip(params, start, grads):
+                p.copy_(p0).sub_(g, alpha=lr)
+        new = objective.evaluate()
+        hist.gradient_evaluations += 1
+        wanted = value - ARMIJO_C * lr * gnorm * gnorm + ARMIJO_ROUNDING_SLACK * abs(value)
+        if math.isfinite(new[0]) and new[0] <= wanted:
+            hist.min_lr = min(hist.min_lr, lr) if hist.min_lr else lr
+            return lr, new
+        lr *= 0.5
+        hist.step_halvings += 1
+        if lr < hist.lr * MIN_STEP_FRACTION:
+            raise NonFiniteError(f"no step size decreases the loss (gradient norm {gnorm:.3g}, lr down to {lr:.3g})"
+                                 "; the loss is not differentiable here or the gradient is wrong")
+
+
+def _check_step_rule(step_rule: Any, optimizer: str) -> str:
+    if step_rule is None:
+        return "armijo" if optimizer == "gd" else "constant"
+    if step_rule not in STEP_RULES:
+        raise InvalidInputError(f"step_rule must be one of {', '.join(STEP_RULES)}; got {step_rule!r}")
+    if step_rule == "armijo" and optimizer == "sgd":
+        raise InvalidInputError("step_rule='armijo' needs full-batch losses; use optimizer='gd' or "
+                                "step_rule='constant' with SGD")
+    return step_rule
 
 
 def _as_callbacks(callbacks: Any) -> list[Callback]:
@@ -425,20 +535,3 @@ def _as_steps(steps: Iterable[int]) -> set[int]:
     except TypeError as exc:
         raise InvalidInputError(f"callback_steps must be an iterable of step numbers; got {steps!r}") from exc
     return out
-
-
-class _CallableModule(type(sys.modules[__name__])):
-    """``spectra.train`` is both this module and the function :func:`train`.
-
-    Importing the submodule ``spectra.train`` (``from spectra.train import
-    init_on_sphere``) makes Python bind the *module* to the package attribute
-    ``spectra.train``, shadowing the lazily exported function; calling the
-    module forwards to :func:`train`, so ``spectra.train(model, data, ...)``
-    works whatever was imported first.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainHistory:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
