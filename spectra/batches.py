@@ -185,7 +185,8 @@ class BatchReader:
         shift the labels by one for next-token prediction; ``None``
         (default): exactly for Hugging Face causal language models.
 
-    An operator binds its reader to the model and loss (:meth:`bind`) before use.
+    An operator binds its reader to the model and loss (:meth:`bind`) before
+    use, and weighs its batches by :meth:`counts`.
 
     >>> reader = BatchReader(target="y", output="prediction")
     >>> reader.split({"x": torch.zeros(2, 3), "y": torch.ones(2)})[1].tolist()
@@ -307,6 +308,26 @@ class BatchReader:
         if units < 0:
             raise InvalidInputError(f"units(inputs, target) must not be negative; got {units}")
         return units
+
+    def counts(self, source: Any) -> tuple[list[int], list[int]]:
+        """``(counts, rows)``: what each batch of ``source`` weighs in a mean, and its number of samples.
+
+        A loss that weighs samples (a plain callable) takes the sizes the source
+        counted when it validated the batches (no pass over the data); the
+        built-in losses (ignored labels, tokens) and ``units`` read the batches.
+        """
+        rows = list(source.batch_sizes)
+        if self.units is None and (self.loss is None or type(self.loss) is Loss) and not self.shift_labels:
+            return rows, rows
+        return [self.count(*self.split(raw)) for raw in source], rows
+
+    def unit(self, source: Any) -> str:
+        """What the counts count: ``"sample"``, ``"token"``, or ``"unit"`` (a custom ``units``)."""
+        if self.units is not None:
+            return "unit"
+        if self.loss is None:
+            return "sample"
+        return self.loss.unit(self.split(next(iter(source)))[1])
 
     def num_rows(self, inputs: Any, target: Any) -> int:
         """Number of samples (rows) in the batch: the target's first axis, else the inputs'."""

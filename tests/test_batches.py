@@ -145,3 +145,15 @@ def test_functional_call_through_the_reader():
     assert torch.equal(out, torch.zeros(4, 2, dtype=torch.float64))
     assert torch.equal(reader.call(model, inputs), model(X.double()))
     assert "input" in reader.describe(inputs) and "(4, 3)" in reader.describe(inputs)
+
+
+def test_counts_read_targets_only_when_the_loss_needs_them():
+    from spectra.data import as_batch_source
+
+    source = as_batch_source([(X, torch.tensor([0, -100, 1, 1])), (X[:2], torch.tensor([-100, -100]))])
+    by_tokens = BatchReader().bind(nn.Identity(), resolve_loss("cross_entropy"))
+    assert by_tokens.counts(source) == ([3, 0], [4, 2]) and by_tokens.unit(source) == "sample"
+    by_samples = BatchReader().bind(nn.Identity(), resolve_loss(lambda out, target: out.sum()))
+    assert by_samples.counts(source) == ([4, 2], [4, 2])
+    custom = BatchReader(units=lambda inputs, target: 5).bind(nn.Identity(), resolve_loss("mse"))
+    assert custom.counts(source) == ([5, 5], [4, 2]) and custom.unit(source) == "unit"

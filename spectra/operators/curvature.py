@@ -201,7 +201,8 @@ class CurvatureOperator(SpectralOperator):
         self.engine, self.engine_note = select_engine(self, mode)
         self._cache_request = cache_graph
         self.cache_graph = self._wants_cache(cache_graph)
-        counts, rows = self._count_batches()
+        counts, rows = self.reader.counts(self.source)  # samples, or counted tokens
+        self.unit = self.reader.unit(self.source)
         self.num_samples, first_row = self.reducer.setup(self, sum(counts), sum(rows))
         if self.num_samples == 0:
             raise InvalidInputError(f"no {self.unit} of the data counts: every target is ignore_index")
@@ -231,18 +232,6 @@ class CurvatureOperator(SpectralOperator):
         self.engine_note = reason
         self.cache_graph = self._wants_cache(self._cache_request)
         self._contexts = None  # the chain's contexts: the next first pass builds the new engine's
-
-    def _count_batches(self) -> tuple[list[int], list[int]]:
-        """Each batch's units (samples, or counted tokens: its weight in a mean) and rows."""
-        counts, rows = [], []
-        self.unit = "unit"
-        for raw in self.source:
-            inputs, target = self.reader.split(raw)
-            counts.append(self.reader.count(inputs, target))
-            rows.append(self.reader.num_rows(inputs, target))
-            if len(counts) == 1 and self.reader.units is None:
-                self.unit = self.loss.unit(target)
-        return counts, rows
 
     # ------------------------------------------------------------------ the batches
     def batches(self) -> Iterator[Batch]:
