@@ -100,7 +100,8 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         raise InvalidInputError(f"{what} must be a tensor or array; got {type(value).__name__}") from exc
 
 
-def _is_batch(obj: Any) -> bool:
+def is_batch(obj: Any) -> bool:
+    """Whether ``obj`` is one ``(X, y)`` batch: a pair of tensors or arrays."""
     return (
         isinstance(obj, (tuple, list))
         and len(obj) == 2
@@ -125,7 +126,7 @@ class BatchSource:
         elif isinstance(data, Dataset):
             self._batches = [(data.X, data.y)]
             self.info = {"name": data.name, **data.info}
-        elif _is_batch(data):
+        elif is_batch(data):
             self._batches = [(_as_tensor(data[0], "X"), _as_tensor(data[1], "y"))]
         elif isinstance(data, torch.utils.data.DataLoader):
             _refuse_shuffling(data)
@@ -134,7 +135,7 @@ class BatchSource:
         elif isinstance(data, (list, tuple)):
             if len(data) == 0:
                 raise InvalidInputError("the dataset is empty: got an empty list of batches")
-            bad = [i for i, b in enumerate(data) if not _is_batch(b)]
+            bad = [i for i, b in enumerate(data) if not is_batch(b)]
             if bad:
                 raise InvalidInputError(
                     f"each batch must be a pair (X, y) of tensors; batch {bad[0]} is {type(data[bad[0]]).__name__}"
