@@ -12,13 +12,15 @@ The default reader takes ``(X, y)`` pairs, calls ``model(X)`` and counts
 samples (``len(y)``).  Another batch convention (dict batches called as
 ``model(**inputs)``, a count of tokens for token losses) is another reader:
 override :meth:`BatchReader.split`, :meth:`BatchReader.call`,
-:meth:`BatchReader.count` and :meth:`BatchReader.describe`.
+:meth:`BatchReader.counts` and :meth:`BatchReader.describe`.
 
 >>> import torch
+>>> from spectra.data import as_batch_source
 >>> reader = BatchReader()
->>> inputs, target = reader.split((torch.zeros(4, 3), torch.tensor([0, 1, 1, 0])))
->>> reader.count(inputs, target), reader.num_rows(inputs, target)
-(4, 4)
+>>> batches = [(torch.zeros(4, 3), torch.tensor([0, 1, 1, 0])), (torch.zeros(1, 3), torch.tensor([1]))]
+>>> reader.counts(as_batch_source(batches))
+([4, 1], [4, 1])
+>>> inputs, target = reader.split(batches[0])
 >>> reader.call(torch.nn.Linear(3, 2), inputs).shape
 torch.Size([4, 2])
 """
@@ -26,9 +28,12 @@ torch.Size([4, 2])
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+if TYPE_CHECKING:
+    from .data import BatchSource
 
 __all__ = ["Batch", "BatchReader"]
 
@@ -63,13 +68,14 @@ class BatchReader:
         """The model's output on ``inputs`` (``model`` may be a functional version of the module)."""
         return model(inputs)
 
-    def count(self, inputs: Any, target: torch.Tensor) -> int:
-        """How much the batch weighs in a mean-reduced loss: its number of samples."""
-        return int(target.shape[0])
+    def counts(self, source: "BatchSource") -> tuple[list[int], list[int]]:
+        """``(counts, rows)``: what each batch of ``source`` weighs in a mean, and its number of samples.
 
-    def num_rows(self, inputs: Any, target: torch.Tensor) -> int:
-        """Number of samples (rows) in the batch."""
-        return int(target.shape[0])
+        The default weighs a batch by its samples, which the source counted when
+        it validated the batches (no pass over the data).  A reader that counts
+        something else (tokens) reads the batches here.
+        """
+        return list(source.batch_sizes), list(source.batch_sizes)
 
     def describe(self, inputs: Any) -> str:
         """A short description of the inputs for error messages."""

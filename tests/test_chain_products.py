@@ -67,6 +67,8 @@ CHAINS = [
      lambda: _data(18, (3,), 3, 9), "mse", ["0.bias", "4.weight"]),
     ("subset-last-layer", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)),
      lambda: _data(14, (3,), 3, 10), "cross_entropy", "2.*"),
+    ("activation-before-the-first-linear", lambda: _net(nn.ReLU(), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)),
+     lambda: _data(16, (3,), 3, 14), "cross_entropy", None),
 ]
 
 
@@ -87,6 +89,7 @@ def test_chain_products_match_dense_reference(name, build_model, build_data, los
                                               monkeypatch):
     model, (X, y) = build_model(), build_data()
     data = (X, y) if layout == "one-batch" else [(X[:5], y[:5]), (X[5:11], y[5:11]), (X[11:], y[11:])]
+    X_before = X.clone()
     op = HessianOperator(model, loss, data, params=params, cache_graph=cache)
     assert op.mode == "chain" and op.describe()["chain_products"] == "used"
     H = reference_hessian(model, loss, X, y, param_names=op.param_names)
@@ -94,6 +97,7 @@ def test_chain_products_match_dense_reference(name, build_model, build_data, los
     assert_operator_matches(op, H, num_vectors=4, rtol=RTOL)
     v = torch.randn(H.shape[0], dtype=torch.float64)
     torch.testing.assert_close(op @ v, H @ v, rtol=RTOL, atol=RTOL * float(H.abs().max()))
+    assert torch.equal(X, X_before)  # a leading ReLU rectifies a copy, never the user's data
 
 
 DENSE = [c for c in CHAINS if c[0] in ("relu-ce", "flatten-relu2-ce", "tanh-sigmoid-mse-labels",

@@ -197,7 +197,7 @@ class CurvatureOperator(SpectralOperator):
         self.engine, self.engine_note = select_engine(self, mode)
         self._cache_request = cache_graph
         self.cache_graph = self._wants_cache(cache_graph)
-        counts, rows = self._count_batches()
+        counts, rows = self.reader.counts(self.source)
         self.num_samples, first_row = self.reducer.setup(self, sum(counts), sum(rows))
         self._weights = [n / self.num_samples if self.loss.reduction == "mean" else 1.0 for n in counts]
         self._offsets = [first_row + sum(rows[:b]) for b in range(len(rows))]
@@ -225,14 +225,6 @@ class CurvatureOperator(SpectralOperator):
         self.engine_note = reason
         self.cache_graph = self._wants_cache(self._cache_request)
         self._contexts = None  # the chain's contexts: the next first pass builds the new engine's
-
-    def _count_batches(self) -> tuple[list[int], list[int]]:
-        counts, rows = [], []
-        for raw in self.source:
-            inputs, target = self.reader.split(raw)
-            counts.append(self.reader.count(inputs, target))
-            rows.append(self.reader.num_rows(inputs, target))
-        return counts, rows
 
     # ------------------------------------------------------------------ the batches
     def batches(self) -> Iterator[Batch]:
