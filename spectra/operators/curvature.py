@@ -46,7 +46,7 @@ from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
 from ..losses import Loss, LossLike, resolve_loss
 from ..precision import check_product_dtype
 from ..parallel import first_line, make_reducer
-from .base import SpectralOperator, _mirror_upper_in_place
+from .base import SpectralOperator, mirror_upper_in_place
 from .engines import ChainMismatch, fall_back, select_engine
 from .engines.base import HESSIAN, Block, ForwardPass, ProductEngine
 from .engines.reverse import ReverseEngine
@@ -363,7 +363,7 @@ class CurvatureOperator(SpectralOperator):
 
     def _symmetrise_dense(self, dense: torch.Tensor) -> None:
         if self.engine.triangular_dense:
-            _mirror_upper_in_place(dense)
+            mirror_upper_in_place(dense)
         else:
             super()._symmetrise_dense(dense)
 
