@@ -36,7 +36,8 @@ AUTO = "auto"  # the method name that lets analyze choose
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
-_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
+_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction",
+                     "reader"}
 _PARALLEL_OPTIONS = ("timeout", "group")
 
 
@@ -209,6 +210,11 @@ def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Mo
         return models.create(model, **(model_args or {}))
     if model_args:
         raise InvalidInputError("model_args is only used when model is a registry name")
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputError(
+            f"model must be a torch.nn.Module or a registry name; got a {type(model).__name__} "
+            "(wrap a function in an nn.Module whose parameters are the ones to analyse)"
+        )
     return model
 
 
@@ -279,8 +285,11 @@ def analyze(
     ``model_args``/``data_args``.  Remaining ``options`` go to the curvature
     operator (:class:`~spectra.operators.curvature.CurvatureOperator`:
     ``mode``, ``cache_graph``, ``chunk_size``, ``train_mode``,
-    ``check_determinism``, ``reduction``, and a matrix's own, such as
-    ``mc_samples``) or to the backend.
+    ``check_determinism``, ``reduction``, ``reader``, and a matrix's own, such
+    as ``mc_samples``) or to the backend.  Batches may be tuples, dicts
+    (Hugging Face: ``model(**inputs)``, target under ``labels``, ``.logits``
+    read) or nested structures; ``reader`` (a
+    :class:`~spectra.batches.BatchReader`) describes any other convention.
 
     ``matrix``: ``"hessian"`` (default), ``"ggn"`` (the Gauss-Newton part
     ``G = J^T H_loss J``), ``"residual"`` (``R = H - G``),

@@ -9,6 +9,7 @@ scenario stops the other rank with a DistributedError quickly instead of hanging
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -167,21 +168,33 @@ def job(launched):
     return {"records": records, "logs": logs, "elapsed": elapsed, "returncodes": [p.returncode for p in procs]}
 
 
-@pytest.fixture(scope="module")
-def reference():
-    # one torch thread: on a busy 2-core machine, tiny products with 2 threads spin-wait (35x slower here)
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Module fixtures run before the per-test one-thread fixture: on a busy 2-core machine, tiny
+    products with 2 threads spin-wait (35x slower here)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _reference()
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
+def _all_batches(ns):
+    """The data and the ranks' batches, in rank order: what one process analyses."""
+    X, y = ns["build_data"]()
+    return X, y, [(X[a:b], y[a:b]) for r in (0, 1) for a, b in ns["SHARDS"][r]]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with _one_torch_thread():
+        return _reference()
+
+
 def _reference():
     ns = _load_worker_module()
-    X, y = ns["build_data"]()
-    batches = [(X[a:b], y[a:b]) for r in (0, 1) for a, b in ns["SHARDS"][r]]
+    X, y, batches = _all_batches(ns)
     op = HessianOperator(ns["build_model"](), "cross_entropy", batches)
     ref = {"exact": ExactBackend().run(op).eigenvalues,
            "arpack": ArpackBackend().run(op, **ns["ARPACK"]).eigenvalues}
@@ -197,12 +210,9 @@ def _reference():
 @pytest.fixture(scope="module")
 def every_matrix_reference():
     """One process, the same batches: each matrix on each engine (dense) and analyze's exact eigenvalues."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         ns = _load_worker_module()
-        X, y = ns["build_data"]()
-        batches = [(X[a:b], y[a:b]) for r in (0, 1) for a, b in ns["SHARDS"][r]]
+        X, y, batches = _all_batches(ns)
         ref = {}
         for matrix in ns["MATRICES"]:
             options = ns["MATRIX_OPTIONS"].get(matrix, {})
@@ -213,8 +223,6 @@ def every_matrix_reference():
             ref[f"analyze_{matrix}"] = spectra.analyze(ns["build_model"](), batches, matrix=matrix, method="exact",
                                                        distributed=False, **options).eigenvalues
         return ref
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _step(job, r, name):

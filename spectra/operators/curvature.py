@@ -39,12 +39,14 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..attention import differentiable_attention
 from ..batches import Batch, BatchReader
 from ..data import BatchSource, as_batch_source
 from ..errors import InvalidInputError, NonDeterministicError, NonFiniteError
 from ..losses import Loss, LossLike, resolve_loss
+from ..precision import check_product_dtype
 from ..parallel import first_line, make_reducer
-from .base import SpectralOperator, _mirror_upper_in_place
+from .base import SpectralOperator, mirror_upper_in_place
 from .engines import ChainMismatch, fall_back, select_engine
 from .engines.base import HESSIAN, Block, ForwardPass, ProductEngine
 from .engines.reverse import ReverseEngine
@@ -131,7 +133,7 @@ class CurvatureOperator(SpectralOperator):
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         train_mode: bool = False,
         check_determinism: bool = True,
-        reduction: str = "mean",
+        reduction: str | None = None,
         distributed: bool | str = False,
         group: Any = None,
         timeout: float | None = None,
@@ -139,9 +141,9 @@ class CurvatureOperator(SpectralOperator):
     ):
         self.reducer = make_reducer(distributed, group, timeout)
         self.is_distributed = self.reducer.is_distributed
-        with self.reducer.guard():  # a failure on one rank stops the others
-            self._set_up(model, loss, data, params, mode, cache_graph, chunk_size, train_mode, reduction,
-                         reader or BatchReader())
+        # a failure on one rank stops the others; attention runs on a kernel with second derivatives
+        with self.reducer.guard(), differentiable_attention():
+            self._set_up(model, loss, data, params, mode, cache_graph, chunk_size, train_mode, reduction, reader)
             if check_determinism:
                 self._check_determinism()
 
@@ -162,8 +164,8 @@ class CurvatureOperator(SpectralOperator):
 
     # ------------------------------------------------------------------ set-up
     def _set_up(self, model: nn.Module, loss: LossLike, data: Any, params: ParamSelector, mode: str,
-                cache_graph: bool | str, chunk_size: int | None, train_mode: bool, reduction: str,
-                reader: BatchReader) -> None:
+                cache_graph: bool | str, chunk_size: int | None, train_mode: bool, reduction: str | None,
+                reader: BatchReader | None) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if data is None:
@@ -174,7 +176,9 @@ class CurvatureOperator(SpectralOperator):
         self.model = model
         self.loss: Loss = resolve_loss(loss, reduction)
         self._check_options()
-        self.reader = reader
+        if reader is not None and not isinstance(reader, BatchReader):
+            raise InvalidInputError(f"reader must be a spectra.batches.BatchReader; got {type(reader).__name__}")
+        self.reader = (reader or BatchReader()).bind(model, self.loss)  # the loss counts a batch's units
         self.source: BatchSource = as_batch_source(data)
         named = select_parameters(model, params)
         self.param_names = [n for n, _ in named]
@@ -197,8 +201,11 @@ class CurvatureOperator(SpectralOperator):
         self.engine, self.engine_note = select_engine(self, mode)
         self._cache_request = cache_graph
         self.cache_graph = self._wants_cache(cache_graph)
-        counts, rows = self.reader.counts(self.source)
+        counts, rows = self.reader.counts(self.source)  # samples, or counted tokens
+        self.unit = self.reader.unit(self.source)
         self.num_samples, first_row = self.reducer.setup(self, sum(counts), sum(rows))
+        if self.num_samples == 0:
+            raise InvalidInputError(f"no {self.unit} of the data counts: every target is ignore_index")
         self._weights = [n / self.num_samples if self.loss.reduction == "mean" else 1.0 for n in counts]
         self._offsets = [first_row + sum(rows[:b]) for b in range(len(rows))]
         self._counts, self._rows = counts, rows
@@ -230,6 +237,8 @@ class CurvatureOperator(SpectralOperator):
     def batches(self) -> Iterator[Batch]:
         """Every batch, on the operator's device and dtype, with its weight ``w_b``."""
         for b, raw in enumerate(self.source):
+            if self._counts[b] == 0:
+                continue  # no counted unit (all of its labels ignored): no weight, and its mean would be 0/0
             inputs, target = self.reader.to(*self.reader.split(raw), self.device, self.dtype)
             yield Batch(b, inputs, target, self._counts[b], self._weights[b], self._offsets[b], self._rows[b])
 
@@ -304,7 +313,7 @@ class CurvatureOperator(SpectralOperator):
 
     # ------------------------------------------------------------------ products
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        with self.reducer.guard():
+        with self.reducer.guard(), differentiable_attention():
             return self.reducer.reduce(self._local_product(V, self.engine, fresh=False))
 
     def _local_product(self, V: torch.Tensor, engine: ProductEngine, fresh: bool) -> torch.Tensor:
@@ -354,7 +363,7 @@ class CurvatureOperator(SpectralOperator):
 
     def _symmetrise_dense(self, dense: torch.Tensor) -> None:
         if self.engine.triangular_dense:
-            _mirror_upper_in_place(dense)
+            mirror_upper_in_place(dense)
         else:
             super()._symmetrise_dense(dense)
 
@@ -423,12 +432,14 @@ class CurvatureOperator(SpectralOperator):
             "num_samples": self.num_samples,
             "num_batches": self.source.num_batches,
             "batch_sizes": self.source.batch_sizes if self.source.num_batches <= 64 else None,
-            "loss": self.loss.name,
-            "reduction": self.loss.reduction,
+            **self.loss.describe(),
+            "unit": self.unit,
             "batch_weighting": "n_b / N" if self.loss.reduction == "mean" else "1",
+            "batch_reader": self.reader.settings(),
             "product_engine": self.engine.name,
             "hvp_mode": self.engine.name,  # the name older results use
             "chain_products": "used" if used else (self.engine_note or "not requested"),
+            **({"forward_products": self.engine.path} if getattr(self.engine, "path", None) else {}),
             "cache_graph": self.cache_graph,
             "model_mode": "train" if self.train_mode else "eval",
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -446,6 +457,7 @@ def _check_parameters(named: list[tuple[str, nn.Parameter]]) -> None:
     dtypes = {p.dtype for _, p in named}
     if len(dtypes) > 1:
         raise InvalidInputError(f"selected parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+    check_product_dtype(next(iter(dtypes)))
     devices = {p.device for _, p in named}
     if len(devices) > 1:
         raise InvalidInputError(f"selected parameters live on several devices {sorted(map(str, devices))}")

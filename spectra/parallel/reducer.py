@@ -47,6 +47,7 @@ _DTYPE_CODES = {torch.float64: 1, torch.float32: 2, torch.float16: 3, torch.bflo
 _GOLDEN = 0.6180339887  # frequency of the position-dependent weighting of the weight fingerprint
 _FINGERPRINT_ENTRIES = 100_000  # inputs of the first batch that enter the data fingerprint
 _FINGERPRINT_RTOL = 1e-10
+_FINGERPRINT_ROW_WEIGHT = 1e6  # the batch's size enters the data fingerprint too
 
 
 class LocalReducer:
@@ -187,7 +188,8 @@ def _data_fingerprint(op: "CurvatureOperator") -> float:
     if not isinstance(inputs, torch.Tensor):
         return float("nan")
     x = inputs.reshape(-1)[:_FINGERPRINT_ENTRIES].detach().to("cpu", torch.float64)
-    return float((x * torch.cos(torch.arange(x.numel(), dtype=torch.float64))).sum()) + 1e6 * inputs.shape[0]
+    weighted = float((x * torch.cos(torch.arange(x.numel(), dtype=torch.float64))).sum())
+    return weighted + _FINGERPRINT_ROW_WEIGHT * inputs.shape[0]
 
 
 def make_reducer(distributed: bool | str = False, group: Any = None, timeout: float | None = None) -> LocalReducer:

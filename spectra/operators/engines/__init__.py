@@ -21,7 +21,7 @@ operator (a switch on one rank alone would desynchronise the ranks).
 >>> X, y = torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4,))
 >>> G = GGNOperator(model, "cross_entropy", (X, y))
 >>> G.engine.name, G.engine_note
-('reverse', 'Dropout in the chain (Dropout)')
+('reverse', '1 (Dropout) in the chain')
 """
 
 from __future__ import annotations

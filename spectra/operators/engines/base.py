@@ -27,6 +27,11 @@ An engine implements
 and inherits ``gauss_newton(context, block, head)`` (``J^T head(J V)``) and
 ``residual(context, block)`` (``H V - G V`` on one context), which it may
 override with something faster.
+
+>>> import torch
+>>> block = Block([torch.zeros(4, 3, 2), torch.zeros(4, 3)], m=4)  # 4 directions, two parameters
+>>> block.batched, block.unit_start
+(True, None)
 """
 
 from __future__ import annotations

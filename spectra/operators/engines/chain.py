@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ...losses import BUILTIN_LOSSES
+from ...losses import is_default_builtin
 from .._activations import activation_derivatives, times_first_derivative
 from ..layer_chain import UnsupportedChain, parse_chain
 from .base import Block, Blocks, ForwardPass, ProductEngine
@@ -101,9 +101,10 @@ class ChainProducts:
     """The products of one recognised chain w.r.t. chosen parameters, under a built-in loss."""
 
     def __init__(self, model: nn.Module, params: Sequence[torch.Tensor], loss: Any):
-        kind = next((name for name, builtin in BUILTIN_LOSSES.items() if loss is builtin), None)
+        kind = is_default_builtin(loss)
         if kind is None:
-            raise UnsupportedChain(f"loss {loss.name!r} is not a built-in loss")
+            raise UnsupportedChain(f"loss {loss.name!r} is not a built-in loss with its default settings "
+                                   f"(reduction {loss.reduction!r})")
         chain = parse_chain(model)
         index = {id(p): i for i, p in enumerate(params)}
         self.steps: list[_Linear | _Activation | _Flatten] = []
@@ -129,6 +130,8 @@ class ChainProducts:
     # ------------------------------------------------------------------ one batch
     def state(self, X: torch.Tensor, y: torch.Tensor, weight: float) -> ChainState:
         """Forward pass and backward signals of one batch whose mean loss has weight ``weight``."""
+        if not y.is_floating_point() and (y.ndim != 1 or bool((y < 0).any())):
+            raise UnsupportedChain("the labels are not one class per sample (ignored labels, or tokens)")
         n = X.shape[0]
         st = ChainState(scale=weight / n)
         a, fresh = X, False  # fresh: `a` is a tensor of our own (activations may overwrite it)
@@ -341,6 +344,10 @@ class ChainEngine(ProductEngine):
 
     def __init__(self, op: Any):
         super().__init__(op)
+        from ...batches import BatchReader
+
+        if op.reader.settings() != BatchReader().bind(op.model, op.loss).settings():
+            raise UnsupportedChain("the batches are read by a custom BatchReader")
         self.products = ChainProducts(op.model, op.params, op.loss)
 
     def prepare(self, batch: "Batch", needs: frozenset[str], forward: ForwardPass | None = None) -> ChainContext:

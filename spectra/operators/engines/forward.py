@@ -1,6 +1,8 @@
 """Forward-over-reverse products through ``torch.func``, vmapped over the columns of a block.
 
-* ``H V``: ``jvp`` of ``grad`` of the weighted batch loss through ``functional_call``;
+* ``H V``: ``jvp`` of ``grad`` of the weighted batch loss through ``functional_call``
+  (``jacrev`` for the first derivative where ``grad`` has no forward derivative:
+  :mod:`spectra.forward_ad`);
 * ``J V``: ``jvp`` of the network; ``J^T U``: the network's ``vjp`` function.
 
 Nothing is kept between products (``cache_graph`` does not apply).  On CPU
@@ -71,16 +73,17 @@ class ForwardEngine(ProductEngine):
             context.loss_graph = self.loss_graph(output, batch)
         return context
 
+    #: How the last Hessian product was taken: ``jvp(grad)``, or ``jvp(jacrev)`` and why (spectra.forward_ad).
+    path: str | None = None
+
     def hessian(self, context: ForwardContext, block: Block) -> Blocks:
-        from torch.func import grad, jvp, vmap
+        from ...forward_ad import hessian_columns
 
         batch, loss = context.batch, self.op.loss
-        grad_fn = grad(lambda theta: batch.weight * loss(context.output_fn(*theta), batch.target))
-
-        def column(*tangent: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return jvp(grad_fn, (context.primal,), (tuple(tangent),))[1]
-
-        return list(_without_random_ops(lambda: vmap(column)(*_columns(block))))
+        columns, self.path = _without_random_ops(lambda: hessian_columns(
+            lambda theta: batch.weight * loss(context.output_fn(*theta), batch.target), context.primal,
+            _columns(block)))
+        return list(columns)
 
     def jacobian(self, context: ForwardContext, block: Block) -> torch.Tensor:
         from torch.func import jvp, vmap
