@@ -250,6 +250,7 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         if plan.low is not None:
             t0 = time.perf_counter()
             first = block_krylov_schur(_matmat(plan.low), P, tol=0.0, stop_residual=plan.switch_residual,
+                                       stop_when_stalled=True,
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),

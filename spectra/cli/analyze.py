@@ -56,9 +56,10 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help=f"auto, or a backend: {names('backends')} (default: %(default)s)")
     g.add_argument("--matrix", default="hessian", metavar="NAME",
                    help=f"the curvature matrix: {names('matrices')} (default: %(default)s)")
-    g.add_argument("--k", type=int, default=10, help="arpack: eigenvalues per end (default: %(default)s)")
-    g.add_argument("--which", default="largest", choices=("largest", "smallest", "both"),
-                   help="arpack: which end(s) (default: %(default)s)")
+    g.add_argument("--k", type=int, help="topk/arpack: eigenvalues per end (default: 10); "
+                                         "given without --method, runs topk")
+    g.add_argument("--which", choices=("largest", "smallest", "both"),
+                   help="topk/arpack: which end(s) (default: largest); given without --method, runs topk")
     g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
     g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
     g.add_argument("--product-dtype", choices=DTYPES,
