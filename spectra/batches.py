@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,10 +53,12 @@ from .errors import InvalidInputError
 from .losses import IGNORE_INDEX, Loss
 
 __all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "to_device", "tensors_in",
-           "is_causal_lm", "shift_labels", "leading_size"]
+           "is_causal_lm", "shift_labels", "leading_size", "sample_count", "slice_samples"]
 
 #: The key of the target in a Hugging Face dict batch.
 HUGGING_FACE_LABELS = "labels"
+
+_ARRAYS = (torch.Tensor, np.ndarray)  # what a batch may hold its samples in
 
 TargetSpec = Union[str, int, Callable[[Any], Any]]
 
@@ -85,25 +88,95 @@ def to_device(structure: Any, device: torch.device | str | None = None, dtype: t
     return structure
 
 
-def tensors_in(structure: Any, where: str = "batch") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(path, tensor)`` for every tensor in a nested structure, in order.
+def tensors_in(structure: Any, where: str = "batch", kinds: tuple[type, ...] = (torch.Tensor,)
+               ) -> Iterator[tuple[str, Any]]:
+    """``(path, tensor)`` for every tensor (every instance of ``kinds``) in a nested structure, in order.
 
     >>> [path for path, _ in tensors_in({"a": (torch.zeros(1), 3), "b": torch.ones(1)})]
     ['batch["a"][0]', 'batch["b"]']
     """
-    if isinstance(structure, torch.Tensor):
+    if isinstance(structure, kinds):
         yield where, structure
     elif isinstance(structure, Mapping):
         for key, value in structure.items():
-            yield from tensors_in(value, f"{where}[{key!r}]".replace("'", '"'))
+            yield from tensors_in(value, _key_path(where, key), kinds)
     elif isinstance(structure, (tuple, list)):
         for i, value in enumerate(structure):
-            yield from tensors_in(value, f"{where}[{i}]")
+            yield from tensors_in(value, f"{where}[{i}]", kinds)
+
+
+def _key_path(where: str, key: Any) -> str:
+    return f"{where}[{key!r}]".replace("'", '"')
 
 
 def leading_size(structure: Any) -> int | None:
     """The first axis of the first tensor with one (the number of samples), or None."""
     return next((int(t.shape[0]) for _, t in tensors_in(structure) if t.ndim > 0), None)
+
+
+def sample_count(batch: Any, where: str = "batch") -> int:
+    """The number of samples of a batch whose every tensor (or numpy array) has them on its first axis.
+
+    Refuses, naming the part, a tensor without axes, one whose first axis
+    disagrees with the others, and a list of plain values as long as the batch
+    (spectra cannot tell whether it holds one value per sample).
+
+    >>> sample_count({"input_ids": torch.zeros(3, 5), "mask": (torch.ones(3, 5),), "labels": torch.zeros(3)})
+    3
+    """
+    parts = list(tensors_in(batch, where, _ARRAYS))
+    if not parts:
+        raise InvalidInputError(f"{where} holds no tensor: it has no samples to count")
+    path, first = parts[0]
+    for path, t in parts:
+        if len(t.shape) == 0 or t.shape[0] != first.shape[0]:
+            raise InvalidInputError(
+                f"cannot cut {where} into samples: {path} has shape {tuple(t.shape)}, but {parts[0][0]} has "
+                f"{first.shape[0]} samples on its first axis; every tensor of a batch must hold its samples on "
+                "its first axis (expand a tensor shared by all samples, or shard the data before batching it)"
+            )
+    n = int(first.shape[0])
+    for path, values in _plain_lists(batch, where):
+        if len(values) == n:
+            raise InvalidInputError(
+                f"cannot cut {where} into samples: {path} is a {type(values).__name__} of {n} values that are not "
+                "tensors, which may hold one value per sample; make it a tensor, or drop it before sharding"
+            )
+    return n
+
+
+def slice_samples(batch: Any, start: int, stop: int) -> Any:
+    """``batch`` with every tensor (and numpy array) cut to samples ``start:stop``; other values kept.
+
+    Containers keep their type (mappings become dicts).  Check the batch with
+    :func:`sample_count` first: this cuts whatever it finds.
+
+    >>> part = slice_samples({"ids": torch.arange(4)[:, None], "flag": True}, 1, 3)
+    >>> part["ids"].tolist(), part["flag"]
+    ([[1], [2]], True)
+    """
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        return batch[start:stop]
+    if isinstance(batch, Mapping):
+        return {key: slice_samples(value, start, stop) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
+        return type(batch)(*(slice_samples(value, start, stop) for value in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(slice_samples(value, start, stop) for value in batch)
+    return batch
+
+
+def _plain_lists(structure: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(path, container)`` for every tuple or list in ``structure`` that holds no array at any depth."""
+    if isinstance(structure, Mapping):
+        for key, value in structure.items():
+            yield from _plain_lists(value, _key_path(where, key))
+    elif isinstance(structure, (tuple, list)):
+        if next(tensors_in(structure, where, _ARRAYS), None) is None:
+            yield where, structure
+        else:
+            for i, value in enumerate(structure):
+                yield from _plain_lists(value, f"{where}[{i}]")
 
 
 # ----------------------------------------------------------------------------- causal language models
