@@ -52,7 +52,7 @@ from torch import nn
 from .errors import InvalidInputError
 from .losses import IGNORE_INDEX, Loss
 
-__all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "to_device", "tensors_in",
+__all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "map_tensors", "to_device", "tensors_in",
            "is_causal_lm", "shift_labels", "leading_size", "sample_count", "slice_samples"]
 
 #: The key of the target in a Hugging Face dict batch.
@@ -64,6 +64,25 @@ TargetSpec = Union[str, int, Callable[[Any], Any]]
 
 
 # ----------------------------------------------------------------------------- nested structures
+def map_tensors(structure: Any, fn: Callable[[Any], Any], kinds: tuple[type, ...] = (torch.Tensor,)) -> Any:
+    """``structure`` with ``fn`` applied to every tensor (every instance of ``kinds``); other values kept.
+
+    Mappings become dicts, tuples (named ones included) and lists keep their type.
+
+    >>> map_tensors({"a": (torch.ones(1), "name")}, lambda t: 2 * t)
+    {'a': (tensor([2.]), 'name')}
+    """
+    if isinstance(structure, kinds):
+        return fn(structure)
+    if isinstance(structure, Mapping):
+        return {key: map_tensors(value, fn, kinds) for key, value in structure.items()}
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):  # a named tuple
+        return type(structure)(*(map_tensors(value, fn, kinds) for value in structure))
+    if isinstance(structure, (tuple, list)):
+        return type(structure)(map_tensors(value, fn, kinds) for value in structure)
+    return structure
+
+
 def to_device(structure: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
     """``structure`` with every tensor moved to ``device``; floating tensors also cast to ``dtype``.
 
@@ -75,17 +94,12 @@ def to_device(structure: Any, device: torch.device | str | None = None, dtype: t
     >>> out["ids"].dtype, out["x"][0].dtype
     (torch.int64, torch.float64)
     """
-    if isinstance(structure, torch.Tensor):
-        if dtype is not None and structure.is_floating_point() and structure.dtype != dtype:
-            structure = structure.to(dtype)
-        return structure if device is None else structure.to(device)
-    if isinstance(structure, Mapping):
-        return {key: to_device(value, device, dtype) for key, value in structure.items()}
-    if isinstance(structure, tuple) and hasattr(structure, "_fields"):  # a named tuple
-        return type(structure)(*(to_device(value, device, dtype) for value in structure))
-    if isinstance(structure, (tuple, list)):
-        return type(structure)(to_device(value, device, dtype) for value in structure)
-    return structure
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        return t if device is None else t.to(device)
+
+    return map_tensors(structure, move)
 
 
 def tensors_in(structure: Any, where: str = "batch", kinds: tuple[type, ...] = (torch.Tensor,)
@@ -155,15 +169,7 @@ def slice_samples(batch: Any, start: int, stop: int) -> Any:
     >>> part["ids"].tolist(), part["flag"]
     ([[1], [2]], True)
     """
-    if isinstance(batch, (torch.Tensor, np.ndarray)):
-        return batch[start:stop]
-    if isinstance(batch, Mapping):
-        return {key: slice_samples(value, start, stop) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
-        return type(batch)(*(slice_samples(value, start, stop) for value in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(slice_samples(value, start, stop) for value in batch)
-    return batch
+    return map_tensors(batch, lambda t: t[start:stop], _ARRAYS)
 
 
 def _plain_lists(structure: Any, where: str) -> Iterator[tuple[str, Any]]:

@@ -127,15 +127,9 @@ def is_single_batch(obj: Any) -> bool:
 
 def _tensors_of(batch: Any) -> Any:
     """``batch`` with numpy arrays turned into tensors (containers kept)."""
-    if isinstance(batch, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(batch))
-    if isinstance(batch, Mapping):
-        return {key: _tensors_of(value) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_tensors_of(value) for value in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_tensors_of(value) for value in batch)
-    return batch
+    from .batches import map_tensors
+
+    return map_tensors(batch, lambda a: torch.from_numpy(np.ascontiguousarray(a)), (np.ndarray,))
 
 
 class BatchSource:
