@@ -75,7 +75,7 @@ def symlog_ticks(ax: Any, axis: str, linthresh: float, lo: float, hi: float, max
                                                .replace("e-0", "e-")))
 
 
-def eigenvalue_histogram(ax: Any, eigenvalues: np.ndarray, *, bins: int = 60, title: str | None = None,
+def eigenvalue_histogram(ax: Any, eigenvalues: np.ndarray, *, bins: Any = 60, title: str | None = None,
                          log: bool = True, zero_tol: float | None = None, counts: dict[str, Any] | None = None,
                          symlog: bool = True) -> Any:
     """Histogram of eigenvalues on ``ax`` (log counts, as in the paper).
@@ -86,11 +86,13 @@ def eigenvalue_histogram(ax: Any, eigenvalues: np.ndarray, *, bins: int = 60, ti
     eigenvalues and the outliers show on one picture instead of vanishing
     into the bin at zero.  ``counts`` (a summary dict: ``num_negative``,
     ``negative_tol``, ``num_outliers``) is written on the panel: the same
-    counts the reports use.
+    counts the reports use.  ``bins``: a count, or explicit edges (then the
+    axis is linear: edges shared between panels).
     """
     lam = np.asarray(eigenvalues, dtype=float)
     big = float(np.max(np.abs(lam))) or 1.0
     band = zero_tol if zero_tol else 1e-3 * big
+    symlog = symlog and np.ndim(bins) == 0
     if symlog:
         edges = symlog_edges(lam, band, bins)
         ax.hist(lam, bins=edges, color="#3465a4", edgecolor="none", log=log)

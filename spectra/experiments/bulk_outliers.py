@@ -79,8 +79,8 @@ def anova2(a: list[Any], b: list[Any], y: list[float]) -> dict[str, Any]:
     def p(ss: float, df: int) -> float:
         return float(stats.f.sf((ss / max(df, 1)) / ms_e, max(df, 1), df_e)) if df > 0 else float("nan")
 
-    return {"eta2_a": ss_a / total if total else 0.0, "eta2_b": ss_b / total if total else 0.0,
-            "eta2_ab": ss_ab / total if total else 0.0, "p_a": p(ss_a, df_a), "p_b": p(ss_b, df_b),
+    return {"eta2_a": float(ss_a / total) if total else 0.0, "eta2_b": float(ss_b / total) if total else 0.0,
+            "eta2_ab": float(ss_ab / total) if total else 0.0, "p_a": p(ss_a, df_a), "p_b": p(ss_b, df_b),
             "p_ab": p(ss_ab, df_ab), "n": int(y.size)}
 
 

@@ -27,7 +27,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "quick": {"threads": 1, "classes": [2, 5, 10], "per_class": 30, "widths": [16, 32],
               "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 10000},
     "paper": {"threads": 1, "classes": [2, 5, 10], "per_class": 100, "widths": [16, 32, 64],
-              "losses": ["cross_entropy", "mse"], "seeds": 3, "lr": 4.0, "grad_tol": 1e-4, "max_steps": 100000},
+              "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4, "max_steps": 30000},
 }
 
 
