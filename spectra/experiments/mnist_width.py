@@ -8,7 +8,7 @@ k=20.  Several inits per width; the widths are those GD can train to
 convergence (k >= 5 separates the 1000 images).  The heatmap net 784-2-10
 cannot separate ten classes through two ReLU units: GD stops on a ReLU
 kink there, and the report says so.  Nets above ``exact_max_params`` get
-ARPACK ends + SLQ numbers instead of an exact spectrum (quick scale only).
+ARPACK top + SLQ numbers instead of an exact spectrum (quick scale only).
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
              f"GD with backtracking from step {cfg['lr']:g} (the step is set by the curvature: a constant step of "
              f"0.1 leaves the stable region on the 784-2-10 net after ~2200 steps), to ||grad|| < "
              f"{cfg['grad_tol']:g} or {cfg['max_steps']} steps; {cfg['seeds']} inits per width.",
-             f"Nets with more than {cfg['exact_max_params']} parameters: λmax, λmin, outliers and negatives from "
-             "ARPACK (20 at each end), the mass near zero from SLQ (10 probes x 80 steps); marked 'estimated'.",
+             f"Nets with more than {cfg['exact_max_params']} parameters: λmax and the outliers from ARPACK (the 20 "
+             "largest eigenvalues, exact), λmin, negatives and the mass near zero from SLQ (10 probes x 80 steps); "
+             "marked 'estimated'.",
              "The heatmap is drawn as computed (not rotated; the paper rotates only figure 6)."]
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes,
             "training": training_summary(records)}
