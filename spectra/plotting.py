@@ -299,7 +299,8 @@ def std_sweep_figure(stds: np.ndarray, top1: np.ndarray, top2: np.ndarray, norms
     if paper_top1 is not None:
         paper = np.asarray(paper_top1, dtype=float)
         ax.scatter(np.repeat(stds, paper.shape[1]) * 1.02, paper.ravel(), s=10, facecolors="none",
-                   edgecolors="#888888", lw=0.6, label="λ1, paper's ReLU net (crosses: not converged)")
+                   edgecolors="#888888", lw=0.6,
+                   label="λ1, paper's ReLU net (stops on kinks where blobs overlap)")
     for arr, label, colour in ((top1, "λ1", "#cc0000"), (top2, "λ2", "#3465a4")):
         arr = np.asarray(arr, dtype=float)
         for j in range(arr.shape[1]):

@@ -90,7 +90,9 @@ def _differ(ctx: Context, measured: dict[str, Any], stage: str, topic: str, pape
     b = [np.log(rn[j]["lambda_max"]) for j in keep]
     c = _stats.compare(a, b)
     ratio = float(np.exp(np.mean(b) - np.mean(a))) if keep else np.nan
-    counts_differ = bool(keep) and all(mn[j]["num_outliers"] != rn[j]["num_outliers"] for j in keep)
+    # counts decide only with two or more inits, and not when they reach ARPACK's k (censored)
+    counts_differ = len(keep) >= 2 and all(mn[j]["num_outliers"] != rn[j]["num_outliers"] and
+                                           not mn[j].get("censored") and not rn[j].get("censored") for j in keep)
     big = max(ratio, 1 / ratio) > DIFFERENT_FACTOR if np.isfinite(ratio) else False
     agrees, text = _stats.verdict(big or counts_differ, (big and _stats.significant(c)) or counts_differ, ctx.scale)
     return Claim(topic, paper,

@@ -34,7 +34,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
              "max_steps": 1500, "num_inits": 4, "smooth_activation": "tanh", "weight_decay": 1e-3,
              "smooth_grad_tol": 1e-8, "smooth_gd_steps": 500},
     "quick": {"threads": 1, "hidden": 6, "n": 200, "stds": [0.4, 0.8, 1.2, 1.6], "lr": 0.5, "grad_tol": 1e-4,
-              "max_steps": 1000, "num_inits": 8, "smooth_activation": "tanh", "weight_decay": 1e-3,
+              "max_steps": 5000, "num_inits": 8, "smooth_activation": "tanh", "weight_decay": 1e-3,
               "smooth_grad_tol": 1e-8, "smooth_gd_steps": 2000},
     "paper": {"threads": 1, "hidden": 6, "n": 200, "stds": [0.4, 0.8, 1.2, 1.6, 2.0], "lr": 0.5, "grad_tol": 1e-4,
               "max_steps": 20000, "num_inits": 100, "smooth_activation": "tanh", "weight_decay": 1e-3,
@@ -121,7 +121,9 @@ def run_fig9(ctx: Context) -> dict[str, Any]:
                                         np.array([r["weight_norm"] for r in smooth]),
                                         converged=np.array([r["converged"] for r in smooth]),
                                         paper_top1=np.array([r["eigs"][:, -1] for r in arms["paper"]]),
-                                        title=f"2-{cfg['hidden']}-{cfg['hidden']}-2, {cfg['num_inits']} inits per std"),
+                                        title=f"converged arm: 2-{cfg['hidden']}-{cfg['hidden']}-2 "
+                                              f"{cfg['smooth_activation']}, weight decay {cfg['weight_decay']:g}, "
+                                              f"{cfg['num_inits']} inits per std (grey: the paper's ReLU net)"),
                        "fig9_std_sweep.png")
     claims = _claims(ctx, stds, arms, bayes, measured)
     table = markdown_table(["arm", "std", "converged", "median |g|", "on a ReLU kink", "at edge of stability",
