@@ -24,6 +24,8 @@ _LAZY = {
     "HessianOperator": "spectra.operators.hessian:HessianOperator",
     "GGNOperator": "spectra.operators.ggn:GGNOperator",
     "ResidualOperator": "spectra.operators.residual:ResidualOperator",
+    "EmpiricalFisherOperator": "spectra.operators.fisher:EmpiricalFisherOperator",
+    "MCFisherOperator": "spectra.operators.fisher:MCFisherOperator",
     "Dataset": "spectra.data:Dataset",
     "train": "spectra.training:train",
     "hookimpl": "spectra.hookspecs:hookimpl",

@@ -23,7 +23,7 @@ from .errors import InvalidInputError, PluginError
 from .losses import LossLike
 from .operators.base import SpectralOperator
 from .backends.base import expected_products
-from .operators.hessian import HessianOperator, ParamSelector
+from .operators.parameters import ParamSelector
 from .progress import ProductBar, wanted
 from .result import SpectrumResult, versions
 
@@ -36,7 +36,9 @@ AUTO = "auto"  # the method name that lets analyze choose
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
-_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction"}
+_OPERATOR_OPTIONS = {"mode", "cache_graph", "chunk_size", "train_mode", "check_determinism", "reduction",
+                     "reader"}
+_PARALLEL_OPTIONS = ("timeout", "group")
 
 
 def operator_class(matrix: str) -> type:
@@ -44,6 +46,29 @@ def operator_class(matrix: str) -> type:
     from . import matrices
 
     return matrices.get(matrix)
+
+
+def operator_options(matrix: str, distributed: bool | str, seed: int,
+                     options: dict[str, Any]) -> tuple[type, dict[str, Any], tuple[int, int] | None]:
+    """``(class, its options, shard)`` of the operator ``analyze`` builds; its options leave ``options``.
+
+    Under data parallelism (:func:`spectra.parallel.data_parallel_requested`)
+    the operator gets ``distributed=True`` and ``shard`` is ``(rank, world)``:
+    a registry dataset is then loaded as this rank's shard only.
+    """
+    from . import parallel
+
+    op_class = operator_class(matrix)
+    extra = getattr(op_class, "extra_options", ())  # a matrix's own options (CurvatureOperator.extra_options)
+    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS | set(extra)}
+    if "seed" in extra:
+        op_options.setdefault("seed", seed)  # a Monte-Carlo matrix draws from the analysis's seed
+    shard = None
+    if parallel.data_parallel_requested(distributed):
+        op_options.update({k_: options.pop(k_) for k_ in _PARALLEL_OPTIONS if k_ in options}, distributed=True)
+        group = op_options.get("group")
+        shard = (parallel.rank(group), parallel.world_size(group))
+    return op_class, op_options, shard
 
 
 def get_backend(name: str) -> Any:
@@ -185,6 +210,11 @@ def _resolve_model(model: Any, model_args: dict[str, Any] | None) -> torch.nn.Mo
         return models.create(model, **(model_args or {}))
     if model_args:
         raise InvalidInputError("model_args is only used when model is a registry name")
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputError(
+            f"model must be a torch.nn.Module or a registry name; got a {type(model).__name__} "
+            "(wrap a function in an nn.Module whose parameters are the ones to analyse)"
+        )
     return model
 
 
@@ -251,21 +281,27 @@ def analyze(
     backend registered by a plugin.
 
     ``model`` and ``data`` may be registry names (``"mlp"``, ``"mnist"``) with
-    ``model_args``/``data_args``.  Remaining ``options`` go to
-    :class:`~spectra.operators.hessian.HessianOperator` (``mode``,
-    ``cache_graph``, ``chunk_size``, ``train_mode``, ``check_determinism``,
-    ``reduction``) or to the backend.
+    ``model_args``/``data_args``.  Remaining ``options`` go to the curvature
+    operator (:class:`~spectra.operators.curvature.CurvatureOperator`:
+    ``mode``, ``cache_graph``, ``chunk_size``, ``train_mode``,
+    ``check_determinism``, ``reduction``, ``reader``, and a matrix's own, such
+    as ``mc_samples``) or to the backend.  Batches may be tuples, dicts
+    (Hugging Face: ``model(**inputs)``, target under ``labels``, ``.logits``
+    read) or nested structures; ``reader`` (a
+    :class:`~spectra.batches.BatchReader`) describes any other convention.
 
     ``matrix``: ``"hessian"`` (default), ``"ggn"`` (the Gauss-Newton part
-    ``G = J^T H_loss J``) or ``"residual"`` (``R = H - G``); the operator
-    options above apply to all three.
+    ``G = J^T H_loss J``), ``"residual"`` (``R = H - G``),
+    ``"empirical_fisher"`` (mean of per-sample gradient outer products) or
+    ``"fisher"``/``"mc_fisher"`` (the Fisher with labels drawn from the
+    model, ``mc_samples`` per sample, seeded by ``seed``); see docs/matrices.md.
 
     ``distributed``: ``"auto"`` (default) runs data-parallel over
     torch.distributed when a multi-rank group is initialised or torchrun
     launched the process (``data`` is then this rank's shard; a registry name
-    is loaded and sharded here), ``True`` requires it, ``False`` never.
-    Options ``timeout`` and ``group`` go to
-    :class:`~spectra.distributed.DistributedHessianOperator`.
+    is loaded and sharded here), ``True`` requires it, ``False`` never; every
+    matrix runs data-parallel.  Options ``timeout`` and ``group`` go to the
+    reducer (:mod:`spectra.parallel`).
 
     ``product_dtype``: run the Hessian products in this dtype (``"float32"``
     or ``"float64"``) on a private copy of the model; the model itself is not
@@ -297,21 +333,7 @@ def analyze(
     model_dtype = _float_dtype(model)
     if product_dtype is not None:
         model = _in_dtype(model, product_dtype)
-    op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS}
-    op_class = operator_class(matrix)
-    shard = None
-    if distributed:
-        from . import distributed as _distributed
-
-        if getattr(_distributed.operator_class(distributed), "is_distributed", False):
-            if op_class is not HessianOperator:
-                raise InvalidInputError(f"matrix={matrix!r} has no distributed version yet; pass distributed=False "
-                                        "to analyse each rank's data on its own")
-            op_class = _distributed.DistributedHessianOperator
-            op_options.update({k_: options.pop(k_) for k_ in ("timeout", "group") if k_ in options})
-            group = op_options.get("group")
-            # a registry dataset is loaded as this rank's shard only (spectra.datasets.load(shard=...))
-            shard = (_distributed._dist().get_rank(group), _distributed._dist().get_world_size(group))
+    op_class, op_options, shard = operator_options(matrix, distributed, seed, options)
     data = _resolve_data(data, data_args, shard)
     start = time.perf_counter()
     op = op_class(model, loss, data, params=params, **op_options)

@@ -1,10 +1,13 @@
 """Datasets and the batch sources spectra iterates over.
 
 A *dataset* for spectra is a finite, ordered, re-iterable collection of
-``(X, y)`` batches.  Accepted forms:
+batches.  A batch is a tuple ``(X, y)``, a dict (the Hugging Face convention:
+``model(**inputs)`` with the target under ``labels``) or another nested
+structure of tensors that a :class:`~spectra.batches.BatchReader` can read.
+Accepted forms:
 
-* one batch: a tuple ``(X, y)`` of tensors (or numpy arrays);
-* a list/tuple of such batches (sizes may differ);
+* one batch: a tuple ``(X, y)`` of tensors (or numpy arrays), or a dict;
+* a list/tuple of batches (sizes may differ);
 * a :class:`torch.utils.data.DataLoader` with a sequential sampler;
 * a :class:`Dataset` (what ``spectra.datasets.load`` returns).
 
@@ -16,6 +19,7 @@ A *dataset* for spectra is a finite, ordered, re-iterable collection of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -24,7 +28,7 @@ import torch
 
 from .errors import InvalidInputError, NonDeterministicError, NonFiniteError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = Any  # (X, y), a dict, or a nested structure of tensors (spectra.batches)
 
 
 @dataclass
@@ -100,12 +104,38 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         raise InvalidInputError(f"{what} must be a tensor or array; got {type(value).__name__}") from exc
 
 
-def _is_batch(obj: Any) -> bool:
+def is_batch(obj: Any) -> bool:
+    """Whether ``obj`` is one ``(X, y)`` batch: a pair of tensors or arrays."""
     return (
         isinstance(obj, (tuple, list))
         and len(obj) == 2
         and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in obj)
     )
+
+
+def _is_structured(obj: Any) -> bool:
+    """A batch as a container: a dict, or a tuple/list of at least two parts."""
+    return isinstance(obj, Mapping) or (isinstance(obj, (tuple, list)) and len(obj) >= 2)
+
+
+def _is_single_batch(obj: Any) -> bool:
+    """One batch rather than a list of batches: a dict, an (X, y) pair, or a tuple with a non-batch part."""
+    if isinstance(obj, Mapping) or is_batch(obj):
+        return True
+    return isinstance(obj, tuple) and len(obj) >= 2 and not all(_is_structured(part) for part in obj)
+
+
+def _tensors_of(batch: Any) -> Any:
+    """``batch`` with numpy arrays turned into tensors (containers kept)."""
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(batch))
+    if isinstance(batch, Mapping):
+        return {key: _tensors_of(value) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_tensors_of(value) for value in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_tensors_of(value) for value in batch)
+    return batch
 
 
 class BatchSource:
@@ -125,8 +155,10 @@ class BatchSource:
         elif isinstance(data, Dataset):
             self._batches = [(data.X, data.y)]
             self.info = {"name": data.name, **data.info}
-        elif _is_batch(data):
+        elif is_batch(data):
             self._batches = [(_as_tensor(data[0], "X"), _as_tensor(data[1], "y"))]
+        elif _is_single_batch(data):
+            self._batches = [_tensors_of(data)]
         elif isinstance(data, torch.utils.data.DataLoader):
             _refuse_shuffling(data)
             self._batches = None
@@ -134,20 +166,22 @@ class BatchSource:
         elif isinstance(data, (list, tuple)):
             if len(data) == 0:
                 raise InvalidInputError("the dataset is empty: got an empty list of batches")
-            bad = [i for i, b in enumerate(data) if not _is_batch(b)]
+            bad = [i for i, b in enumerate(data) if not _is_structured(b)]
             if bad:
                 raise InvalidInputError(
-                    f"each batch must be a pair (X, y) of tensors; batch {bad[0]} is {type(data[bad[0]]).__name__}"
+                    f"each batch must be a pair (X, y) of tensors, a dict or a tuple of inputs and a target; "
+                    f"batch {bad[0]} is {type(data[bad[0]]).__name__}"
                 )
-            self._batches = [(_as_tensor(x, "X"), _as_tensor(y, "y")) for x, y in data]
-        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, dict)):
+            self._batches = [(_as_tensor(b[0], "X"), _as_tensor(b[1], "y")) if is_batch(b) else _tensors_of(b)
+                             for b in data]
+        elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
             raise InvalidInputError(
-                "data must be (X, y), a list of (X, y) batches, a DataLoader or a spectra Dataset; "
+                "data must be (X, y), a dict batch, a list of batches, a DataLoader or a spectra Dataset; "
                 f"got a {type(data).__name__} (wrap a one-shot iterator in list(...))"
             )
         else:
             raise InvalidInputError(
-                "data must be (X, y), a list of (X, y) batches, a DataLoader or a spectra Dataset; "
+                "data must be (X, y), a dict batch, a list of batches, a DataLoader or a spectra Dataset; "
                 f"got {type(data).__name__}"
             )
         self._validate()
@@ -156,40 +190,50 @@ class BatchSource:
         # Empty batches carry no samples and no weight; skipping them keeps a
         # mean-reduced batch loss from turning into 0/0.
         batches = self._batches if self._batches is not None else (self._unpack(b) for b in self._loader)
-        return (b for b in batches if b[0].shape[0] > 0)
+        return (b for b in batches if _rows(b) != 0)
 
     @staticmethod
     def _unpack(batch: Any) -> Batch:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        if is_batch(batch):
+            return _as_tensor(batch[0], "X"), _as_tensor(batch[1], "y")
+        if not _is_structured(batch):
             raise InvalidInputError(
-                f"the DataLoader must yield (X, y) pairs; it yielded a {type(batch).__name__}"
+                f"the DataLoader must yield (X, y) pairs or dict batches; it yielded a {type(batch).__name__}"
             )
-        return _as_tensor(batch[0], "X"), _as_tensor(batch[1], "y")
+        return _tensors_of(batch)
 
     def _validate(self) -> None:
-        sizes, feature_shape = [], None
-        for i, (X, y) in enumerate(self):
-            if X.shape[0] != y.shape[0]:
-                raise InvalidInputError(
-                    f"batch {i}: X has {X.shape[0]} samples but y has {y.shape[0]} "
-                    f"(X {tuple(X.shape)}, y {tuple(y.shape)})"
-                )
-            if feature_shape is None:
-                feature_shape = tuple(X.shape[1:])
-            elif tuple(X.shape[1:]) != feature_shape:
-                raise InvalidInputError(
-                    f"batches have inconsistent feature shapes: batch 0 has {feature_shape}, "
-                    f"batch {i} has {tuple(X.shape[1:])}"
-                )
-            if X.is_floating_point() and not bool(torch.isfinite(X).all()):
-                raise NonFiniteError(f"batch {i}: the inputs X contain NaN or Inf")
-            if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-                raise NonFiniteError(f"batch {i}: the targets y contain NaN or Inf")
-            sizes.append(int(X.shape[0]))
+        from .batches import tensors_in
+
+        sizes, feature_shape, elements = [], None, 0
+        for i, batch in enumerate(self):
+            if is_batch(batch):
+                X, y = batch
+                if X.shape[0] != y.shape[0]:
+                    raise InvalidInputError(
+                        f"batch {i}: X has {X.shape[0]} samples but y has {y.shape[0]} "
+                        f"(X {tuple(X.shape)}, y {tuple(y.shape)})"
+                    )
+                # features of real-valued inputs must agree (token ids may come in sequences of any length)
+                if X.is_floating_point():
+                    if feature_shape is None:
+                        feature_shape = tuple(X.shape[1:])
+                    elif tuple(X.shape[1:]) != feature_shape:
+                        raise InvalidInputError(
+                            f"batches have inconsistent feature shapes: batch 0 has {feature_shape}, "
+                            f"batch {i} has {tuple(X.shape[1:])}"
+                        )
+            for path, t in tensors_in(batch, f"batch {i}"):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    what = {f"batch {i}[0]": "the inputs X", f"batch {i}[1]": "the targets y"}.get(path, path)
+                    raise NonFiniteError(f"batch {i}: {what} contain NaN or Inf")
+                elements += t.numel()
+            sizes.append(_rows(batch))
         if not sizes or sum(sizes) == 0:
             raise InvalidInputError("the dataset is empty: no samples")
         self.batch_sizes = sizes
         self.feature_shape = feature_shape
+        self._elements = elements
 
     @property
     def num_samples(self) -> int:
@@ -204,8 +248,16 @@ class BatchSource:
         return self._batches is not None
 
     def numel(self) -> int:
-        """Number of input elements over all batches (a proxy for memory use)."""
-        return self.num_samples * int(np.prod(self.feature_shape or (1,)))
+        """Number of tensor elements over all batches (a proxy for memory use)."""
+        return self._elements
+
+
+def _rows(batch: Any) -> int:
+    """Samples in a batch: the first axis of its first tensor (None-free: 0 when it has none)."""
+    from .batches import leading_size
+
+    rows = leading_size(batch)
+    return 0 if rows is None else rows
 
 
 def _refuse_shuffling(loader: torch.utils.data.DataLoader) -> None:

@@ -35,7 +35,7 @@ def load(name: str, *, shard: Any = None, **kwargs: Any) -> Dataset:
     given) when the plugin did not set them.  Errors as in :func:`spectra.models.create`.
 
     ``shard=(rank, world)`` returns only rank ``rank``'s part of ``world``:
-    exactly ``spectra.distributed.shard(load(name, **kwargs), rank, world)``
+    exactly ``spectra.sharding.shard(load(name, **kwargs), rank, world)``
     (same rows, same order, the same ``info`` plus its ``"shard"`` record).  A
     loader that takes a ``shard`` keyword (:func:`loads_shards`) builds only
     that part; for any other the whole dataset is loaded, the part copied out
@@ -46,7 +46,7 @@ def load(name: str, *, shard: Any = None, **kwargs: Any) -> Dataset:
         return data
     rank, world = _check_shard(name, shard)
     if not loads_shards(name):
-        from .distributed import shard as cut
+        from .sharding import shard as cut
 
         whole, _ = _load(name, kwargs, kwargs)
         try:
@@ -106,8 +106,8 @@ def _check_shard(name: str, shard: Any) -> tuple[int, int]:
 
 
 def _check_shard_result(data: Dataset, name: str, plugin: str, rank: int, world: int) -> None:
-    """A loader asked for a shard must return it with the record ``spectra.distributed.shard`` would write."""
-    from .distributed import shard_record
+    """A loader asked for a shard must return it with the record ``spectra.sharding.shard`` would write."""
+    from .sharding import shard_record
 
     record = data.info.get("shard")
     total = record.get("num_samples_total") if isinstance(record, dict) else None
@@ -120,7 +120,7 @@ def _check_shard_result(data: Dataset, name: str, plugin: str, rank: int, world:
             f"dataset {name!r} from plugin {plugin!r} was asked for shard ({rank}, {world}) and returned "
             f"{len(data)} samples with info['shard']={record!r}; a loader that takes 'shard' must return "
             "rows start:stop of the whole dataset with info['shard'] = "
-            "spectra.distributed.shard_record(num_samples_total, rank, world)"
+            "spectra.sharding.shard_record(num_samples_total, rank, world)"
         )
 
 

@@ -7,8 +7,8 @@ and plugins add more through the hook ``spectra_register_matrices``.
 >>> import spectra
 >>> spectra.matrices.get("GGN").__name__
 'GGNOperator'
->>> [m["name"] for m in spectra.matrices.list_matrices()][:3]
-['ggn', 'hessian', 'residual']
+>>> [m["name"] for m in spectra.matrices.list_matrices()]
+['empirical_fisher', 'ggn', 'hessian', 'mc_fisher', 'residual']
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
 
 def _accuracy(model: nn.Module, data: Any) -> float:
     from .data import as_batch_source
-    from .operators.hessian import model_mode
+    from .operators.model_state import model_mode
 
     correct, total = 0, 0
     dtype = next(model.parameters()).dtype

@@ -37,6 +37,7 @@ from . import hookspecs
 from .default_plugins import DEFAULT_PLUGINS
 from .errors import (InvalidInputError, MemoryBudgetError, PluginError, SpectraError, UnknownNameError,
                      close_matches, describe_exception, did_you_mean)
+from .precision import with_default_dtype
 
 ENTRY_POINT_GROUP = "spectra"
 
@@ -81,6 +82,13 @@ class Entry:
             return inspect.signature(self.factory)
         except (TypeError, ValueError):  # some builtins / C callables have none
             return None
+
+    def accepts(self, param: str) -> bool:
+        """Whether the factory takes a keyword ``param`` (by name or through ``**kwargs``)."""
+        if self.signature() is None:
+            return False
+        names, takes_any = accepted_keywords(self.factory)
+        return param in names or takes_any
 
 
 @dataclass
@@ -525,6 +533,8 @@ def call_factory(kind: str, name: str, kwargs: dict[str, Any]) -> tuple[Any, Ent
     """
     entry = get_entry(kind, name)
     noun, name = KINDS[kind][0], entry.name
+    if kind in ("models", "datasets"):  # one default dtype for Python and the CLI (spectra.precision)
+        kwargs = with_default_dtype(kwargs, entry.accepts("dtype"))
     check_kwargs(entry, kwargs, noun)
     try:
         return entry.factory(**kwargs), entry

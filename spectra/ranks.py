@@ -42,7 +42,7 @@ class Ranks:
         self.active = sd.is_distributed()
         self.rank, self.world = sd.rank(), sd.world_size()
         self.main = self.rank == 0
-        self.store = sd._default_store() if self.active else None  # for farewell(), after close()
+        self.store = sd.default_store() if self.active else None  # for farewell(), after close()
 
     def step(self, what: str) -> Any:
         """A stage every rank runs; when it fails on one rank it fails on all."""
@@ -61,7 +61,7 @@ class Ranks:
         table = torch.zeros(self.world, 3, dtype=torch.float64)
         table[self.rank] = torch.tensor([record["num_samples_total"], record["start"], record["stop"]],
                                         dtype=torch.float64)
-        self.sd._all_reduce_within(table, None, None)
+        self.sd.all_reduce(table)
         check_tiling([[int(v) for v in row] for row in table.tolist()])
 
     def share_weights(self, model: Any) -> None:

@@ -11,7 +11,10 @@ plugin backend or operator can be validated the same way:
 * :func:`assert_quadrature_moments` — SLQ nodes/weights reproduce
   ``v^T H^j v / v^T v`` for ``j < 2m``;
 * :func:`density_distance` — L1 distance between a result's broadened density
-  and the broadened exact spectrum.
+  and the broadened exact spectrum;
+* :func:`gradient_difference` — the central finite difference of the
+  gradient along a direction, ``(g(θ + εv) - g(θ - εv)) / 2ε``: a check of
+  ``H v`` that needs only first derivatives (its error shrinks as ``ε²``).
 
 >>> import torch
 >>> from spectra.operators.base import DenseOperator
@@ -128,6 +131,42 @@ def density_distance(result: Any, exact_eigenvalues: np.ndarray, sigma: float | 
     rho_exact = gaussian_density(exact, np.full(exact.shape, 1.0 / exact.size), grid, sigma)
     _, rho = result.density(grid=grid, sigma=sigma)
     return l1_distance(rho, rho_exact, grid)
+
+
+def gradient_difference(build: Callable[[], Any], params: Any, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """``(g(θ + εv) - g(θ - εv)) / 2ε``, with ``g = build().gradient`` at the shifted parameters.
+
+    ``params`` are the tensors the operator differentiates (``op.params``), in
+    its flattening order; they are shifted in place and restored exactly,
+    through ``.data`` so that graphs cached earlier (an operator's) stay usable.
+    ``build`` makes a new operator on the same model and data (pass
+    ``check_determinism=False``: only its first pass is needed).
+
+    >>> from spectra.operators.hessian import HessianOperator
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    >>> X, y = torch.randn(9, 3, dtype=torch.float64), torch.randint(0, 2, (9,))
+    >>> build = lambda: HessianOperator(model, "cross_entropy", (X, y), check_determinism=False)
+    >>> H = build()
+    >>> v = torch.randn(H.shape[0], dtype=torch.float64)
+    >>> fd = gradient_difference(build, H.params, v, 1e-4)
+    >>> bool(((fd - H @ v).norm() / (H @ v).norm()) < 1e-6)
+    True
+    """
+    params = list(params)
+    pieces = torch.split(v.detach(), [p.numel() for p in params])
+    original = [p.detach().clone() for p in params]
+
+    def gradient_at(sign: float) -> torch.Tensor:
+        for p, p0, piece in zip(params, original, pieces):
+            p.data.copy_(p0 + sign * eps * piece.view_as(p).to(p.dtype))
+        return build().gradient.detach().clone()
+
+    try:
+        plus, minus = gradient_at(1.0), gradient_at(-1.0)
+    finally:
+        for p, p0 in zip(params, original):
+            p.data.copy_(p0)
+    return (plus - minus) / (2 * eps)
 
 
 def matrix_with_spectrum(eigenvalues: np.ndarray, seed: int = 0) -> np.ndarray:

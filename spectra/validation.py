@@ -80,9 +80,9 @@ def check_choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
 
 
 def resolve_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
-    """``None`` -> ``torch.get_default_dtype()``; a floating torch dtype or its name otherwise."""
+    """``None`` -> float64 (spectra's default, as in the paper); a floating torch dtype or its name otherwise."""
     if dtype is None:
-        return torch.get_default_dtype()
+        return torch.float64
     if isinstance(dtype, torch.dtype):
         if not dtype.is_floating_point:
             raise InvalidInputError(f"{what} must be a floating-point dtype; got {dtype}")

@@ -32,6 +32,7 @@ from spectra.backends.arpack import ArpackBackend  # noqa: E402
 from spectra.backends.exact import ExactBackend  # noqa: E402
 from spectra.backends.lanczos import LanczosBackend  # noqa: E402
 from spectra.errors import DistributedError, MemoryBudgetError  # noqa: E402
+from spectra.operators.hessian import HessianOperator  # noqa: E402
 
 # Shared with the test (keep in sync): model, data, shards, solver options.
 N, D, C = 23, 4, 3
@@ -39,6 +40,10 @@ SHARDS = {0: [(0, 8), (8, 13)], 1: [(13, 23)]}  # rank 0: two batches (13 sample
 ARPACK = {"k": 4, "which": "both", "seed": 0}
 LANCZOS = {"num_probes": 3, "num_steps": 8, "seed": 0}
 SUBSET = "2"  # the last Linear layer
+# every matrix on every engine, data-parallel: (matrix, engine, extra options)
+MATRICES = ("hessian", "ggn", "residual", "empirical_fisher", "mc_fisher")
+ENGINES = ("chain", "reverse", "forward")
+MATRIX_OPTIONS = {"mc_fisher": {"mc_samples": 2, "seed": 4}}
 
 
 def build_model() -> nn.Module:
@@ -57,6 +62,11 @@ def build_blob_model() -> nn.Module:
 def build_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(10)
     return torch.randn(N, D, generator=g, dtype=torch.float64), torch.randint(0, C, (N,), generator=g)
+
+
+def dist_hessian(model, loss, data, **options):
+    """The Hessian operator, data-parallel over the process group."""
+    return HessianOperator(model, loss, data, distributed=True, **options)
 
 
 record: dict = {"rank": RANK, "steps": {}}
@@ -116,7 +126,7 @@ def main() -> None:
 
     # 1. the three backends on the sharded operator (plus a parameter subset)
     def spectra_runs() -> None:
-        op = sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20)
+        op = dist_hessian(build_model(), "cross_entropy", mine, timeout=20)
         record["num_samples"] = op.num_samples
         record["describe"] = op.describe()["distributed"]
         with op.guard():
@@ -124,7 +134,7 @@ def main() -> None:
             arrays["arpack"] = ArpackBackend().run(op, **ARPACK).eigenvalues
             r = LanczosBackend().run(op, **LANCZOS)
             arrays["lanczos_nodes"], arrays["lanczos_weights"] = r.nodes, r.weights
-        sub = sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, params=SUBSET)
+        sub = dist_hessian(build_model(), "cross_entropy", mine, params=SUBSET)
         arrays["subset_exact"] = ExactBackend().run(sub).eigenvalues
 
     outcome("spectra", spectra_runs)
@@ -161,13 +171,32 @@ def main() -> None:
             record["api_by_name_samples"] = r.num_samples
         outcome("api_by_name", by_name)
 
+    # 1d. every matrix on every engine, and through analyze(matrix=...)
+    def every_matrix() -> None:
+        from spectra.matrices import get as operator_class
+
+        engines = {}
+        for matrix in MATRICES:
+            for engine in ENGINES:
+                op = operator_class(matrix)(build_model(), "cross_entropy", mine, mode=engine, distributed=True,
+                                            timeout=20, **MATRIX_OPTIONS.get(matrix, {}))
+                arrays[f"dense_{matrix}_{engine}"] = op.to_dense().numpy()
+                engines[f"{matrix}_{engine}"] = op.describe()["product_engine"]
+            r = spectra.analyze(build_model(), mine, matrix=matrix, method="exact", distributed=True,
+                                **MATRIX_OPTIONS.get(matrix, {}))
+            arrays[f"analyze_{matrix}"] = r.eigenvalues
+            record[f"analyze_{matrix}_world"] = r.provenance["distributed"]["world_size"]
+        record["engines"] = engines
+
+    outcome("every_matrix", every_matrix)
+
     # 1c. replicated data (every rank holds all of it): right Hessian, with a warning
     def replicated() -> None:
         import warnings
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            op = sd.DistributedHessianOperator(build_model(), "cross_entropy", (X, y), timeout=20)
+            op = dist_hessian(build_model(), "cross_entropy", (X, y), timeout=20)
         record["replicated_warnings"] = [str(w.message) for w in caught]
         arrays["replicated_exact"] = ExactBackend().run(op).eigenvalues
 
@@ -175,7 +204,7 @@ def main() -> None:
 
     # 2. a rank whose forward raises inside a Hessian product
     def product_failure() -> None:
-        op = sd.DistributedHessianOperator(FailingForward(build_model(), RANK == 1, after=10 ** 9),
+        op = dist_hessian(FailingForward(build_model(), RANK == 1, after=10 ** 9),
                                            "cross_entropy", mine, timeout=20, cache_graph=False)
         op.model.after = op.model.calls + 1  # from now on rank 1 fails
         with op.guard():
@@ -186,20 +215,20 @@ def main() -> None:
     # 3. a rank whose shard is bad: fails while the operator is being built
     def construction_failure() -> None:
         data = mine if RANK == 0 else [(X[:3, :2], y[:3])]  # wrong feature count on rank 1
-        sd.DistributedHessianOperator(build_model(), "cross_entropy", data, timeout=20)
+        dist_hessian(build_model(), "cross_entropy", data, timeout=20)
 
     outcome("construction_failure", construction_failure)
 
     # 3b. a rank that fails before its first collective (its parameter selection matches nothing)
     def early_failure() -> None:
-        sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20,
+        dist_hessian(build_model(), "cross_entropy", mine, timeout=20,
                                       params="0" if RANK == 0 else "no_such_layer")
 
     outcome("early_failure", early_failure)
 
     # 4. a failure between products on one rank (a backend's memory check)
     def solver_failure() -> None:
-        op = sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20)
+        op = dist_hessian(build_model(), "cross_entropy", mine, timeout=20)
         with op.guard():
             ExactBackend().run(op, memory_limit=10 if RANK == 1 else None)
 
@@ -211,20 +240,20 @@ def main() -> None:
         if RANK == 1:
             with torch.no_grad():
                 model[0].weight[0, 0] += 1e-3
-        sd.DistributedHessianOperator(model, "cross_entropy", mine, timeout=20)
+        dist_hessian(model, "cross_entropy", mine, timeout=20)
 
     outcome("different_weights", different_weights)
 
     # 6. ranks out of step (different block widths) are refused, not mixed
     def out_of_step() -> None:
-        op = sd.DistributedHessianOperator(build_model(), "cross_entropy", mine, timeout=20)
+        op = dist_hessian(build_model(), "cross_entropy", mine, timeout=20)
         op.matmat(torch.ones(op.shape[0], 2 if RANK == 0 else 3, dtype=torch.float64))
 
     outcome("out_of_step", out_of_step)
 
     # 7. rank 1 hangs (then dies): rank 0 must stop at the timeout, then see the death
     def hang() -> None:
-        op = sd.DistributedHessianOperator(
+        op = dist_hessian(
             FailingForward(build_model(), RANK == 1, after=10 ** 9, sleep=2.5, die=True),
             "cross_entropy", mine, timeout=1.0, cache_graph=False)
         op.model.after = op.model.calls + 1
@@ -234,7 +263,7 @@ def main() -> None:
 
     def after_death() -> None:
         # no timeout here: only the peer's death can end this
-        sd.DistributedHessianOperator(build_model(), "cross_entropy", mine)
+        dist_hessian(build_model(), "cross_entropy", mine)
 
     record["death_wait_started"] = time.time()
     outcome("after_death", after_death)

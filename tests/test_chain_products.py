@@ -2,8 +2,8 @@
 
 Ground truth: ``torch.autograd.functional.hessian`` in float64
 (:func:`spectra.testing.reference_hessian`).  Every operator here is also
-asserted to have taken the path the test is about (``op.mode``) and, for the
-chain, not to run autograd's double backward during its products.
+asserted to have taken the path the test is about (``op.mode``, the engine's
+name) and, for the chain, not to run autograd during its products.
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ import torch
 from torch import nn
 
 from spectra.errors import InvalidInputError
-from spectra.operators import chain as chain_module
+from spectra.operators import curvature
+from spectra.operators.engines import chain as chain_module
+from spectra.operators.engines.base import ProductEngine
+from spectra.operators.engines.forward import ForwardEngine
+from spectra.operators.engines.reverse import ReverseEngine
 from spectra.operators.hessian import HessianOperator
+from spectra.parallel import LocalReducer
 from spectra.testing import assert_operator_matches, reference_hessian
 
 from .test_ggn import dense_ggn  # the GGN reference: sum_b J_b^T H_b J_b from torch.func
@@ -62,16 +67,19 @@ CHAINS = [
      lambda: _data(18, (3,), 3, 9), "mse", ["0.bias", "4.weight"]),
     ("subset-last-layer", lambda: _net(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 3)),
      lambda: _data(14, (3,), 3, 10), "cross_entropy", "2.*"),
+    ("activation-before-the-first-linear", lambda: _net(nn.ReLU(), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)),
+     lambda: _data(16, (3,), 3, 14), "cross_entropy", None),
 ]
 
 
-def _forbid_autograd_products(op: HessianOperator, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the autograd product path (double backward) fail if anything takes it."""
+def _forbid_autograd_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every autograd product path (engines, forward passes, loss heads) fail if anything takes it."""
     def refuse(*args, **kwargs):
-        raise AssertionError("the autograd double-backward path ran")
+        raise AssertionError("an autograd product path ran")
 
-    monkeypatch.setattr(op, "_grad_block", refuse)
-    monkeypatch.setattr(op, "_fresh_grads", refuse)
+    for owner, method in ((ReverseEngine, "prepare"), (ReverseEngine, "grad_block"), (ForwardEngine, "prepare"),
+                          (ProductEngine, "loss_hessian"), (curvature.CurvatureOperator, "forward_pass")):
+        monkeypatch.setattr(owner, method, refuse)
 
 
 @pytest.mark.parametrize("layout", ["one-batch", "three-batches"])
@@ -81,13 +89,15 @@ def test_chain_products_match_dense_reference(name, build_model, build_data, los
                                               monkeypatch):
     model, (X, y) = build_model(), build_data()
     data = (X, y) if layout == "one-batch" else [(X[:5], y[:5]), (X[5:11], y[5:11]), (X[11:], y[11:])]
+    X_before = X.clone()
     op = HessianOperator(model, loss, data, params=params, cache_graph=cache)
     assert op.mode == "chain" and op.describe()["chain_products"] == "used"
     H = reference_hessian(model, loss, X, y, param_names=op.param_names)
-    _forbid_autograd_products(op, monkeypatch)  # the chain path, not autograd's
+    _forbid_autograd_products(monkeypatch)  # the chain path, not autograd's
     assert_operator_matches(op, H, num_vectors=4, rtol=RTOL)
     v = torch.randn(H.shape[0], dtype=torch.float64)
     torch.testing.assert_close(op @ v, H @ v, rtol=RTOL, atol=RTOL * float(H.abs().max()))
+    assert torch.equal(X, X_before)  # a leading ReLU rectifies a copy, never the user's data
 
 
 DENSE = [c for c in CHAINS if c[0] in ("relu-ce", "flatten-relu2-ce", "tanh-sigmoid-mse-labels",
@@ -166,16 +176,20 @@ def test_shared_layer_is_not_a_chain():
     model = nn.Sequential(shared, nn.Tanh(), shared).double()
     X, y = _data(10, (3,), 3, 13)
     op = HessianOperator(model, "cross_entropy", (X, y))
-    assert op.mode == "reverse" and "shares a parameter" in op.chain_note
+    assert op.mode == "reverse" and "shares a parameter" in op.engine_note
     assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
 
 
 def test_a_data_parallel_operator_raises_instead_of_falling_back(monkeypatch):
-    """A fallback on one rank alone would desynchronise the ranks: chain_fallback_allowed=False raises."""
-    real = chain_module.LayerChain.gradient
-    monkeypatch.setattr(chain_module.LayerChain, "gradient",
+    """A fallback on one rank alone would desynchronise the ranks: a data-parallel operator raises instead."""
+    real = chain_module.ChainProducts.gradient
+    monkeypatch.setattr(chain_module.ChainProducts, "gradient",
                         lambda self, *a, **k: [None if t is None else 2 * t for t in real(self, *a, **k)])
-    monkeypatch.setattr(HessianOperator, "chain_fallback_allowed", False)
+
+    class DataParallel(LocalReducer):  # what the operator knows of a data-parallel reducer here
+        is_distributed = True
+
+    monkeypatch.setattr(curvature, "make_reducer", lambda *args: DataParallel())
     model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
     with pytest.raises(InvalidInputError, match="chain products cannot be used here: its gradient differs"):
         HessianOperator(model, "cross_entropy", (X, y))
@@ -186,22 +200,22 @@ def test_hooked_layer_is_not_a_chain():
     model[2].register_forward_hook(lambda m, i, o: 2 * o)
     X, y = _data(10, (3,), 3, 12)
     op = HessianOperator(model, "cross_entropy", (X, y))
-    assert op.mode == "reverse" and "forward hooks" in op.chain_note
+    assert op.mode == "reverse" and "forward hooks" in op.engine_note
     assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
 
 
 @pytest.mark.parametrize("broken,stage", [("gradient", "gradient differs"), ("product", "product differs")])
 def test_a_wrong_chain_is_caught_against_autograd(broken, stage, monkeypatch):
     """The construction checks catch a chain that disagrees with autograd: auto falls back, chain refuses."""
-    real = getattr(chain_module.LayerChain, broken)
+    real = getattr(chain_module.ChainProducts, broken)
 
     def off_by_a_bit(self, *args, **kwargs):
         return [None if t is None else 1.001 * t for t in real(self, *args, **kwargs)]
 
-    monkeypatch.setattr(chain_module.LayerChain, broken, off_by_a_bit)
+    monkeypatch.setattr(chain_module.ChainProducts, broken, off_by_a_bit)
     model, (X, y) = CHAINS[0][1](), CHAINS[0][2]()
     op = HessianOperator(model, "cross_entropy", (X, y))
-    assert op.mode == "reverse" and stage in op.chain_note
+    assert op.mode == "reverse" and stage in op.engine_note
     assert_operator_matches(op, reference_hessian(model, "cross_entropy", X, y), rtol=RTOL)
     with pytest.raises(InvalidInputError, match=stage):
         HessianOperator(model, "cross_entropy", (X, y), mode="chain")
@@ -223,12 +237,11 @@ def test_chain_ggn_and_residual(name, build_model, build_data, loss, params, cac
     G = GGNOperator(model, loss, data, params=params, cache_graph=cache)
     assert G.mode == "chain" and G.describe()["hvp_mode"] == "chain"
     ref = dense_ggn(model, loss, [(X, y)], G.param_names)
-    _forbid_autograd_products(G.hessian_base, monkeypatch)
-    monkeypatch.setattr(G, "_gvp", lambda *a, **k: (_ for _ in ()).throw(AssertionError("autograd GGN path ran")))
-    assert_operator_matches(G, ref, num_vectors=4, rtol=RTOL)
     R = ResidualOperator(model, loss, data, params=params, cache_graph=cache, mode="chain")
+    assert R.mode == "chain"
     H = reference_hessian(model, loss, X, y, param_names=G.param_names)
-    assert R.hessian.mode == "chain" and R.ggn.mode == "chain"
+    _forbid_autograd_products(monkeypatch)
+    assert_operator_matches(G, ref, num_vectors=4, rtol=RTOL)
     assert_operator_matches(R, H - ref, num_vectors=3, rtol=1e-9)
 
 
@@ -283,7 +296,7 @@ def test_random_chains_match_autograd(case):
     model, X, y, loss, chosen, cut = case
     data = (X, y) if cut == 0 else [(X[:cut], y[:cut]), (X[cut:], y[cut:])]
     op = HessianOperator(model, loss, data, params=chosen, chunk_size=3)
-    assert op.mode == "chain", op.chain_note
+    assert op.mode == "chain", op.engine_note
     H = reference_hessian(model, loss, X, y, param_names=op.param_names)
     scale = max(float(H.abs().max()), 1e-300)
     V = torch.randn(H.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -189,8 +189,8 @@ def test_list_everything_and_help(capsys):
         (["analyze", *SMALL, "--k", "ten"], "argument --k: invalid int value: 'ten'"),
         (["analyze", *SMALL, "--loss", "hinge"], "unknown loss 'hinge'; known losses: cross_entropy, mse"),
         (["analyze", *SMALL, "--loss", "cross-entropy"], "did you mean 'cross_entropy'?"),
-        (["analyze", *SMALL, "--matrix", "hesian"], "unknown matrix 'hesian'; known matrices: ggn, hessian, "
-                                                    "residual; did you mean 'hessian'?"),
+        (["analyze", *SMALL, "--matrix", "hesian"], "unknown matrix 'hesian'; known matrices: empirical_fisher, "
+                                                    "ggn, hessian, mc_fisher, residual; did you mean 'hessian'?"),
         (["list", "model"], "argument KIND: invalid choice: 'model'"),
         (["analyze", *SMALL, "--model-arg", "hidden"], "--model-arg 'hidden' must look like key=value"),
         (["analyze", *SMALL, "--model-arg", "hidden=3"], "--model-arg hidden is given twice"),

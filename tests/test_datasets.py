@@ -47,7 +47,7 @@ def test_same_seed_same_data_other_seed_other_data(name, kwargs):
 # -------------------------------------------------------------------- random
 def test_random_patterns_have_mnist_shape_and_range():
     d = spectra.datasets.load("random", n=200, seed=0)
-    assert d.X.shape == (200, 1, 28, 28) and d.X.dtype == torch.get_default_dtype()
+    assert d.X.shape == (200, 1, 28, 28) and d.X.dtype == torch.float64  # spectra.precision.DEFAULT_DTYPE
     assert float(d.X.min()) == 0.0 and float(d.X.max()) == 1.0
     # pixel values lie on MNIST's grid k/255
     k = d.X.double() * 255

@@ -9,6 +9,7 @@ scenario stops the other rank with a DistributedError quickly instead of hanging
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,13 +21,18 @@ import numpy as np
 import pytest
 import torch
 
+import spectra
 from spectra import distributed as sd
+from spectra import parallel
+from spectra.matrices import get as operator_class
 from spectra.backends.arpack import ArpackBackend
 from spectra.backends.exact import ExactBackend
 from spectra.backends.lanczos import LanczosBackend
 from spectra.data import Dataset
 from spectra.errors import DistributedError, InvalidInputError
 from spectra.operators.hessian import HessianOperator
+
+from .curvature_truth import dense_truth
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 RTOL = 1e-10  # sharded vs single-process, relative to max |eigenvalue|
@@ -87,18 +93,21 @@ def test_shard_torch_dataset_and_refusals():
         sd.shard((torch.zeros(2, 1), torch.arange(2)), 3, 2)
 
 
-def test_single_process_helpers_and_refusals():
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "residual", "empirical_fisher", "mc_fisher"])
+def test_single_process_helpers_and_refusals(matrix):
     assert not sd.is_distributed() and sd.rank() == 0 and sd.world_size() == 1 and sd.is_main_process()
-    assert sd.operator_class(False) is HessianOperator
-    assert sd.operator_class("auto") is HessianOperator  # not launched by torchrun
+    assert parallel.data_parallel_requested(False) is False
+    assert parallel.data_parallel_requested("auto") is False  # not launched by torchrun
     with pytest.raises(DistributedError, match="not initialised"):
-        sd.operator_class(True)
+        parallel.data_parallel_requested(True)
     with pytest.raises(InvalidInputError, match="distributed must be"):
-        sd.operator_class("yes")
+        parallel.data_parallel_requested("yes")
     model = torch.nn.Linear(2, 2).double()
+    data = (torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
     with pytest.raises(DistributedError, match="not initialised"):
-        sd.DistributedHessianOperator(model, "cross_entropy", (torch.zeros(3, 2, dtype=torch.float64),
-                                                               torch.zeros(3, dtype=torch.long)))
+        operator_class(matrix)(model, "cross_entropy", data, distributed=True)
+    with pytest.raises(InvalidInputError, match="only to a data-parallel operator"):
+        operator_class(matrix)(model, "cross_entropy", data, timeout=5)
 
 
 # ------------------------------------------------------------------ the 2-process job
@@ -159,21 +168,33 @@ def job(launched):
     return {"records": records, "logs": logs, "elapsed": elapsed, "returncodes": [p.returncode for p in procs]}
 
 
-@pytest.fixture(scope="module")
-def reference():
-    # one torch thread: on a busy 2-core machine, tiny products with 2 threads spin-wait (35x slower here)
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Module fixtures run before the per-test one-thread fixture: on a busy 2-core machine, tiny
+    products with 2 threads spin-wait (35x slower here)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _reference()
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
+def _all_batches(ns):
+    """The data and the ranks' batches, in rank order: what one process analyses."""
+    X, y = ns["build_data"]()
+    return X, y, [(X[a:b], y[a:b]) for r in (0, 1) for a, b in ns["SHARDS"][r]]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with _one_torch_thread():
+        return _reference()
+
+
 def _reference():
     ns = _load_worker_module()
-    X, y = ns["build_data"]()
-    batches = [(X[a:b], y[a:b]) for r in (0, 1) for a, b in ns["SHARDS"][r]]
+    X, y, batches = _all_batches(ns)
     op = HessianOperator(ns["build_model"](), "cross_entropy", batches)
     ref = {"exact": ExactBackend().run(op).eigenvalues,
            "arpack": ArpackBackend().run(op, **ns["ARPACK"]).eigenvalues}
@@ -184,6 +205,24 @@ def _reference():
     ref["dense"] = op.to_dense().numpy()
     ref["num_samples"] = len(y)
     return ref
+
+
+@pytest.fixture(scope="module")
+def every_matrix_reference():
+    """One process, the same batches: each matrix on each engine (dense) and analyze's exact eigenvalues."""
+    with _one_torch_thread():
+        ns = _load_worker_module()
+        X, y, batches = _all_batches(ns)
+        ref = {}
+        for matrix in ns["MATRICES"]:
+            options = ns["MATRIX_OPTIONS"].get(matrix, {})
+            ref[f"truth_{matrix}"] = dense_truth(matrix, ns["build_model"](), "cross_entropy", X, y, **options)
+            for engine in ns["ENGINES"]:
+                op = operator_class(matrix)(ns["build_model"](), "cross_entropy", batches, mode=engine, **options)
+                ref[f"dense_{matrix}_{engine}"] = op.to_dense().numpy()
+            ref[f"analyze_{matrix}"] = spectra.analyze(ns["build_model"](), batches, matrix=matrix, method="exact",
+                                                       distributed=False, **options).eigenvalues
+        return ref
 
 
 def _step(job, r, name):
@@ -205,6 +244,32 @@ def test_two_ranks_equal_one_process(job, reference, key):
         got, want = job["records"][r]["arrays"][key], reference[key]
         scale = 1.0 if key == "lanczos_weights" else float(np.abs(reference["exact"]).max())
         np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * scale, err_msg=f"rank {r}, {key}")
+
+
+@pytest.mark.parametrize("engine", ["chain", "reverse", "forward"])
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "residual", "empirical_fisher", "mc_fisher"])
+def test_every_matrix_on_every_engine_two_ranks_equal_one_process_and_truth(job, every_matrix_reference, matrix,
+                                                                             engine):
+    truth = every_matrix_reference[f"truth_{matrix}"].numpy()
+    scale = float(np.abs(truth).max())
+    got = [job["records"][r]["arrays"].get(f"dense_{matrix}_{engine}") for r in range(2)]
+    for r in range(2):
+        assert _step(job, r, "every_matrix")["ok"], _step(job, r, "every_matrix")
+        assert job["records"][r]["engines"][f"{matrix}_{engine}"] == engine
+        np.testing.assert_allclose(got[r], every_matrix_reference[f"dense_{matrix}_{engine}"], rtol=0,
+                                   atol=RTOL * scale, err_msg=f"rank {r}: 2 ranks vs one process")
+        np.testing.assert_allclose(got[r], truth, rtol=0, atol=RTOL * scale, err_msg=f"rank {r}: vs truth")
+    assert np.array_equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "residual", "empirical_fisher", "mc_fisher"])
+def test_analyze_every_matrix_distributed_equals_one_process(job, every_matrix_reference, matrix):
+    want = every_matrix_reference[f"analyze_{matrix}"]
+    for r in range(2):
+        assert _step(job, r, "every_matrix")["ok"], _step(job, r, "every_matrix")
+        assert job["records"][r][f"analyze_{matrix}_world"] == 2
+        np.testing.assert_allclose(job["records"][r]["arrays"][f"analyze_{matrix}"], want, rtol=0,
+                                   atol=RTOL * float(np.abs(want).max()))
 
 
 def test_ranks_agree_bitwise_and_count_all_samples(job, reference):

@@ -41,7 +41,7 @@ def test_print_shows_the_summary_and_repr_stays_short(net_and_data, method, opti
 def test_the_repr_of_a_dataset_shows_shapes_not_tensors():
     data = spectra.datasets.load("mnist", n=1000, seed=0)
     text = repr(data)
-    assert text.startswith("Dataset(name='mnist', n=1000, X=[1000, 1, 28, 28] float32, y=[1000] int64, info keys:")
+    assert text.startswith("Dataset(name='mnist', n=1000, X=[1000, 1, 28, 28] float64, y=[1000] int64, info keys:")
     assert "indices" in text and len(text) < 300 and "tensor(" not in text
 
 

@@ -16,7 +16,6 @@ from torch.func import functional_call, hessian, jacrev
 
 from spectra.losses import resolve_loss
 from spectra.operators.ggn import GGNOperator
-from spectra.operators.hessian import HessianOperator
 from spectra.operators.residual import ResidualOperator
 
 from .cases import CASE_IDS, CASES, uneven_batches
@@ -85,10 +84,6 @@ def test_residual_is_hessian_minus_ggn(case):
     R = ResidualOperator(model, case.loss, (X, y))
     ref = dense_hessian(model, case.loss, X, y) - dense_ggn(model, case.loss, [(X, y)])
     assert close(R.to_dense(), ref)
-    # from_operators gives the same matrix
-    R2 = ResidualOperator.from_operators(HessianOperator(model, case.loss, (X, y)),
-                                         GGNOperator(model, case.loss, (X, y)))
-    assert close(R2.to_dense(), ref)
 
 
 def test_parameter_subset():

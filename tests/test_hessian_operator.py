@@ -186,9 +186,9 @@ def test_shuffling_loader_is_refused():
 
 @pytest.mark.parametrize("P,tile", [(1, 512), (7, 3), (64, 64), (130, 32), (300, 512)])
 def test_in_place_symmetrisation_equals_the_formula(P, tile):
-    from spectra.operators.base import _symmetrise_in_place
+    from spectra.operators.base import symmetrise_in_place
 
     A = torch.randn(P, P, generator=torch.Generator().manual_seed(P), dtype=torch.float64)
     want = 0.5 * (A + A.T)
-    _symmetrise_in_place(A, tile=tile)
+    symmetrise_in_place(A, tile=tile)
     assert torch.equal(A, want)

@@ -17,7 +17,7 @@ def num_params(model: torch.nn.Module) -> int:
 def test_blobnet_parameter_counts_match_the_paper(hidden, expected):
     net = spectra.models.create("blobnet", hidden=hidden)
     assert num_params(net) == expected == hidden**2 + 6 * hidden + 2
-    assert net(torch.zeros(5, 2)).shape == (5, 2)
+    assert net(torch.zeros(5, 2, dtype=torch.float64)).shape == (5, 2)
     assert sum(isinstance(m, torch.nn.ReLU) for m in net.modules()) == 2
 
 
@@ -26,7 +26,7 @@ def test_mlp_784_k_10_parameter_count(k):
     net = spectra.models.create("mlp", sizes=[784, k, 10])
     assert num_params(net) == (784 + 1) * k + (k + 1) * 10
     # image-shaped inputs are flattened
-    assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert net(torch.rand(3, 1, 28, 28, dtype=torch.float64)).shape == (3, 10)
 
 
 @pytest.mark.parametrize(
@@ -52,9 +52,9 @@ def test_mlp_variants(kwargs, count, act):
 def test_cnn_is_small_and_fits_mnist_images():
     net = spectra.models.create("cnn")
     assert num_params(net) == (1 * 4 * 25 + 4) + (4 * 8 * 25 + 8) + (8 * 4 * 4 * 10 + 10) == 2202
-    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert net(torch.rand(2, 1, 28, 28, dtype=torch.float64)).shape == (2, 10)
     wide = spectra.models.create("cnn", channels=[2], kernel_size=3, image_size=8, num_classes=3)
-    assert wide(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    assert wide(torch.rand(2, 1, 8, 8, dtype=torch.float64)).shape == (2, 3)
     assert num_params(wide) == (9 * 2 + 2) + (2 * 3 * 3 * 3 + 3)
 
 
@@ -76,12 +76,13 @@ def test_seed_gives_the_same_weights_and_leaves_global_rng_alone(name, kwargs):
     assert all(torch.equal(p, q) for p, q in zip(d.parameters(), e.parameters()))
 
 
-def test_dtype_default_follows_torch_and_can_be_set():
-    assert next(spectra.models.create("blobnet").parameters()).dtype == torch.get_default_dtype()
+def test_dtype_default_is_float64_and_can_be_set():
+    # float64 whatever torch's default (spectra.precision.DEFAULT_DTYPE: Python and the CLI agree)
+    assert next(spectra.models.create("blobnet").parameters()).dtype == torch.float64
     for spec, dtype in [("float64", torch.float64), ("double", torch.float64), (torch.float32, torch.float32)]:
         assert next(spectra.models.create("cnn", dtype=spec).parameters()).dtype == dtype
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float32)
     try:
         assert next(spectra.models.create("mlp", sizes=[2, 2]).parameters()).dtype == torch.float64
     finally:

@@ -379,7 +379,8 @@ ROWS: list[Refusal] = [
          _cli_analyze("--method", "eigen")),
     _row("unknown-matrix", "an unknown (misspelt) matrix name", UnknownNameError,
          lambda tmp: _analyze(_net(), _xy(), matrix="hessain"),
-         "unknown matrix 'hessain'; known matrices: ggn, hessian, residual; did you mean 'hessian'?",
+         "unknown matrix 'hessain'; known matrices: empirical_fisher, ggn, hessian, mc_fisher, residual; "
+         "did you mean 'hessian'?",
          _cli_analyze("--matrix", "hessain")),
     _row("unknown-loss", "an unknown loss name", UnknownNameError,
          lambda tmp: _analyze(_net(), _xy(), loss="hinge"), "unknown loss 'hinge'; known losses: cross_entropy, mse",

@@ -3,8 +3,8 @@
 All are deterministic given ``seed`` and never download.  Image datasets use
 one layout: inputs ``[n, 1, H, W]`` with pixels scaled to ``[0, 1]``, labels
 ``int64`` class indices (``mnist`` and ``random``: 28x28, ``digits``: 8x8).
-Inputs have ``dtype`` (default ``None`` = ``torch.get_default_dtype()``, the
-same rule as the built-in models, so defaults always fit together).  Each
+Inputs have ``dtype`` (default ``None`` = float64, the same rule as the
+built-in models, so defaults always fit together).  Each
 dataset's ``info`` records its name, seed and size, and for ``mnist`` the pool
 and the indices drawn from it.
 

@@ -10,8 +10,9 @@ from typing import Any
 from spectra.hookspecs import hookimpl
 
 DESCRIPTIONS = {
-    "cross_entropy": "softmax + negative log-likelihood, mean over samples; integer class labels",
-    "mse": "mean over samples of 1/2 ||f(x) - y||^2; integer labels are one-hot encoded",
+    "cross_entropy": "softmax + negative log-likelihood, mean over samples or tokens ([N, C] or [N, L, V] "
+                     "logits; labels -100 ignored)",
+    "mse": "mean over units of 1/2 ||f - y||^2; integer labels are one-hot encoded (-100 ignored)",
 }
 
 

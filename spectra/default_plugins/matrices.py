@@ -1,4 +1,4 @@
-"""Built-in curvature matrices: ``hessian``, ``ggn`` and ``residual``.
+"""Built-in curvature matrices: ``hessian``, ``ggn``, ``residual``, ``empirical_fisher`` and ``mc_fisher``.
 
 A matrix entry's factory returns the operator *class* (a
 :class:`spectra.operators.base.SpectralOperator` built as
@@ -25,3 +25,8 @@ def spectra_register_matrices(registry: Any) -> None:
                       aliases=("gauss_newton",))
     registry.register("residual", lazy("spectra.operators.residual", "ResidualOperator", call=False),
                       "the residual R = H - G (the part from the network's own curvature)")
+    registry.register("empirical_fisher", lazy("spectra.operators.fisher", "EmpiricalFisherOperator", call=False),
+                      "the empirical Fisher: the mean over samples of g_i g_i^T, g_i the gradient of sample i's loss")
+    registry.register("mc_fisher", lazy("spectra.operators.fisher", "MCFisherOperator", call=False),
+                      "the Fisher with labels drawn from the model (mc_samples per sample, seeded)",
+                      aliases=("fisher",))

@@ -1,7 +1,7 @@
 """Built-in models: ``mlp``, ``blobnet`` and ``cnn``.
 
-Every factory takes ``dtype`` (default ``None`` = ``torch.get_default_dtype()``,
-as ``torch.nn`` layers do; pass ``dtype="float64"`` for exact spectra) and
+Every factory takes ``dtype`` (default ``None`` = float64, spectra's default
+for exact spectra, the same in Python and the CLI; see :mod:`spectra.precision`) and
 ``seed`` (default 0: the same arguments give the same initial weights; ``None``
 draws from torch's global generator).  Seeding never disturbs the caller's
 global torch RNG state.

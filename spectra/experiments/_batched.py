@@ -48,7 +48,7 @@ import torch
 
 from ..errors import InvalidInputError, NonFiniteError
 from ..losses import LossLike, resolve_loss
-from ..operators._activations import ELEMENTWISE_ACTIVATIONS
+from ..operators.layer_chain import UnsupportedChain, parse_chain
 from ..training import sphere_vector, trainable_parameters
 
 __all__ = ["StackedNet", "init_seed", "init_thetas", "batched_gd", "batched_hessian_eigvals", "looped_reference"]
@@ -146,50 +146,41 @@ class StackedNet:
 # tensors with ordinary autograd: the B losses are independent, so the
 # gradient of their sum holds every init's own gradient.
 
-_ELEMENTWISE = ELEMENTWISE_ACTIVATIONS
-
 
 def _mlp_chain(stack: "StackedNet") -> list | None:
-    """The template as [("flatten",), ("linear", offset, out, in, bias_offset|None), ("act", m)], or None."""
-    leaves = [m for m in stack.template.modules() if not list(m.children())]
+    """The template as [("flatten",), ("linear", offset, out, in, bias_offset|None), ("act", m)], or None.
+
+    The chain is read by the one recogniser of Linear/activation chains
+    (:func:`spectra.operators.layer_chain.parse_chain`, the chain engine's too);
+    offsets index the flat parameter vector.  The closed forms vary every
+    parameter, laid out layer by layer (weight, then bias): a template with frozen
+    parameters or buffers, or another layout, takes the general vmap path.
+    """
     if stack.fixed:
         return None
-    chain, offset, seen = [], 0, []
-    for m in leaves:
-        if isinstance(m, torch.nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1 or any(c[0] == "linear" for c in chain):
-                return None
-            chain.append(("flatten",))
-        elif isinstance(m, torch.nn.Linear):
-            w_off = offset
-            offset += m.weight.numel()
-            b_off = None
-            if m.bias is not None:
-                b_off = offset
-                offset += m.bias.numel()
-            seen += [m.weight] + ([m.bias] if m.bias is not None else [])
-            chain.append(("linear", w_off, m.out_features, m.in_features, b_off))
-        elif isinstance(m, _ELEMENTWISE):
-            chain.append(("act", m))
-        elif list(m.parameters(recurse=False)):
-            return None
-        else:
-            return None
-    own = trainable_parameters(stack.template)
-    if offset != stack.num_params or len(seen) != len(own) or any(a is not b for a, b in zip(seen, own)):
-        return None
-    # The leaves' order need not be the forward order: check on a probe input.
     try:
-        probe_theta = torch.randn(2, stack.num_params, dtype=stack.dtype, generator=torch.Generator().manual_seed(0))
-        first = next(c for c in chain if c[0] == "linear")
-        probe_x = torch.randn(3, first[3], dtype=stack.dtype, generator=torch.Generator().manual_seed(1))
-        fast = _chain_forward(chain, probe_theta, probe_x).transpose(1, 2)
-        slow = torch.stack([stack.forward(t, probe_x) for t in probe_theta])
-        if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-5, atol=1e-6):
-            return None
-    except Exception:  # noqa: BLE001 - any mismatch means: use the general vmap path
+        steps = parse_chain(stack.template).steps
+    except UnsupportedChain:
         return None
-    return chain
+    offsets, offset = {}, 0
+    for p in trainable_parameters(stack.template):
+        offsets[id(p)] = offset
+        offset += p.numel()
+    chain: list = []
+    expected = 0  # where the next Linear's weight must start
+    for step in steps:
+        if step.kind == "flatten":
+            chain.append(("flatten",))
+        elif step.kind == "activation":
+            chain.append(("act", step.module))
+        else:
+            m = step.module
+            w_off, b_off = offsets[id(m.weight)], None if m.bias is None else offsets[id(m.bias)]
+            if w_off != expected or (b_off is not None and b_off != w_off + m.weight.numel()):
+                return None
+            expected = w_off + m.weight.numel() + (0 if m.bias is None else m.bias.numel())
+            chain.append(("linear", w_off, m.out_features, m.in_features, b_off))
+    return chain if expected == stack.num_params else None
 
 
 def _chain_forward(chain: list, thetas: torch.Tensor, X: torch.Tensor) -> torch.Tensor:

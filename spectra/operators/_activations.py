@@ -1,7 +1,7 @@
 """First and second derivatives of elementwise activations, for the hand-written products.
 
 Both closed-form paths -- Hessian products of Linear/activation chains
-(:mod:`spectra.operators.chain`) and the many-init Hessians of Figure 8
+(:mod:`spectra.operators.engines.chain`) and the many-init Hessians of Figure 8
 (:mod:`spectra.experiments._batched_mlp`) -- need ``sigma(z)``,
 ``sigma'(z)`` and ``sigma''(z)`` at every layer.  The common activations have
 them in closed form; any other elementwise module gets them by autograd on the

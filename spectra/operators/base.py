@@ -118,7 +118,7 @@ class SpectralOperator:
 
     def _symmetrise_dense(self, dense: torch.Tensor) -> None:
         """Make the matrix :meth:`to_dense` filled symmetric, in place (hook of :meth:`to_dense`)."""
-        _symmetrise_in_place(dense)
+        symmetrise_in_place(dense)
 
     def to_scipy(self) -> Any:
         """A :class:`scipy.sparse.linalg.LinearOperator` in float64 numpy."""
@@ -139,6 +139,10 @@ class SpectralOperator:
                 f"num_matvecs={self.num_matvecs})")
 
 
+#: Rows and columns of the tiles the in-place symmetrisations work on (two float64 tiles: 4 MiB).
+IN_PLACE_TILE = 512
+
+
 class DenseOperator(SpectralOperator):
     """A symmetric matrix given explicitly (for tests and closed-form checks).
 
@@ -156,11 +160,11 @@ class DenseOperator(SpectralOperator):
         return self.matrix @ V
 
 
-def _symmetrise_in_place(A: torch.Tensor, tile: int = 512) -> None:
+def symmetrise_in_place(A: torch.Tensor, tile: int = IN_PLACE_TILE) -> None:
     """``A <- (A + A^T) / 2`` tile by tile, without the two ``P x P`` temporaries of the plain formula.
 
     >>> A = torch.arange(9.0).reshape(3, 3)
-    >>> _symmetrise_in_place(A, tile=2)
+    >>> symmetrise_in_place(A, tile=2)
     >>> A.tolist()
     [[0.0, 2.0, 4.0], [2.0, 4.0, 6.0], [4.0, 6.0, 8.0]]
     """
@@ -173,11 +177,11 @@ def _symmetrise_in_place(A: torch.Tensor, tile: int = 512) -> None:
             lower.copy_(mean.T)
 
 
-def _mirror_upper_in_place(A: torch.Tensor, tile: int = 512) -> None:
+def mirror_upper_in_place(A: torch.Tensor, tile: int = IN_PLACE_TILE) -> None:
     """Copy the upper triangle of ``A`` (diagonal included) onto the lower, tile by tile.
 
     >>> A = torch.arange(9.0).reshape(3, 3)
-    >>> _mirror_upper_in_place(A, tile=2)
+    >>> mirror_upper_in_place(A, tile=2)
     >>> A.tolist()
     [[0.0, 1.0, 2.0], [1.0, 4.0, 5.0], [2.0, 5.0, 8.0]]
     """
