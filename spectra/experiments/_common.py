@@ -297,7 +297,9 @@ def estimated_numbers(model: torch.nn.Module, data: Any, loss: str, *, k: int = 
     reaches ``k`` (then ``censored``).  Stochastic Lanczos quadrature gives the
     rest, marked ``estimated``: ``lambda_min`` (the smallest Ritz value, which
     converges first), the mass near zero and the negative count (quadrature
-    mass below ``-negative_tol`` times P).  ARPACK's smallest end is not used:
+    mass times P below the zero band ``-1e-3 lambda_max``: the quadrature places
+    the zero cluster's nodes about 1e-4 from 0 on either side, so nearer
+    negatives cannot be told from it).  ARPACK's smallest end is not used:
     next to a zero cluster of thousands it converges very slowly.
     """
     from ..api import analyze
@@ -309,8 +311,8 @@ def estimated_numbers(model: torch.nn.Module, data: Any, loss: str, *, k: int = 
     nodes, weights = slq.nodes.ravel(), slq.weights.ravel() / slq.nodes.shape[0]
     lam_min = float(min(nodes.min(), top[-1]))
     big = float(max(abs(top[0]), abs(lam_min)))
-    tol = negative_tolerance(P, big, "float64")
-    zero_tol = max(ZERO_TOL_REL * big, tol)
+    zero_tol = max(ZERO_TOL_REL * big, negative_tolerance(P, big, "float64"))
+    tol = zero_tol  # what the quadrature resolves
     n_out = int(np.sum(top > OUTLIER_FRACTION * top[0]))
     return {
         "num_params": P, "lambda_max": float(top[0]), "lambda_min": lam_min, "top5": top[:5].tolist(),
