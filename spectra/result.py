@@ -222,16 +222,20 @@ class SpectrumResult:
             fig = ax.figure
         _ = matplotlib  # keep the import local; the backend is the user's choice
         if self.is_exact and self.eigenvalues is not None:
-            ax.hist(self.eigenvalues, bins=bins, log=log, color="tab:blue")
-            ax.set_ylabel("count")
-            ax.set_title(f"Hessian eigenvalues (exact, P={self.num_params})")
+            from .plotting import eigenvalue_histogram
+
+            eigenvalue_histogram(ax, self.eigenvalues, bins=bins, log=log, counts=self.summary(),
+                                 title=f"Hessian eigenvalues (exact, P={self.num_params})")
+            return fig, ax
         elif self.nodes is not None:
+            from .plotting import density_plot
+
             grid, rho = self.density(sigma=sigma)
-            ax.plot(grid, np.maximum(rho, 1e-12) if log else rho, color="tab:blue")
-            if log:
-                ax.set_yscale("log")
-            ax.set_ylabel("density")
-            ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
+            used = sigma if sigma is not None else _density.default_sigma(float(self.nodes.min()),
+                                                                          float(self.nodes.max()))
+            density_plot(ax, grid, rho, log=log, num_params=self.num_params or None, sigma=used,
+                         title=f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × "
+                               f"{self.nodes.shape[1]} steps)")
         else:
             self._stem_plot(ax)
             return fig, ax
