@@ -14,9 +14,11 @@ Measured, each phase on its own with the peak memory it added (CUDA:
 ``torch.cuda.max_memory_allocated`` above what was allocated before the phase; CPU:
 growth of the process's peak RSS, coarse): one gradient; one HVP in each mode
 (reverse-over-reverse with and without the cached graph, forward-over-reverse);
-a block of 10 HVPs; ARPACK top-k; SLQ density (probes x steps, float64 recurrence
-for float32 models).  Then an MLP on the same images: gradient, one HVP and a
-block of 10 with the chain products and with autograd's cached double backward.
+a block of 10 HVPs; ARPACK top-k and ``topk`` top-k (block Krylov-Schur, its basis
+on the device); SLQ density (probes x steps, float64 recurrence for float32
+models).  Then an MLP on the same images: gradient, one HVP and a block of 10 with
+the chain products and with autograd's cached double backward, and top-k by ARPACK
+and by ``topk`` (whose eigenvalues are checked against ARPACK's).
 Prints a table and writes JSON next to ``--out`` if given.
 """
 
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from spectra.backends.arpack import ArpackBackend
     from spectra.backends.lanczos import LanczosBackend
+    from spectra.backends.topk import TopkBackend
     from spectra.operators.hessian import HessianOperator
 
     device = torch.device(args.device)
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     lanczos_dtype = torch.float64
     record(f"arpack top-{args.k}", lambda: ArpackBackend().run(op, k=args.k, which="largest", tol=1e-8),
            lambda r: r.num_matvecs)
+    record(f"topk top-{args.k} (block Krylov-Schur)", lambda: TopkBackend().run(op, k=args.k, which="largest"),
+           lambda r: r.num_matvecs)
     r = record(f"SLQ {probes} probes x {steps} steps (float64 recurrence)",
                lambda: LanczosBackend().run(op, num_probes=probes, num_steps=steps, seed=0,
                                             lanczos_dtype=lanczos_dtype),
@@ -200,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         op.matmat(v)  # warm-up
         record(f"MLP 1 HVP: {label}", lambda op=op: op.matmat(v))
         record(f"MLP 10 HVPs as one block: {label}", lambda op=op: op.matmat(V))
+    op = HessianOperator(mlp, "cross_entropy", data)
+    ref = record(f"MLP arpack top-{args.k}", lambda: ArpackBackend().run(op, k=args.k, which="largest", tol=1e-8),
+                 lambda r: r.num_matvecs)
+    got = record(f"MLP topk top-{args.k}", lambda: TopkBackend().run(op, k=args.k, which="largest"),
+                 lambda r: r.num_matvecs)
+    agree = float(abs(torch.as_tensor(got.eigenvalues) - torch.as_tensor(ref.eigenvalues)).max()
+                  / abs(ref.eigenvalues).max())
+    rows.append({"phase": "MLP topk vs arpack, max relative difference", "value": agree,
+                 "topk_path": got.provenance["path"], "topk_basis_device": str(op.device)})
+    print(f"  MLP topk vs arpack: max relative difference {agree:.1e} (path {got.provenance['path']})")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"P": P, "n": n, "dtype": args.dtype, "device": str(device), "device_name": name,

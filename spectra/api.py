@@ -273,9 +273,10 @@ def analyze(
 ) -> SpectrumResult:
     """Eigenvalues of the Hessian of ``loss`` over ``data`` at the model's current weights.
 
-    ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"arpack"`` (``k``
+    ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"topk"`` (``k``
     eigenvalues at the ``which`` end(s): ``"largest"``, ``"smallest"``,
-    ``"both"``), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
+    ``"both"``, by block Krylov-Schur), ``"arpack"`` (the same by ARPACK,
+    the reference), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
     ``num_steps`` steps), ``"auto"`` (exact when the dense Hessian fits
     comfortably, lanczos otherwise; the result says which and why), or a
     backend registered by a plugin.

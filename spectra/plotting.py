@@ -14,12 +14,13 @@ it with ``fig.savefig("x.png")``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = [
-    "new_figure", "eigenvalue_histogram", "histogram_grid", "hessian_heatmap", "heatmap_grid",
+    "new_figure", "eigenvalue_histogram", "histogram_grid", "symlog_edges", "symlog_ticks", "density_plot", "hessian_heatmap", "heatmap_grid",
     "evolution_figure", "blobs_scatter", "top_eigenvalue_histogram", "std_sweep_figure",
     "interpolation_3d", "interpolation_2d",
 ]
@@ -34,27 +35,92 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (4
     return fig, axes
 
 
-def eigenvalue_histogram(ax: Any, eigenvalues: np.ndarray, *, bins: int = 60, title: str | None = None,
-                         log: bool = True, zero_tol: float | None = None) -> Any:
-    """Histogram of eigenvalues on ``ax`` (log counts, as in the paper), with the zero line.
+def symlog_edges(lam: np.ndarray, linthresh: float, bins: int) -> np.ndarray:
+    """Bin edges even on a symmetric-log axis: linear within ``±linthresh``, logarithmic outside.
 
-    ``zero_tol`` shades the band ``|lambda| < zero_tol`` counted as "zero".
+    >>> e = symlog_edges(np.array([-1.0, 0.0, 100.0]), 1.0, 12)
+    >>> bool(e[0] <= -1.0 and e[-1] >= 100.0 and np.all(np.diff(e) > 0))
+    True
+    """
+    def fwd(x: np.ndarray) -> np.ndarray:
+        return np.sign(x) * np.log10(1.0 + np.abs(x) / linthresh)
+
+    def inv(t: np.ndarray) -> np.ndarray:
+        return np.sign(t) * linthresh * (10.0 ** np.abs(t) - 1.0)
+
+    lo, hi = float(fwd(np.array([lam.min()]))[0]), float(fwd(np.array([lam.max()]))[0])
+    if hi - lo <= 0:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 1e-9 * (hi - lo)
+    return inv(np.linspace(lo - pad, hi + pad, bins + 1))
+
+
+def symlog_ticks(ax: Any, axis: str, linthresh: float, lo: float, hi: float, max_ticks: int = 7) -> None:
+    """At most ``max_ticks`` readable ticks on a symlog axis: 0 and powers of ten on each side, decades thinned."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = [0.0]
+    for sign, end in ((1.0, hi), (-1.0, lo)):
+        if sign * end <= linthresh:
+            continue
+        first, last = math.ceil(math.log10(linthresh)), math.floor(math.log10(abs(end)))
+        decades = list(range(first, last + 1))
+        keep = max(1, (max_ticks - 1) // 2)
+        step = max(1, math.ceil(len(decades) / keep))
+        ticks += [sign * 10.0 ** d for d in decades[::-1][::step]]
+    axis_obj = ax.xaxis if axis == "x" else ax.yaxis
+    axis_obj.set_major_locator(FixedLocator(sorted(ticks)))
+    axis_obj.set_minor_locator(NullLocator())
+    axis_obj.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.0e}".replace("e+0", "e")
+                                               .replace("e-0", "e-")))
+
+
+def eigenvalue_histogram(ax: Any, eigenvalues: np.ndarray, *, bins: Any = 60, title: str | None = None,
+                         log: bool = True, zero_tol: float | None = None, counts: dict[str, Any] | None = None,
+                         symlog: bool = True) -> Any:
+    """Histogram of eigenvalues on ``ax`` (log counts, as in the paper).
+
+    ``symlog`` (default): the eigenvalue axis is symmetric-log, linear within
+    the zero band ``±zero_tol`` (default ``1e-3 max|lambda|``, shaded) and
+    logarithmic outside, with bins even on that axis, so negative
+    eigenvalues and the outliers show on one picture instead of vanishing
+    into the bin at zero.  ``counts`` (a summary dict: ``num_negative``,
+    ``negative_tol``, ``num_outliers``) is written on the panel: the same
+    counts the reports use.  ``bins``: a count, or explicit edges (then the
+    axis is linear: edges shared between panels).
     """
     lam = np.asarray(eigenvalues, dtype=float)
-    ax.hist(lam, bins=bins, color="#3465a4", edgecolor="none", log=log)
+    big = float(np.max(np.abs(lam))) or 1.0
+    band = zero_tol if zero_tol else 1e-3 * big
+    symlog = symlog and np.ndim(bins) == 0
+    if symlog:
+        edges = symlog_edges(lam, band, bins)
+        ax.hist(lam, bins=edges, color="#3465a4", edgecolor="none", log=log)
+        ax.set_xscale("symlog", linthresh=band, linscale=0.6)
+        symlog_ticks(ax, "x", band, float(edges[0]), float(edges[-1]), max_ticks=5)
+    else:
+        ax.hist(lam, bins=bins, color="#3465a4", edgecolor="none", log=log)
     ax.axvline(0.0, color="k", lw=0.6, alpha=0.6)
-    if zero_tol:
-        ax.axvspan(-zero_tol, zero_tol, color="#f57900", alpha=0.25, lw=0)
-    ax.set_xlabel("eigenvalue")
+    ax.axvspan(-band, band, color="#f57900", alpha=0.2, lw=0)
+    if counts:
+        text = (f"{counts.get('num_negative', 0)} negative beyond rounding\n"
+                f"{counts.get('num_outliers', 0)} above 0.1·λmax")
+        ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
+    ax.set_xlabel("eigenvalue (symlog; shaded: |λ| < 1e-3·λmax)" if symlog else "eigenvalue")
     ax.set_ylabel("count (log)" if log else "count")
     if title:
         ax.set_title(title, fontsize=9)
     return ax
 
 
-def histogram_grid(panels: Sequence[tuple[str, np.ndarray]], *, ncols: int | None = None, bins: int = 60,
+def histogram_grid(panels: Sequence[tuple], *, ncols: int | None = None, bins: int = 60,
                    suptitle: str | None = None, zero_tols: Sequence[float | None] | None = None):
-    """One eigenvalue histogram per ``(title, eigenvalues)`` panel."""
+    """One eigenvalue histogram per ``(title, eigenvalues)`` or ``(title, eigenvalues, counts)`` panel.
+
+    ``counts``: the panel's summary numbers (``spectrum_numbers`` or
+    ``SpectrumResult.summary()``), written on it.
+    """
     n = len(panels)
     ncols = ncols or min(n, 5)
     nrows = -(-n // ncols)
@@ -63,18 +129,50 @@ def histogram_grid(panels: Sequence[tuple[str, np.ndarray]], *, ncols: int | Non
         if i >= n:
             ax.set_axis_off()
             continue
-        title, lam = panels[i]
+        title, lam = panels[i][0], panels[i][1]
+        counts = panels[i][2] if len(panels[i]) > 2 else None
         tol = zero_tols[i] if zero_tols else None
-        eigenvalue_histogram(ax, lam, bins=bins, title=title, zero_tol=tol)
+        eigenvalue_histogram(ax, lam, bins=bins, title=title, zero_tol=tol, counts=counts)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
 
 
-def hessian_heatmap(ax: Any, H: np.ndarray, *, title: str | None = None, rotate: bool = True) -> Any:
+def density_plot(ax: Any, grid: np.ndarray, rho: np.ndarray, *, log: bool = True, num_params: int | None = None,
+                 sigma: float | None = None, title: str | None = None) -> Any:
+    """A broadened spectral density; on a log axis only where it is resolvable.
+
+    A density below that of *one* eigenvalue spread over the broadening,
+    ``1 / (P sigma sqrt(2 pi))``, holds less than one eigenvalue's mass within
+    ``sigma``: there a stochastic Lanczos estimate is Gaussian tails and
+    quadrature ringing, not structure.  With ``log`` that region is left
+    blank and the level is drawn as a dashed line, instead of a flat floor
+    that reads as data.
+    """
+    rho = np.asarray(rho, dtype=float)
+    floor = 1.0 / (num_params * sigma * math.sqrt(2 * math.pi)) if log and num_params and sigma else None
+    shown = np.where(rho >= floor, rho, np.nan) if floor else rho
+    if log:
+        shown = np.where(shown > 0, shown, np.nan)
+    ax.plot(grid, shown, color="tab:blue")
+    if log:
+        ax.set_yscale("log")
+    if floor:
+        ax.axhline(floor, color="0.5", lw=0.8, ls="--", label="one eigenvalue per σ (below: not resolved)")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def hessian_heatmap(ax: Any, H: np.ndarray, *, title: str | None = None, rotate: bool = False) -> Any:
     """The Hessian matrix as an image; symmetric-log colours so small entries show.
 
-    ``rotate=True`` turns it 90 degrees counter-clockwise, as the paper's figure 6 does.
+    ``rotate=True`` turns it 90 degrees counter-clockwise, as the paper's
+    figure 6 does (say so in the title: callers add it).  The colour bar
+    carries at most seven ticks (0 and thinned powers of ten).
     """
     from matplotlib.colors import SymLogNorm
 
@@ -88,11 +186,12 @@ def hessian_heatmap(ax: Any, H: np.ndarray, *, title: str | None = None, rotate:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=9)
-    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    bar = ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    symlog_ticks(bar.ax, "y", max(vmax * 1e-4, 1e-300), -vmax, vmax, max_ticks=7)
     return ax
 
 
-def heatmap_grid(panels: Sequence[tuple[str, np.ndarray]], *, rotate: bool = True, suptitle: str | None = None):
+def heatmap_grid(panels: Sequence[tuple[str, np.ndarray]], *, rotate: bool = False, suptitle: str | None = None):
     """One :func:`hessian_heatmap` per ``(title, matrix)``."""
     fig, axes = new_figure(1, len(panels), size=(4.2, 3.8))
     for ax, (title, H) in zip(axes.flat, panels):
@@ -107,8 +206,12 @@ def evolution_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, los
     """The spectrum during training: every eigenvalue against the step (symlog), plus histograms.
 
     Left: each checkpoint's eigenvalues as a column of dots (the bulk
-    collapses onto zero, outliers separate).  Right: histograms of a few
-    checkpoints overlaid, early to late.
+    collapses onto zero, outliers separate), on a symlog axis whose linear
+    band is 1e-4 of the largest |lambda| and whose ticks are thinned powers
+    of ten.  Right: histograms of a few checkpoints, early to late, of
+    ``lambda / lambda_max`` at that checkpoint, each with its own bins (even on
+    a symlog axis over its own range), so a late, shrunken spectrum is not
+    squeezed into one bin of the first checkpoint's.
     """
     import matplotlib
 
@@ -121,7 +224,9 @@ def evolution_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, los
         ax.scatter(np.full(len(lam), max(s, 0.5)), lam, s=3, color=cmap(i / span), alpha=0.6, lw=0)
     ax.set_xscale("log")
     top = max(float(np.max(np.abs(lam))) for lam in spectra) or 1.0
-    ax.set_yscale("symlog", linthresh=top * 1e-4)
+    lo = min(float(np.min(lam)) for lam in spectra)
+    ax.set_yscale("symlog", linthresh=top * 1e-4, linscale=0.5)
+    symlog_ticks(ax, "y", top * 1e-4, lo, top, max_ticks=7)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("GD step (step 0 drawn at 0.5)")
     ax.set_ylabel("eigenvalue (symlog)")
@@ -131,12 +236,13 @@ def evolution_figure(steps: Sequence[int], spectra: Sequence[np.ndarray], *, los
         axl.set_yscale("log")
         axl.set_ylabel("loss", color="#cc0000")
     pick = sorted(set(np.linspace(0, len(steps) - 1, min(5, len(steps))).round().astype(int)))
-    lo = min(float(np.min(spectra[i])) for i in pick)
-    hi = max(float(np.max(spectra[i])) for i in pick)
-    bins = np.linspace(lo, hi, 60)
     for i in pick:
-        ax2.hist(spectra[i], bins=bins, histtype="step", log=True, color=cmap(i / span), label=f"step {steps[i]}")
-    ax2.set_xlabel("eigenvalue")
+        rel = np.asarray(spectra[i], dtype=float) / float(np.max(spectra[i]))
+        edges = symlog_edges(rel, 1e-3, 40)
+        ax2.hist(rel, bins=edges, histtype="step", log=True, color=cmap(i / span), label=f"step {steps[i]}")
+    ax2.set_xscale("symlog", linthresh=1e-3, linscale=0.5)
+    symlog_ticks(ax2, "x", 1e-3, -1.0, 1.0, max_ticks=5)
+    ax2.set_xlabel("λ / λmax at that step (symlog)")
     ax2.set_ylabel("count (log)")
     ax2.legend(fontsize=7)
     if title:
@@ -176,23 +282,45 @@ def top_eigenvalue_histogram(top: np.ndarray, *, bins: int = 50, title: str | No
 
 
 def std_sweep_figure(stds: np.ndarray, top1: np.ndarray, top2: np.ndarray, norms: np.ndarray,
-                     *, title: str | None = None):
-    """Top two eigenvalues (mean +- std over inits) and the weight norm against the blob std.
+                     *, converged: np.ndarray | None = None, paper_top1: np.ndarray | None = None,
+                     title: str | None = None):
+    """Top two eigenvalues per init against the blob std (log scale), and the weight norms.
 
-    ``top1``, ``top2``, ``norms`` are ``[num_stds, num_inits]``.
+    ``top1``, ``top2``, ``norms`` (and ``converged``, ``paper_top1``) are
+    ``[num_stds, num_inits]``.  Every init is a thin line across the stds (the
+    same init at every std, so the comparisons are paired); the medians are
+    the thick lines; runs that did not converge are drawn as crosses;
+    ``paper_top1`` (the ReLU runs that stop on kinks) as grey circles.
     """
     stds = np.asarray(stds, dtype=float)
-    fig, axes = new_figure(1, 2, size=(4.4, 3.4))
+    fig, axes = new_figure(1, 2, size=(4.6, 3.6))
     ax, axn = axes[0]
+    conv = np.ones_like(np.asarray(top1), dtype=bool) if converged is None else np.asarray(converged, dtype=bool)
+    if paper_top1 is not None:
+        paper = np.asarray(paper_top1, dtype=float)
+        ax.scatter(np.repeat(stds, paper.shape[1]) * 1.02, paper.ravel(), s=10, facecolors="none",
+                   edgecolors="#888888", lw=0.6,
+                   label="λ1, paper's ReLU net (stops on kinks where blobs overlap)")
     for arr, label, colour in ((top1, "λ1", "#cc0000"), (top2, "λ2", "#3465a4")):
         arr = np.asarray(arr, dtype=float)
-        ax.errorbar(stds, arr.mean(1), yerr=arr.std(1), marker="o", capsize=3, color=colour, label=label)
-        ax.scatter(np.repeat(stds, arr.shape[1]), arr.ravel(), s=4, color=colour, alpha=0.25, lw=0)
+        for j in range(arr.shape[1]):
+            ax.plot(stds, arr[:, j], color=colour, lw=0.6, alpha=0.5)
+        ax.scatter(np.repeat(stds, arr.shape[1])[conv.ravel()], arr.ravel()[conv.ravel()], s=6, color=colour,
+                   lw=0)
+        if (~conv).any():
+            ax.scatter(np.repeat(stds, arr.shape[1])[~conv.ravel()], arr.ravel()[~conv.ravel()], s=14,
+                       color=colour, marker="x", lw=0.8)
+        ax.plot(stds, np.median(arr, axis=1), color=colour, lw=2.2, marker="o", label=f"{label} (median)")
+    ax.set_yscale("log")
+    ax.set_xticks(stds)
     ax.set_xlabel("blob standard deviation")
-    ax.set_ylabel("eigenvalue (mean ± std over inits)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("eigenvalue (one line per init)")
+    ax.legend(fontsize=7)
     norms = np.asarray(norms, dtype=float)
-    axn.errorbar(stds, norms.mean(1), yerr=norms.std(1), marker="s", capsize=3, color="#4e9a06")
+    for j in range(norms.shape[1]):
+        axn.plot(stds, norms[:, j], color="#4e9a06", lw=0.4, alpha=0.35)
+    axn.plot(stds, np.median(norms, axis=1), color="#4e9a06", lw=2.2, marker="s")
+    axn.set_xticks(stds)
     axn.set_xlabel("blob standard deviation")
     axn.set_ylabel("weight norm after training")
     if title:

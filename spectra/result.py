@@ -121,6 +121,11 @@ class SpectrumResult:
     def summary(self, zero_tol: float | None = None, negative_tol: float | None = None) -> dict[str, Any]:
         """Key numbers: extremes, negative part, mass near zero, outliers above the bulk.
 
+        For a result that holds only some eigenvalues (``topk``, ``arpack``)
+        the ends are ``largest_computed`` and ``smallest_computed``;
+        ``lambda_max`` / ``lambda_min`` appear only for the end(s) that were
+        asked for (``which``), where they are the spectrum's own.
+
         Counts ignore rounding (:mod:`spectra.counts`): an eigenvalue is
         negative only below ``-negative_tol`` and numerically zero within
         ``±negative_tol`` (``num_zero``); the default is the eigensolver's
@@ -143,10 +148,16 @@ class SpectrumResult:
         out: dict[str, Any] = {"method": self.method, "num_params": self.num_params,
                                "num_matvecs": self.num_matvecs}
         if self.method == "arpack" or (self.eigenvalues is not None and not self.is_exact and self.nodes is None):
+            # A few computed eigenvalues: their ends are lambda_max / lambda_min only at the ends asked for
             lam = np.sort(self.eigenvalues)
-            out.update(lambda_max=float(lam[-1]), lambda_min=float(lam[0]), num_computed=int(lam.size),
-                       computed_eigenvalues=lam.tolist(), estimated=False,
-                       which=self.provenance.get("which"))
+            which = self.provenance.get("which")
+            whole = lam.size == self.num_params
+            out.update(largest_computed=float(lam[-1]), smallest_computed=float(lam[0]))
+            if whole or which in ("largest", "both"):
+                out["lambda_max"] = float(lam[-1])
+            if whole or which in ("smallest", "both"):
+                out["lambda_min"] = float(lam[0])
+            out.update(num_computed=int(lam.size), computed_eigenvalues=lam.tolist(), estimated=False, which=which)
             if self.residuals is not None:
                 out["max_residual"] = float(np.max(self.residuals))
             return out
@@ -211,16 +222,20 @@ class SpectrumResult:
             fig = ax.figure
         _ = matplotlib  # keep the import local; the backend is the user's choice
         if self.is_exact and self.eigenvalues is not None:
-            ax.hist(self.eigenvalues, bins=bins, log=log, color="tab:blue")
-            ax.set_ylabel("count")
-            ax.set_title(f"Hessian eigenvalues (exact, P={self.num_params})")
+            from .plotting import eigenvalue_histogram
+
+            eigenvalue_histogram(ax, self.eigenvalues, bins=bins, log=log, counts=self.summary(),
+                                 title=f"Hessian eigenvalues (exact, P={self.num_params})")
+            return fig, ax
         elif self.nodes is not None:
+            from .plotting import density_plot
+
             grid, rho = self.density(sigma=sigma)
-            ax.plot(grid, np.maximum(rho, 1e-12) if log else rho, color="tab:blue")
-            if log:
-                ax.set_yscale("log")
-            ax.set_ylabel("density")
-            ax.set_title(f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × {self.nodes.shape[1]} steps)")
+            used = sigma if sigma is not None else _density.default_sigma(float(self.nodes.min()),
+                                                                          float(self.nodes.max()))
+            density_plot(ax, grid, rho, log=log, num_params=self.num_params or None, sigma=used,
+                         title=f"Hessian spectral density (SLQ, {self.nodes.shape[0]} probes × "
+                               f"{self.nodes.shape[1]} steps)")
         else:
             self._stem_plot(ax)
             return fig, ax
@@ -277,8 +292,8 @@ class SpectrumResult:
           method                arpack
           num_params            10
           num_matvecs           0
-          lambda_max            3
-          lambda_min            2
+          largest_computed      3
+          smallest_computed     2
           num_computed          2
           computed_eigenvalues  [2, 3]
           estimated             False

@@ -105,7 +105,7 @@ def killed_and_resumed(tmp_path_factory):
     try:
         progress = {fig: base / f"{fig}-killed" / "out" / fig / "progress" for fig in ("fig8", "fig7")}
         _kill_on_markers({"fig8": (procs["fig8-killed"], progress["fig8"] / "inits_c00000.json"),
-                          "fig7": (procs["fig7-killed"], progress["fig7"] / "ckpt_000000010.json")})
+                          "fig7": (procs["fig7-killed"], progress["fig7"] / "s0_ckpt_000000010.json")})
         state = {fig: (_stamps(folder), (folder.parent / "results.json").exists()) for fig, folder in progress.items()}
         procs["fig8-resumed"] = _start([sys.executable, "-c", FIG8, "out", "resume"], base / "fig8-killed")
         procs["fig7-resumed"] = _start([*FIG7, "out", "--resume"], base / "fig7-killed")

@@ -18,6 +18,7 @@ run and gives the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         # beyond the paper (not part of "all", which reproduces the paper's figures)
         Experiment("decomposition", "Hessian = Gauss-Newton + residual: which part holds the outliers",
                    "decomposition", "run_decomposition"),
+        Experiment("classes", "Outlier count against the number of classes (MNIST subsets, C = 2, 5, 10)",
+                   "classes", "run_classes"),
+        Experiment("bulk-vs-outliers", "Does the bulk follow the architecture and the outliers the data? "
+                   "Data x width design", "bulk_outliers", "run_bulk_outliers"),
+        Experiment("fig4-outliers", "When do two isolated eigenvalues appear? Loss x init scale x std x stop, "
+                   "with H = G + R and the class-mean explanation", "outlier_factors", "run_outlier_factors"),
     ]
 }
 
@@ -107,7 +114,7 @@ def run(name: str, out: str | Path, scale: str = "quick", seed: int = 0, resume:
     if name == "all":
         started = time.perf_counter()
         results = {n: run(n, out, scale, seed, resume, quiet, force, threads=threads)
-                   for n in EXPERIMENTS if n.startswith("fig")}
+                   for n in EXPERIMENTS if re.fullmatch(r"fig\d+", n)}
         _write_index(Path(out), results, time.perf_counter() - started)
         return results
     exp = _get(name)
@@ -127,7 +134,7 @@ def run(name: str, out: str | Path, scale: str = "quick", seed: int = 0, resume:
     with torch_threads(threads if threads is not None else cfg.get("threads")):
         part = fn(ctx)
     results = rd.finish(title=exp.title, scale=scale, measured=part["measured"], claims=part["claims"],
-                        notes=part.get("notes"), tables=part.get("tables"))
+                        notes=part.get("notes"), tables=part.get("tables"), training=part.get("training"))
     ctx.log(f"done in {results['wall_time_s']:.1f}s")
     return results
 
@@ -136,12 +143,16 @@ def _write_index(out: Path, results: dict[str, dict[str, Any]], seconds: float) 
     from .._io import atomic_write_text
 
     lines = ["# spectra reproduce all", "", f"Total wall time {seconds:.1f} s.", "",
-             "| figure | title | seconds | claims agreeing | claims differing |", "|---|---|---|---|---|"]
+             "| figure | title | seconds | converged runs | claims agreeing | claims differing | not decided |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         agree = sum(1 for c in r["claims"] if c["agrees"] is True)
         differ = [c["topic"] for c in r["claims"] if c["agrees"] is False]
-        lines.append(f"| [{name}]({name}/report.md) | {r['title']} | {r['wall_time_s']:.1f} | {agree} | "
-                     f"{', '.join(differ) or '-'} |")
+        open_ = [f"{c['topic']} ({c.get('verdict', 'n/a')})" for c in r["claims"] if c["agrees"] is None]
+        t = r.get("training")
+        conv = f"{t['converged']}/{t['runs']}" if t and t.get("fraction") is not None else "-"
+        lines.append(f"| [{name}]({name}/report.md) | {r['title']} | {r['wall_time_s']:.1f} | {conv} | {agree} | "
+                     f"{', '.join(differ) or '-'} | {', '.join(open_) or '-'} |")
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
 
 

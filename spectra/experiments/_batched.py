@@ -237,6 +237,7 @@ def batched_gd(
     grad_tol: float,
     max_steps: int,
     step_rule: str = "armijo",
+    weight_decay: float = 0.0,
     on_step: Callable[[int, int], None] | None = None,
     state: dict[str, Any] | None = None,
     checkpoint: Callable[[dict[str, torch.Tensor]], None] | None = None,
@@ -249,7 +250,8 @@ def batched_gd(
     an accepted step ``s`` and half its refused try after a refusal, and takes
     the step only if ``L(w - t g) <= L(w) - ARMIJO_C t |g|^2``.  ``"constant"``
     takes every step ``lr``.  An init stops when its gradient norm is below
-    ``grad_tol`` or after ``max_steps`` accepted steps.
+    ``grad_tol`` or after ``max_steps`` accepted steps.  ``weight_decay``
+    adds ``weight_decay / 2 * |w|^2`` to every loss (0: the paper's loss).
 
     Returns ``theta`` (final points), ``steps`` (accepted updates), ``grad_norm``
     and ``loss`` at the final point, ``converged`` (grad norm < grad_tol),
@@ -295,7 +297,7 @@ def batched_gd(
         start = int(state["step"])
         if theta.shape != (B, stack.num_params):
             raise InvalidInputError("the saved GD state does not match these inits")
-    grad_fn = _grad_fn(stack)
+    grad_fn = _grad_fn(stack, weight_decay)
     last_save = time.monotonic()
     armijo = step_rule == "armijo"
     # The running inits are kept compact (th, their gradient g and loss val) and
@@ -366,8 +368,21 @@ def batched_gd(
 _GD_BLOCK = 256
 
 
-def _grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
-    """``(thetas, X, y) -> (grads [B, P], losses [B])``."""
+def _grad_fn(stack: StackedNet, weight_decay: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                                                        tuple]:
+    """``(thetas, X, y) -> (grads [B, P], losses [B])``, plus ``weight_decay / 2 |theta|^2`` when given."""
+    plain = _plain_grad_fn(stack)
+    if not weight_decay:
+        return plain
+
+    def regularised(thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tuple:
+        g, v = plain(thetas, X, y)
+        return g + weight_decay * thetas, v + 0.5 * weight_decay * thetas.pow(2).sum(1)
+
+    return regularised
+
+
+def _plain_grad_fn(stack: StackedNet) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]:
     if stack.chain is None or stack.loss_obj.name not in _PER_SAMPLE:
         return torch.func.vmap(torch.func.grad_and_value(stack.loss), in_dims=(0, None, None))
 

@@ -39,7 +39,7 @@ import torch
 from ..operators._activations import activation_derivatives as _act_derivs
 from ..operators._activations import times_first_derivative
 
-__all__ = ["chain_grad", "chain_hessian", "hessian_chunk"]
+__all__ = ["chain_grad", "chain_hessian", "hessian_chunk", "output_tangents"]
 
 
 def _times_s1(s1: torch.Tensor | str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -180,8 +180,42 @@ def _own_tangents(item: tuple, h: torch.Tensor, B: int, start: int, dtype: torch
     return own, end
 
 
-def chain_hessian(chain: list, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """The exact loss Hessian at each row of ``thetas``: ``[B, P, P]``.
+def output_tangents(chain: list, thetas: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Outputs ``f`` ``[B, C, N]``, their Jacobians ``df/dtheta`` laid out ``[B, C, P, N]``, and the tape.
+
+    The forward tangent of every parameter at once (see :func:`chain_hessian`);
+    the tape holds what the second-order terms need.
+    """
+    B, P = thetas.shape
+    dt = thetas.dtype
+    h, k0 = _input(chain, X.to(dt))
+    dh, T = None, 0  # tangent of h [B, width, T, N] for the first T parameters
+    tape = []
+    for item in chain[k0:]:
+        if item[0] == "linear":
+            W, z = _linear(item, thetas, h)
+            own, end = _own_tangents(item, h, B, T, dt)
+            tape.append((item, dh, W, T))
+            if dh is None:
+                dz = own
+            else:
+                N = h.shape[-1]
+                moved = torch.bmm(W, dh.reshape(B, dh.shape[1], T * N)).reshape(B, item[2], T, N)
+                dz = torch.cat([moved, own], dim=2)
+            h, dh, T = z, dz, end
+        else:
+            a, s1, s2 = _act_derivs(item[1], h, 2)
+            tape.append((item, s1, s2, dh, a, T))
+            dh = _times_s1(s1, a, dh)
+            h = a
+    if T != P:
+        raise ValueError(f"the chain holds {T} parameters, thetas {P}")
+    return h, dh, tape
+
+
+def chain_hessian(chain: list, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tensor, loss: str,
+                  gauss_newton_only: bool = False) -> torch.Tensor:
+    """The exact loss Hessian at each row of ``thetas``: ``[B, P, P]`` (or only its Gauss-Newton part).
 
     Second-order forward mode written out.  With ``z_l = W_l a_(l-1) + b_l``,
     ``a_l = sigma(z_l)`` and per-sample loss ``l(f)``, the Hessian is
@@ -195,32 +229,12 @@ def chain_hessian(chain: list, thetas: torch.Tensor, X: torch.Tensor, y: torch.T
     summed over the samples and divided by N.  Only forward tangents are
     needed (no tangent of the backward pass), and the tangents of a layer's
     parameters start at that layer: ``dz_l`` has as many tangent columns as
-    there are parameters up to layer l.
+    there are parameters up to layer l.  ``gauss_newton_only`` returns the
+    first term alone (``G``; ``H - G`` is the residual ``R``).
     """
     B, P = thetas.shape
-    dt = thetas.dtype
-    h, k0 = _input(chain, X.to(dt))
-    N = h.shape[1]
-    dh, T = None, 0  # tangent of h [B, width, T, N] for the first T parameters
-    tape = []
-    for item in chain[k0:]:
-        if item[0] == "linear":
-            W, z = _linear(item, thetas, h)
-            own, end = _own_tangents(item, h, B, T, dt)
-            tape.append((item, dh, W, T))
-            if dh is None:
-                dz = own
-            else:
-                moved = torch.bmm(W, dh.reshape(B, dh.shape[1], T * N)).reshape(B, item[2], T, N)
-                dz = torch.cat([moved, own], dim=2)
-            h, dh, T = z, dz, end
-        else:
-            a, s1, s2 = _act_derivs(item[1], h, 2)
-            tape.append((item, s1, s2, dh, a, T))
-            dh = _times_s1(s1, a, dh)
-            h = a
-    if T != P:
-        raise ValueError(f"the chain holds {T} parameters, thetas {P}")
+    h, dh, tape = output_tangents(chain, thetas, X)
+    N = h.shape[-1]
     losses, g, p = _head(h, y, loss)
     C = h.shape[1]
     # Gauss-Newton part: sum_n df^T (d^2 l / df^2) df
@@ -234,6 +248,8 @@ def chain_hessian(chain: list, thetas: torch.Tensor, X: torch.Tensor, y: torch.T
         q = (p.sqrt().unsqueeze(2) * dh).permute(0, 2, 1, 3).reshape(B, P, C * N)
         s = (p.unsqueeze(2) * dh).sum(1)
         H = torch.bmm(q, q.transpose(1, 2)) - torch.bmm(s, s.transpose(1, 2))
+    if gauss_newton_only:
+        return H.div_(N)
     # the rest, from the backward signal g (N * dl/d(layer value))
     for k in range(len(tape) - 1, -1, -1):
         rec = tape[k]

@@ -187,12 +187,14 @@ def train_unit(
     train_kwargs: dict[str, Any],
     init_seed: int,
     radius: float | None = None,
-    spectrum: bool = True,
+    spectrum: bool | str = True,
     memo_key: tuple | None = None,
 ) -> dict[str, Any]:
     """Train one model (or load the finished unit ``key``); return params, history, spectrum.
 
-    Returns ``{"params", "eigs" (or None), "hist" (arrays), "meta"}``; ``meta``
+    ``spectrum``: True (exact), ``"estimated"`` (:func:`estimated_numbers`) or False.
+    Returns ``{"params", "eigs" (or None), "numbers" (spectrum numbers or None), "hist" (arrays),
+    "meta"}``; ``meta``
     holds the stop reason, final loss/accuracy/grad norm, steps, radius and timings.
     ``memo_key`` (a hashable description of model and data) lets another figure
     of the same process reuse the unit instead of training again.
@@ -216,7 +218,8 @@ def train_unit(
             warnings.simplefilter("ignore", NotConvergedWarning)
             hist = train(model, data, loss=loss, progress=False, **train_kwargs)
         t1 = time.perf_counter()
-        eigs = exact_eigenvalues(model, data, loss) if spectrum else np.zeros(0)
+        estimated = estimated_numbers(model, data, loss) if spectrum == "estimated" else None
+        eigs = exact_eigenvalues(model, data, loss) if spectrum and estimated is None else np.zeros(0)
         t2 = time.perf_counter()
         meta = {"stop_reason": hist.stop_reason, "converged": hist.converged, "steps": hist.steps_taken,
                 "final_loss": hist.final_loss, "final_grad_norm": hist.final_grad_norm, "grad_tol": hist.grad_tol,
@@ -225,15 +228,20 @@ def train_unit(
                 "step_halvings": hist.step_halvings, "kink_distance": kink_distance(model, data),
                 "weight_norm": float(np.linalg.norm(flat_params(model))),
                 "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
-        if spectrum and eigs.size:
-            meta["last_lr_times_lambda_max"] = hist.final_lr * float(eigs[-1])
+        if estimated is not None:
+            meta["estimated_numbers"] = estimated
+        top = float(eigs[-1]) if eigs.size else (estimated["lambda_max"] if estimated else None)
+        if top is not None:
+            meta["last_lr_times_lambda_max"] = hist.final_lr * top
         arrays = {"params": flat_params(model), "eigs": eigs, **{f"hist_{k}": v for k, v in hist.arrays().items()}}
         ctx.rd.save_unit(key, arrays, meta)
         if memo is not None:
             _MEMO[memo] = (arrays, meta)
         ctx.log(f"{key}: {hist.stop_reason} after {hist.steps_taken} steps, loss {hist.final_loss:.4g}, "
                 f"|grad| {hist.final_grad_norm:.2e} ({t1 - t0:.1f}s train, {t2 - t1:.1f}s spectrum)")
-    return {"params": arrays["params"], "eigs": arrays["eigs"] if spectrum else None,
+    eigs = arrays["eigs"] if spectrum and arrays["eigs"].size else None
+    numbers = meta.get("estimated_numbers") or (spectrum_numbers(eigs) if eigs is not None else None)
+    return {"params": arrays["params"], "eigs": eigs, "numbers": numbers,
             "hist": {k[5:]: v for k, v in arrays.items() if k.startswith("hist_")}, "meta": meta}
 
 
@@ -243,3 +251,80 @@ def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
             "step_rule", "lr", "last_lr", "step_halvings", "last_lr_times_lambda_max", "kink_distance",
             "weight_norm", "train_seconds", "spectrum_seconds")
     return {k: meta.get(k) for k in keys}
+
+
+RULE_TEXT = ("GD steps by backtracking (spectra.train's default rule: try twice the last step, at most the "
+             "configured lr, and halve until the loss falls by 1e-4·step·|g|²), so every step decreases the loss "
+             "and GD cannot hover at the edge of stability.")
+
+
+def run_record(label: str, converged: Any, grad_norm: float, grad_tol: float, kink: float | None = None,
+               steps: int | None = None) -> dict[str, Any]:
+    """One trained run as the training summary counts it."""
+    return {"label": label, "converged": bool(converged), "final_grad_norm": float(grad_norm),
+            "grad_tol": float(grad_tol), "kink_distance": None if kink is None or not np.isfinite(kink) else float(kink),
+            "steps": None if steps is None else int(steps)}
+
+
+def training_summary(records: list[dict[str, Any]], rule: str = RULE_TEXT,
+                     verdicts: str = "Verdicts use the converged runs only.") -> dict[str, Any]:
+    """``results.json``'s ``training``: how many runs converged, and what stopped the others.
+
+    A run that stopped on a ReLU kink (:func:`kink_distance` below
+    :data:`KINK_RELATIVE`) is named as such: there the loss is not
+    differentiable and its gradient norm cannot fall below the jump.
+    """
+    tols = sorted({r["grad_tol"] for r in records})
+    bad = [r for r in records if not r["converged"]]
+    on_kink = [r for r in bad if r["kink_distance"] is not None and r["kink_distance"] < KINK_RELATIVE]
+    groups: dict[str, list[str]] = {}
+    for r in bad:
+        why = "on a ReLU kink" if r in on_kink else "gradient still above tolerance"
+        groups.setdefault(why, []).append(f"{r['label']} (|g| {r['final_grad_norm']:.1e})")
+    return {"runs": len(records), "converged": len(records) - len(bad),
+            "fraction": (len(records) - len(bad)) / max(len(records), 1),
+            "tolerance": ", ".join(f"{t:g}" for t in tols), "rule": rule, "on_kink": len(on_kink),
+            "not_converged": [f"{why}: {', '.join(items)}" for why, items in groups.items()],
+            "verdicts": verdicts, "per_run": records}
+
+
+def estimated_numbers(model: torch.nn.Module, data: Any, loss: str, *, k: int = 20, probes: int = 10,
+                      steps: int = 80, seed: int = 0) -> dict[str, Any]:
+    """:func:`spectrum_numbers`' keys for a net too large for an exact spectrum at this scale.
+
+    ARPACK gives the ``k`` largest eigenvalues (exact to about 1e-12), so
+    ``lambda_max``, the outliers and their sweep are exact unless the count
+    reaches ``k`` (then ``censored``).  Stochastic Lanczos quadrature gives the
+    rest, marked ``estimated``: ``lambda_min`` (the smallest Ritz value, which
+    converges first), the mass near zero and the negative count (quadrature
+    mass times P below the zero band ``-1e-3 lambda_max``: the quadrature places
+    the zero cluster's nodes about 1e-4 from 0 on either side, so nearer
+    negatives cannot be told from it).  ARPACK's smallest end is not used:
+    next to a zero cluster of thousands it converges very slowly.
+    """
+    from ..api import analyze
+    from ..counts import OUTLIER_FRACTION, OUTLIER_SWEEP, negative_tolerance
+
+    top = np.sort(analyze(model, data, loss=loss, method="arpack", which="largest", k=k).eigenvalues)[::-1]
+    slq = analyze(model, data, loss=loss, method="lanczos", num_probes=probes, num_steps=steps, seed=seed)
+    P = int(slq.num_params)
+    nodes, weights = slq.nodes.ravel(), slq.weights.ravel() / slq.nodes.shape[0]
+    lam_min = float(min(nodes.min(), top[-1]))
+    big = float(max(abs(top[0]), abs(lam_min)))
+    zero_tol = max(ZERO_TOL_REL * big, negative_tolerance(P, big, "float64"))
+    tol = zero_tol  # what the quadrature resolves
+    n_out = int(np.sum(top > OUTLIER_FRACTION * top[0]))
+    return {
+        "num_params": P, "lambda_max": float(top[0]), "lambda_min": lam_min, "top5": top[:5].tolist(),
+        "zero_tol": zero_tol, "zero_fraction": float(weights[np.abs(nodes) < zero_tol].sum()),
+        "zero_fraction_loose": float(weights[np.abs(nodes) < ZERO_TOL_REL_LOOSE * big].sum()),
+        "negative_tol": tol, "num_negative": int(round(P * float(weights[nodes < -tol].sum()))),
+        "num_negative_raw": None, "num_zero": None, "most_negative": min(lam_min, 0.0), "negative_sum": None,
+        "most_negative_over_lambda_max": float(max(-lam_min, 0.0) / big),
+        "num_outliers": n_out, "outlier_sweep": {f"{f:g}": int(np.sum(top > f * top[0])) for f in OUTLIER_SWEEP},
+        "outlier_cut_ratio": float(top[n_out - 1] / top[n_out]) if 0 < n_out < k and top[n_out] > 0 else None,
+        "bulk_edge": float(top[n_out]) if n_out < k else None,
+        "top8_over_lambda_max": (top[:8] / top[0]).tolist(),
+        "estimated": True, "method": f"arpack k={k} (largest) + SLQ {probes}x{steps}",
+        "censored": ["num_outliers"] if n_out == k else [], "top_eigenvalues": top.tolist(),
+    }

@@ -48,19 +48,47 @@ CLOCK = "clock.json"  # in progress/: time spent by earlier processes of a resum
 _UNIT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+CANNOT_SHOW = "quick scale cannot show this"
+
+
 @dataclass
 class Claim:
-    """One row of report.md: what the paper says, what we measured, whether they agree."""
+    """One row of report.md: what the paper says, what we measured, and the verdict with its statistics.
+
+    ``agrees``: True / False, or None when the paper makes no testable
+    statement (``verdict`` then says why: ``"n/a"`` or :data:`CANNOT_SHOW`).
+    ``effect`` (the effect size), ``seeds`` (how many independent runs the
+    verdict rests on) and ``test`` (the test or interval and its outcome) are
+    what a verdict must name; ``runs`` says which runs it uses (converged ones
+    only, or that it includes others).
+    """
 
     topic: str
     paper: str
     ours: str
-    agrees: bool | None = None  # None: not directly comparable
+    agrees: bool | None = None
     note: str = ""
+    effect: str = ""
+    seeds: int | str = ""
+    test: str = ""
+    runs: str = ""
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = {True: "agrees", False: "differs", None: "n/a"}[self.agrees]
 
     def to_dict(self) -> dict[str, Any]:
         return {"topic": self.topic, "paper": self.paper, "ours": self.ours, "agrees": self.agrees,
-                "note": self.note}
+                "verdict": self.verdict, "effect": self.effect, "seeds": self.seeds, "test": self.test,
+                "runs": self.runs, "note": self.note}
+
+
+def cannot_show(claim: Claim, why: str) -> Claim:
+    """The same claim without a verdict: at quick scale the measurement cannot decide it (``why``)."""
+    claim.agrees, claim.verdict = None, CANNOT_SHOW
+    claim.note = f"{why}. {claim.note}".strip()
+    return claim
 
 
 class RunDir:
@@ -172,7 +200,8 @@ class RunDir:
         return path
 
     def finish(self, *, title: str, scale: str, measured: dict[str, Any], claims: list[Claim],
-               notes: list[str] | None = None, tables: list[str] | None = None) -> dict[str, Any]:
+               notes: list[str] | None = None, tables: list[str] | None = None,
+               training: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write results.json and report.md; return the results dict."""
         from ..result import versions
 
@@ -188,6 +217,7 @@ class RunDir:
             "config": _plain(self.config),
             "measured": _plain(measured),
             "claims": [c.to_dict() for c in claims],
+            "training": _plain(training) if training else None,
             "notes": notes or [],
             "files": files + [RESULTS, REPORT],
             # Over all processes of a resumed run (up to each one's last saved unit).
@@ -204,17 +234,23 @@ class RunDir:
 
 
 def render_report(results: dict[str, Any], tables: list[str]) -> str:
-    """report.md: the claims table, then tables of numbers, notes and files."""
-    verdict = {True: "agrees", False: "**differs**", None: "n/a"}
+    """report.md: the claims table with each verdict's statistics, training, tables, notes and files."""
+    shown = {"agrees": "agrees", "differs": "**differs**"}
     lines = [f"# {results['figure']}: {results['title']}", "",
              f"Scale `{results['scale']}`, seed {results['seed']}, "
              f"{results['wall_time_s']:.1f} s wall time, {results['cpu_time_s']:.1f} s CPU time"
              + (f" (over {results['processes']} processes: the run was resumed)." if results.get("processes", 1) > 1
-                else "."), "",
-             "## The paper's claims beside our measurements", "",
-             "| topic | paper | measured here | verdict | note |", "|---|---|---|---|---|"]
+                else "."), ""]
+    training = results.get("training")
+    if training:
+        lines += ["## Training", "", training_sentence(training), ""]
+    lines += ["## The paper's claims beside our measurements", "",
+              "| topic | paper | measured here | effect size | seeds | test | runs used | verdict | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in results["claims"]:
-        cells = [c["topic"], c["paper"], c["ours"], verdict[c["agrees"]], c["note"]]
+        verdict = c.get("verdict") or {True: "agrees", False: "differs", None: "n/a"}[c["agrees"]]
+        cells = [c["topic"], c["paper"], c["ours"], c.get("effect", ""), c.get("seeds", ""), c.get("test", ""),
+                 c.get("runs", ""), shown.get(verdict, verdict), c["note"]]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     for table in tables:
         lines += ["", table]
@@ -223,6 +259,21 @@ def render_report(results: dict[str, Any], tables: list[str]) -> str:
     lines += ["", "## Configuration", "", "```json", json.dumps(results["config"], indent=1), "```",
               "", "## Files", ""] + [f"- `{f}`" for f in results["files"]]
     return "\n".join(lines) + "\n"
+
+
+def training_sentence(training: dict[str, Any]) -> str:
+    """One paragraph: how many trained runs converged, to which tolerance, by which rule, and the rest."""
+    if training.get("text"):
+        return training["text"]
+    parts = [f"{training['converged']} of {training['runs']} trained runs converged "
+             f"({training['fraction']:.0%}): gradient norm below {training['tolerance']}."]
+    if training.get("rule"):
+        parts.append(training["rule"])
+    if training.get("not_converged"):
+        parts.append("Not converged: " + "; ".join(training["not_converged"]) + ".")
+    if training.get("verdicts"):
+        parts.append(training["verdicts"])
+    return " ".join(parts)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

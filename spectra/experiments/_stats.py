@@ -133,3 +133,23 @@ def describe_trend(r: dict[str, Any]) -> str:
 
 
 __all__ = ["ALPHA", "mean_ci", "compare", "trend", "significant", "describe_compare", "describe_trend"]
+
+
+def verdict(direction_as_paper: bool, significant_result: bool, scale: str) -> tuple[bool | None, str]:
+    """``(agrees, verdict text)`` from a test's outcome.
+
+    A significant effect in the paper's direction agrees; a significant
+    effect against it differs.  Without significance: at paper scale the
+    claimed effect was not found (differs); at smaller scales the runs may
+    be too few to show it (:data:`~spectra.experiments._report.CANNOT_SHOW`).
+
+    >>> verdict(True, True, "quick"), verdict(True, False, "paper")[0]
+    ((True, 'agrees'), False)
+    """
+    from ._report import CANNOT_SHOW
+
+    if significant_result:
+        return (True, "agrees") if direction_as_paper else (False, "differs")
+    if scale == "paper":
+        return False, "differs (no significant effect)"
+    return None, CANNOT_SHOW

@@ -1,0 +1,182 @@
+"""Scaling curve: seconds per Hessian product and top-10 wall time against P (MLPs, CNNs) and N.
+
+Workloads: MLPs and CNNs (spectra's registry models, float64, seed 0, at
+initialisation) on real MNIST images (``spectra.datasets.load("mnist", n=N,
+seed=0)``), cross-entropy (mean).  For each: the median time of a gradient, of a
+block of 10 products (per vector), and one ``topk`` top-10 run (products, wall
+time, error estimate); the growth exponents are least-squares slopes in log-log.
+
+    python bench/bench_scaling.py --threads 2                  # P sweep (MLP, CNN) and N sweep
+    python bench/bench_scaling.py --quick                       # the smallest configurations only
+    python bench/bench_scaling.py --plot docs/images/scaling.png --json bench/results/scaling.json
+
+MLP products are the chain engine (Pearlmutter's R-operator written out); CNN
+products are reverse-over-reverse autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MLPS = [[784, 1, 10], [784, 4, 10], [784, 16, 10], [784, 64, 64, 10], [784, 256, 256, 10],
+        [784, 512, 512, 10], [784, 1024, 256, 10]]
+CNNS = [[4, 8], [16, 32], [32, 64], [64, 128]]
+NS = [250, 500, 1000, 2000, 4000]
+N_DEFAULT = 1000
+
+
+def build(kind: str, spec: list[int], n: int):
+    import spectra
+
+    if kind == "mlp":
+        model = spectra.models.create("mlp", sizes=spec, dtype="float64", seed=0)
+    else:
+        model = spectra.models.create("cnn", channels=spec, dtype="float64", seed=0)
+    data = spectra.datasets.load("mnist", n=n, seed=0)
+    X = data.X.to(torch.float64)
+    X = X.reshape(n, -1) if kind == "mlp" else X.reshape(n, 1, 28, 28)
+    if kind == "mlp":
+        model = torch.nn.Sequential(*[m for m in model if not isinstance(m, torch.nn.Flatten)])
+    return model, (X, data.y)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(kind: str, spec: list[int], n: int, repeats: int, top10: bool) -> dict[str, Any]:
+    from spectra.backends.topk import TopkBackend
+    from spectra.operators.hessian import HessianOperator
+
+    model, (X, y) = build(kind, spec, n)
+    params = list(model.parameters())
+    P = sum(p.numel() for p in params)
+
+    def grad() -> None:
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), params)
+
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    V = torch.randn(P, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    row: dict[str, Any] = {"kind": kind, "spec": spec, "P": P, "N": n, "mode": getattr(op, "mode", None),
+                           "gradient_s": median_time(grad, repeats),
+                           "product_s": median_time(lambda: op.matmat(V), repeats) / 10}
+    if top10:
+        t0 = time.perf_counter()
+        r = TopkBackend().run(op, k=10)
+        row.update(top10_s=time.perf_counter() - t0, top10_products=r.num_matvecs + r.provenance["residual_matvecs"],
+                   top10_path=r.provenance["path"],
+                   top10_max_estimate=max(r.provenance["eigenvalue_error_estimates"]) / abs(r.eigenvalues).max(),
+                   lambda_1=float(r.eigenvalues.max()))
+    row["load"] = os.getloadavg()[0]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def slope(x: list[float], y: list[float]) -> float:
+    """Least-squares exponent of ``y ~ x**a``."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for kind, marker in (("mlp", "o"), ("cnn", "s")):
+        sweep = [r for r in rows if r["kind"] == kind and r["N"] == N_DEFAULT]
+        if not sweep:
+            continue
+        P = [r["P"] for r in sweep]
+        axes[0].loglog(P, [r["product_s"] for r in sweep], marker=marker, label=f"{kind}: product (per vector, block 10)")
+        axes[0].loglog(P, [r["gradient_s"] for r in sweep], marker=marker, linestyle=":", label=f"{kind}: gradient")
+        done = [r for r in sweep if "top10_s" in r]
+        if done:
+            axes[1].loglog([r["P"] for r in done], [r["top10_s"] for r in done], marker=marker, label=kind)
+    ns = [r for r in rows if r.get("sweep") == "N"]
+    if ns:
+        axes[2].loglog([r["N"] for r in ns], [r["product_s"] for r in ns], marker="o", label="product (per vector)")
+        done = [r for r in ns if "top10_s" in r]
+        axes[2].loglog([r["N"] for r in done], [r["top10_s"] for r in done], marker="^", label="top-10")
+    axes[0].set(xlabel="parameters P", ylabel="seconds", title="one Hessian product")
+    axes[1].set(xlabel="parameters P", ylabel="seconds", title="top-10 (topk, 1e-10)")
+    axes[2].set(xlabel="samples N (MLP 784-64-64-10)", ylabel="seconds", title="against N")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="only the smallest configurations")
+    ap.add_argument("--max-top10-params", type=int, default=2_000_000, help="skip top-10 above this P")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# scaling, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, load {os.getloadavg()[0]:.1f}", flush=True)
+    mlps, cnns, ns = (MLPS[:3], CNNS[:2], NS[:2]) if args.quick else (MLPS, CNNS, NS)
+    rows = []
+    for spec in mlps:
+        rows.append(measure("mlp", spec, N_DEFAULT, args.repeats, True))
+    for spec in cnns:
+        rows.append(measure("cnn", spec, N_DEFAULT, args.repeats, True))
+    for n in ns:
+        row = measure("mlp", [784, 64, 64, 10], n, args.repeats, True)
+        row["sweep"] = "N"
+        rows.append(row)
+    fits = {}
+    for kind in ("mlp", "cnn"):
+        sweep = [r for r in rows if r["kind"] == kind and r["N"] == N_DEFAULT and r.get("sweep") != "N"]
+        if len(sweep) >= 2:
+            fits[kind] = {"product_vs_P": slope([r["P"] for r in sweep], [r["product_s"] for r in sweep]),
+                          "top10_vs_P": slope([r["P"] for r in sweep], [r["top10_s"] for r in sweep])}
+    ns_rows = [r for r in rows if r.get("sweep") == "N"]
+    if len(ns_rows) >= 2:
+        fits["N"] = {"product_vs_N": slope([r["N"] for r in ns_rows], [r["product_s"] for r in ns_rows]),
+                     "top10_vs_N": slope([r["N"] for r in ns_rows], [r["top10_s"] for r in ns_rows])}
+    print("fits:", json.dumps(fits))
+    print("\n| model | P | N | gradient s | product s (per vector, block 10) | top-10 s | top-10 products |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        name = f"{r['kind']} {'-'.join(map(str, r['spec']))}"
+        print(f"| {name} | {r['P']:,} | {r['N']} | {r['gradient_s']:.4f} | {r['product_s']:.4f} | "
+              f"{r.get('top10_s', float('nan')):.2f} | {r.get('top10_products', '-')} |")
+    if args.json:
+        from spectra._io import atomic_write_text
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps({"rows": rows, "fits": fits, "threads": args.threads,
+                                                 "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""top-k race: spectra's ``topk`` against its own ARPACK backend and hessian-eigenthings' default Lanczos.
+
+Workloads as ``bench/peers/bench_peers.py``: MLPs 784-10-10 and 784-64-64-10 at
+initialisation (float64, seed 0), 1000 MNIST images, cross-entropy (mean); the
+top-10 eigenvalues.  References: the exact spectrum (784-10-10) and ``eigsh(tol=0,
+ncv=60)`` (784-64-64-10), as in the peers benchmark.  Error = max over the 10 of
+``|lambda_i - ref_i| / |ref_i|`` (relative to each eigenvalue).
+
+Three commands:
+
+``race``   paired timings in one process: each repetition runs every method once,
+           in turn, and the ratio to ARPACK is taken within the repetition; the
+           table gives the median ratio and the median seconds (operator build
+           included, as in the peers table), and the ratio of the process's CPU
+           times (less sensitive to other jobs on a shared machine).
+``costs``  seconds per product against the block size (float64 and float32
+           products), each relative to a gradient timed back to back.
+``sweep``  products, seconds and error for a grid of block sizes and bases
+           (the notes of what was tried; products do not depend on the load).
+
+    python bench/bench_topk.py race --threads 2 --repeats 5
+    python bench/bench_topk.py costs --threads 2
+    python bench/bench_topk.py sweep --nets big --blocks 2,3,4,5,10 --bases 4,8,12
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE))
+from bench_peers import NETS, reference_big, reference_small, workload  # noqa: E402
+
+K = 10
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def references(net: str, model, X, y, cache: str | None) -> np.ndarray:
+    """The 10 largest reference eigenvalues, ascending (cached in ``cache`` when given)."""
+    path = Path(cache) / f"topk_ref_{net}.npy" if cache else None
+    if path is not None and path.exists():
+        return np.load(path)
+    if net == "small":
+        exact, _ = reference_small(model, X, y)
+        ref = np.sort(exact)[-K:]
+    else:
+        ref, _, _ = reference_big(model, X, y)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, ref)
+    return ref
+
+
+def rel_error(values: Any, ref: np.ndarray) -> float:
+    got = np.sort(np.asarray(values, dtype=np.float64))[-K:]
+    return float(np.max(np.abs(got - ref) / np.abs(ref)))
+
+
+# ------------------------------------------------------------------ methods
+def run_arpack(model, X, y) -> tuple[np.ndarray, int, str]:
+    from spectra.backends.arpack import ArpackBackend
+    from spectra.operators.hessian import HessianOperator
+
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    r = ArpackBackend().run(op, k=K)
+    return r.eigenvalues, op.num_matvecs + op.check_matvecs, "spectra arpack (eigsh, tol 1e-6)"
+
+
+def run_topk(model, X, y, mixed: bool = False, **options: Any) -> tuple[np.ndarray, int, str]:
+    from spectra.backends.topk import TopkBackend
+    from spectra.operators.hessian import HessianOperator
+
+    op = HessianOperator(model, "cross_entropy", (X, y))
+    extra = 0
+    if mixed:
+        low = HessianOperator(copy.deepcopy(model).float(), "cross_entropy", (X.float(), y))
+        options["low_precision"] = low
+    r = TopkBackend().run(op, k=K, **options)
+    if mixed:
+        extra = low.num_matvecs + low.check_matvecs
+    label = (f"spectra topk (block {r.provenance['block_size']}, basis {r.provenance['max_basis']}"
+             f"{', float32 then float64 products' if mixed else ''})")
+    return r.eigenvalues, op.num_matvecs + op.check_matvecs + extra, label
+
+
+def run_eigenthings(model, X, y) -> tuple[np.ndarray, int, str]:
+    sys.path.insert(0, os.environ.get("SPECTRA_PEERS_DIR", "/tmp/spectra-peers"))
+    from bench_peers import eigenthings_top10
+
+    values, products, how = eigenthings_top10(model, X, y)
+    return values, products, f"hessian-eigenthings {how}"
+
+
+def methods(args: argparse.Namespace) -> dict[str, Callable]:
+    out: dict[str, Callable] = {"arpack": run_arpack, "topk": run_topk}
+    for spec in filter(None, args.variants.split(";")):  # e.g. "block_size=2,mixed=1"
+        options = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+        mixed = bool(options.pop("mixed", 0))
+        out[f"topk {spec}"] = lambda m, a, b, o=options, x=mixed: run_topk(m, a, b, mixed=x, **o)
+    if args.eigenthings:
+        out["eigenthings-20"] = run_eigenthings
+    return out
+
+
+def race(args: argparse.Namespace) -> None:
+    print(f"# top-10 race, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load at start {load_average()}")
+    for net in args.nets.split(","):
+        model, X, y = workload(NETS[net])
+        P = sum(p.numel() for p in model.parameters())
+        ref = references(net, model, X, y, args.cache)
+        runs = methods(args)
+        seconds = {name: [] for name in runs}
+        ratios = {name: [] for name in runs}
+        cpu_ratios = {name: [] for name in runs}
+        info: dict[str, tuple] = {}
+        for name, fn in runs.items():  # warm-up (imports, first allocations)
+            fn(model, X, y)
+        for rep in range(args.repeats):
+            order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+            this, cpu = {}, {}
+            for name in order:
+                t0, c0 = time.perf_counter(), time.process_time()
+                values, products, how = runs[name](model, X, y)
+                this[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+                info[name] = (rel_error(values, ref), products, how)
+            for name in runs:
+                seconds[name].append(this[name])
+                ratios[name].append(this[name] / this["arpack"])
+                cpu_ratios[name].append(cpu[name] / cpu["arpack"])
+        print(f"\n## MLP {'-'.join(map(str, NETS[net]))} (P = {P}); load at end {load_average()}\n")
+        print("| method | median seconds | x ARPACK, wall (median of paired ratios) | x ARPACK, CPU time | products "
+              "| max rel. error |")
+        print("|---|---|---|---|---|---|")
+        for name in runs:
+            err, products, how = info[name]
+            print(f"| {how} | {statistics.median(seconds[name]):.3f} | {statistics.median(ratios[name]):.2f} "
+                  f"| {statistics.median(cpu_ratios[name]):.2f} | {products} | {err:.1e} |")
+        print("\nall ratios: " + "; ".join(f"{n}: {', '.join(f'{r:.2f}' for r in ratios[n])}" for n in runs))
+
+
+def costs(args: argparse.Namespace) -> None:
+    from _timing import paired_ratio
+
+    from spectra.operators.hessian import HessianOperator
+
+    print(f"# product cost per vector against the block size, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{torch.get_num_threads()} threads, load at start {load_average()}")
+    for net in args.nets.split(","):
+        model, X, y = workload(NETS[net])
+        op = HessianOperator(model, "cross_entropy", (X, y))
+        op32 = HessianOperator(copy.deepcopy(model).float(), "cross_entropy", (X.float(), y))
+        P = op.shape[0]
+        params = list(model.parameters())
+
+        def grad() -> None:
+            torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), params)
+
+        print(f"\n## MLP {'-'.join(map(str, NETS[net]))} (P = {P})\n")
+        print("| block | float64: gradients per vector | float32: gradients per vector |")
+        print("|---|---|---|")
+        g = torch.Generator().manual_seed(0)
+        for b in [int(x) for x in args.blocks.split(",")]:
+            V = torch.randn(P, b, generator=g, dtype=torch.float64)
+            r64, _ = paired_ratio(lambda: op.matmat(V), grad, repeats=args.repeats)
+            V32 = V.float()
+            r32, _ = paired_ratio(lambda: op32.matmat(V32), grad, repeats=args.repeats)
+            print(f"| {b} | {r64 / b:.3f} | {r32 / b:.3f} |", flush=True)
+        print(f"\nload at end {load_average()}")
+
+
+def sweep(args: argparse.Namespace) -> None:
+    print(f"# topk sweep, {time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads, "
+          f"load at start {load_average()}")
+    for net in args.nets.split(","):
+        model, X, y = workload(NETS[net])
+        ref = references(net, model, X, y, args.cache)
+        print(f"\n## MLP {'-'.join(map(str, NETS[net]))}\n")
+        print("| block | basis | mixed | products | seconds | max rel. error |")
+        print("|---|---|---|---|---|---|")
+        for b in [int(x) for x in args.blocks.split(",")]:
+            for blocks in [int(x) for x in args.bases.split(",")]:
+                for mixed in [False, True] if args.mixed else [False]:
+                    t0 = time.perf_counter()
+                    values, products, _ = run_topk(model, X, y, mixed=mixed, block_size=b,
+                                                   max_basis=max(blocks * b, K + 2 * b))
+                    s = time.perf_counter() - t0
+                    print(f"| {b} | {max(blocks * b, K + 2 * b)} | {'yes' if mixed else 'no'} | {products} | "
+                          f"{s:.2f} | {rel_error(values, ref):.1e} |", flush=True)
+        print(f"\nload at end {load_average()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=("race", "costs", "sweep"))
+    ap.add_argument("--nets", default="small,big")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--blocks", default="1,2,3,4,5,8,10,15,20")
+    ap.add_argument("--bases", default="4,8,12")
+    ap.add_argument("--mixed", action="store_true", help="sweep: also float32-then-float64 products")
+    ap.add_argument("--eigenthings", action="store_true", help="race: add hessian-eigenthings' default lanczos")
+    ap.add_argument("--variants", default="mixed=1",
+                    help="race: extra topk settings, ';'-separated, e.g. 'block_size=2,mixed=1;block_size=5'")
+    ap.add_argument("--cache", default=None, help="folder to keep the reference eigenvalues in")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    {"race": race, "costs": costs, "sweep": sweep}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

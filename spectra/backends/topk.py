@@ -1,0 +1,335 @@
+"""The ``topk`` backend: a few extreme eigenpairs by block Krylov-Schur on batched products.
+
+The recommended method for extreme eigenvalues (``which="largest"``,
+``"smallest"`` or ``"both"``).  It multiplies the operator with blocks of
+``block_size`` vectors (one batched product each, far cheaper per vector than
+one-at-a-time products), keeps a float64 basis with full
+reorthogonalisation, restarts thickly and locks converged pairs
+(:mod:`spectra.backends.block_krylov`).  ``"arpack"`` stays as the reference.
+
+Paths (recorded in ``provenance["path"]`` with the reason):
+
+``"krylov"``   the block Krylov-Schur solver;
+``"dense"``    every eigenvalue from the dense matrix (``P`` products and
+               ``eigh``) when that is cheaper: when ``P`` is at most twice the
+               Krylov basis (a restarted Krylov run needs about ``P``
+               products there), or as a fallback when ``P <=``
+               :data:`DENSE_FALLBACK_MAX_PARAMS` and the Krylov solver has spent
+               ``P`` products without converging (the small end of a singular
+               Hessian, where a huge zero cluster meets tiny negative
+               eigenvalues, is such a case).
+
+Accuracy: ``tol`` is the relative eigenvalue error aimed at, checked with the
+estimate ``min(r, rho^2/delta)`` from each pair's residual ``r`` (see
+:func:`spectra.backends.block_krylov.error_estimates`), relative to the
+largest ``|eigenvalue|`` seen.  Default ``1e-10`` for float64 operators,
+``1e-5`` for float32 ones (their products carry ~1e-7 relative rounding).
+With ``verify=True`` (default) the answer's residuals are recomputed with
+fresh products and a final Rayleigh-Ritz; ``result.residuals`` are those.
+
+``low_precision``: an operator for the same matrix in a cheaper precision
+(for example built on a float32 copy of the model).  The solver runs on it
+until every wanted residual is below ``switch_residual`` times the scale, and
+finishes on ``op`` from those vectors.  Both phases' products are recorded.
+
+``max_matvecs`` bounds the products of the whole run (verification
+included); when it would be exceeded the run stops with
+:class:`~spectra.errors.ConvergenceError`, which says how far it got.
+
+>>> import torch
+>>> from spectra.operators.base import DenseOperator
+>>> d = torch.cat([torch.tensor([-3.0, 5.0, 6.0]), torch.linspace(0.0, 1.0, 300)]).double()
+>>> r = TopkBackend().run(DenseOperator(torch.diag(d)), k=2, which="both", block_size=4)
+>>> r.eigenvalues.round(decimals=8).tolist(), r.provenance["path"]
+([-3.0, 0.0, 5.0, 6.0], 'krylov')
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConvergenceError, InvalidInputError, MemoryBudgetError
+from ..result import SpectrumResult
+from .base import available_memory_bytes, format_bytes, refuses_unknown_options
+from .block_krylov import BudgetExhausted, KrylovResult, block_krylov_schur, error_estimates
+
+DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# Products a block of this many vectors costs per vector fall little beyond it (bench/bench_topk.py).
+DEFAULT_BLOCK_SIZE = 10
+# Active basis columns before a thick restart, in blocks (bench/bench_topk.py).
+DEFAULT_BASIS_BLOCKS = 8
+# Dense first when P is at most this many Krylov bases: restarted Krylov would need about P products.
+DENSE_FIRST_BASES = 2
+# The dense fallback is tried only up to this many parameters (P products plus an O(P^3) eigh).
+DENSE_FALLBACK_MAX_PARAMS = 5000
+DENSE_COPIES = 3  # dense matrix, eigenvector output, LAPACK workspace
+# Low-precision phase until every wanted residual is below this share of the scale: with float32
+# products (relative rounding ~1e-7) the vectors are then so close that one float64 block of products
+# and a Rayleigh-Ritz step give eigenvalues to ~1e-12 (bench/bench_topk.py notes).
+DEFAULT_SWITCH_RESIDUAL = 1e-6
+_WHICH = ("largest", "smallest", "both")
+
+
+def topk_memory_bytes(num_params: int, max_basis: int, n_want: int, block_size: int, itemsize: int = 8) -> int:
+    """Bytes of the Krylov basis and its work blocks (float64 whatever the product dtype)."""
+    rows = max_basis + n_want + block_size  # the preallocated basis
+    work = 4 * block_size + n_want  # the block, its product, its residual block, the Ritz vectors
+    return int(num_params) * (rows + work) * max(itemsize, 8)
+
+
+class TopkBackend:
+    """``k`` extreme eigenpairs by block Krylov-Schur (block Lanczos with thick restart and locking)."""
+
+    name = "topk"
+    is_exact = False
+
+    @refuses_unknown_options
+    def run(self, op: Any, *, k: int = 10, which: str = "largest", tol: float | None = None,
+            block_size: int | None = None, max_basis: int | None = None, max_matvecs: int | None = None,
+            seed: int = 0, v0: Any = None, return_eigenvectors: bool = False, memory_limit: int | None = None,
+            check_multiplicity: bool | str = "auto", low_precision: Any = None,
+            switch_residual: float = DEFAULT_SWITCH_RESIDUAL, verify: bool = True, dense: bool | str = "auto"
+            ) -> SpectrumResult:
+        P = op.shape[0]
+        plan = _Plan.make(op, k=k, which=which, tol=tol, block_size=block_size, max_basis=max_basis,
+                          max_matvecs=max_matvecs, v0=v0, check_multiplicity=check_multiplicity,
+                          low_precision=low_precision, switch_residual=switch_residual, dense=dense)
+        need = topk_memory_bytes(P, plan.max_basis, plan.n_want, plan.block_size)
+        have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
+        if not plan.dense_first and need > have:
+            raise MemoryBudgetError(
+                f"topk needs about {format_bytes(need)} for its Krylov basis ({plan.max_basis + plan.n_want} "
+                f"vectors of P={P}) but {format_bytes(have)} is available; pass a smaller max_basis "
+                f"(at least {plan.n_want + 2 * plan.block_size}) or block_size")
+        start = time.perf_counter()
+        before = op.num_matvecs
+        generator = torch.Generator().manual_seed(int(seed))
+        phases: list[dict[str, Any]] = []
+        krylov = None
+        if plan.dense_first:
+            path, reason = "dense", plan.dense_reason
+        else:
+            krylov, path, reason = _run_krylov(op, plan, generator, phases, have)
+        if path == "dense":
+            values, vectors, residuals, estimates = _dense(op, plan, have)
+            verify_products = 0
+        else:
+            spent = sum(p["products"] for p in phases)
+            values, vectors, residuals, estimates, verify_products = _finish(op, plan, krylov, verify, spent)
+        seconds = time.perf_counter() - start
+        products = op.num_matvecs - before
+        provenance = {
+            "k": int(k), "which": which, "tol": plan.tol, "seed": seed, "path": path, "path_reason": reason,
+            "algorithm": "block Krylov-Schur (block Lanczos, full reorthogonalisation, thick restart, locking)"
+                         if path == "krylov" else "dense matrix + torch.linalg.eigh",
+            "block_size": plan.block_size, "max_basis": plan.max_basis, "max_matvecs": plan.max_matvecs,
+            "warm_start_vectors": 0 if plan.v0 is None else int(plan.v0.shape[1]),
+            "phases": phases, "solver_seconds": seconds, "recurrence_dtype": "float64",
+            "residuals_from": "fresh products" if verify_products or (krylov is not None and krylov.iterations == 1)
+                              else ("dense eigh" if path == "dense" else "the Krylov recurrence"),
+            "residual_matvecs": verify_products,
+            "eigenvalue_error_estimates": estimates.tolist(),
+        }
+        if krylov is not None:
+            provenance.update(restarts=krylov.restarts, iterations=krylov.iterations, locked=krylov.locked,
+                              breakdowns=krylov.breakdowns, multiplicity_check_rounds=krylov.check_rounds,
+                              converged=krylov.converged)
+        if plan.low is not None:
+            provenance["low_precision_matvecs"] = sum(p["products"] for p in phases if p["operator"] == "low_precision")
+        return SpectrumResult(
+            method=self.name,
+            eigenvalues=values,
+            eigenvectors=vectors if return_eigenvectors else None,
+            residuals=residuals,
+            num_params=P,
+            num_matvecs=products - verify_products,
+            provenance=provenance,
+        )
+
+
+class _Plan:
+    """Validated settings of one run."""
+
+    @classmethod
+    def make(cls, op: Any, *, k, which, tol, block_size, max_basis, max_matvecs, v0, check_multiplicity,
+             low_precision, switch_residual, dense) -> "_Plan":
+        plan = cls()
+        P = op.shape[0]
+        if which not in _WHICH:
+            raise InvalidInputError(f"which must be 'largest', 'smallest' or 'both'; got {which!r}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer; got {k!r}")
+        plan.top = int(k) if which in ("largest", "both") else 0
+        plan.bottom = int(k) if which in ("smallest", "both") else 0
+        plan.n_want = plan.top + plan.bottom
+        if plan.n_want > P:
+            raise InvalidInputError(f"topk needs k <= P ({'2k' if which == 'both' else 'k'} = {plan.n_want} "
+                                    f"values asked of P={P}); use method='exact' for all eigenvalues")
+        default_tol = DEFAULT_TOL.get(op.dtype, DEFAULT_TOL[torch.float32])
+        plan.tol = default_tol if tol is None else tol
+        if not isinstance(plan.tol, (int, float)) or isinstance(plan.tol, bool) or not 0 <= plan.tol < 1:
+            raise InvalidInputError(f"tol must be a number in [0, 1); got {tol!r}")
+        b = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+        if not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1:
+            raise InvalidInputError(f"block_size must be a positive integer; got {block_size!r}")
+        plan.v0 = _warm_start(v0, P)
+        plan.block_size = int(min(max(b, 0 if plan.v0 is None else plan.v0.shape[1]), P))
+        need_basis = plan.n_want + 2 * plan.block_size
+        mb = max(DEFAULT_BASIS_BLOCKS * plan.block_size, need_basis) if max_basis is None else max_basis
+        if not isinstance(mb, (int, np.integer)) or isinstance(mb, bool) or mb < min(need_basis, P):
+            raise InvalidInputError(f"max_basis must be an integer >= k + 2 * block_size = {need_basis} "
+                                    f"(or >= P); got {max_basis!r}")
+        plan.max_basis = int(min(mb, P))
+        if max_matvecs is not None and (not isinstance(max_matvecs, (int, np.integer)) or isinstance(max_matvecs, bool)
+                                        or max_matvecs < 1):
+            raise InvalidInputError(f"max_matvecs must be a positive integer or None; got {max_matvecs!r}")
+        plan.max_matvecs = None if max_matvecs is None else int(max_matvecs)
+        if check_multiplicity not in (True, False, "auto"):
+            raise InvalidInputError(f"check_multiplicity must be True, False or 'auto'; got {check_multiplicity!r}")
+        plan.check_multiplicity = check_multiplicity
+        if low_precision is not None and tuple(low_precision.shape) != tuple(op.shape):
+            raise InvalidInputError(f"low_precision must be an operator of the same shape {tuple(op.shape)}; "
+                                    f"got {tuple(low_precision.shape)}")
+        plan.low = low_precision
+        if not (isinstance(switch_residual, (int, float)) and 0 < switch_residual < 1):
+            raise InvalidInputError(f"switch_residual must be a number in (0, 1); got {switch_residual!r}")
+        plan.switch_residual = float(switch_residual)
+        if dense not in (True, False, "auto"):
+            raise InvalidInputError(f"dense must be True, False or 'auto'; got {dense!r}")
+        plan.dense_first, plan.dense_reason = _dense_first(P, plan, dense)
+        plan.dense_allowed = dense is not False
+        return plan
+
+
+def _warm_start(v0: Any, P: int) -> torch.Tensor | None:
+    if v0 is None:
+        return None
+    v0 = torch.as_tensor(v0)
+    if v0.ndim == 1:
+        v0 = v0[:, None]
+    if v0.ndim != 2 or v0.shape[0] != P or v0.shape[1] < 1:
+        raise InvalidInputError(f"v0 must have shape [P={P}] or [P, j]; got {tuple(v0.shape)}")
+    if not bool(torch.isfinite(v0).all()) or not bool((v0.norm(dim=0) > 0).all()):
+        raise InvalidInputError("v0 must be finite with nonzero columns")
+    return v0.to(torch.float64)
+
+
+def _dense_first(P: int, plan: _Plan, dense: bool | str) -> tuple[bool, str | None]:
+    if dense is True:
+        return True, "dense=True"
+    if dense is False:
+        return False, None
+    if P <= DENSE_FIRST_BASES * plan.max_basis:
+        return True, (f"P={P} <= {DENSE_FIRST_BASES} x max_basis={plan.max_basis}: a Krylov run would take about "
+                      "P products anyway, so P products and eigh are the cheaper, exact answer")
+    return False, None
+
+
+def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[dict[str, Any]],
+                have: int) -> tuple[KrylovResult | None, str, str]:
+    """The Krylov path (mixed precision if asked); falls back to dense when that is cheaper."""
+    P = op.shape[0]
+    dense_ok = plan.dense_allowed and P <= DENSE_FALLBACK_MAX_PARAMS and DENSE_COPIES * P * P * 8 <= have
+    budget = plan.max_matvecs
+    if dense_ok and (budget is None or budget >= 2 * P):
+        krylov_budget, fallback = P, True  # after P products without convergence, dense is the cheaper way on
+    else:
+        krylov_budget, fallback = budget, False
+    start, spent, neighbours = plan.v0, 0, None
+    common = dict(top=plan.top, bottom=plan.bottom, generator=generator, check_multiplicity=plan.check_multiplicity,
+                  device=op.device)
+    try:
+        if plan.low is not None:
+            t0 = time.perf_counter()
+            first = block_krylov_schur(_matmat(plan.low), P, tol=0.0, stop_residual=plan.switch_residual,
+                                       start=start, block_size=plan.block_size, max_basis=plan.max_basis,
+                                       max_products=krylov_budget, **common)
+            phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
+                           "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
+                           "seconds": time.perf_counter() - t0})
+            start, spent = first.vectors, first.products
+            neighbours = (first.others_values, first.others_residuals)
+        # a warm start wider than a block sets the block width; the basis must hold a few such blocks
+        width = max(plan.block_size, 0 if start is None else start.shape[1])
+        t0 = time.perf_counter()
+        result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
+                                    max_basis=min(max(plan.max_basis, plan.n_want + 3 * width), P),
+                                    max_products=None if krylov_budget is None else krylov_budget - spent,
+                                    neighbours=neighbours, **common)
+        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "products": result.products,
+                       "iterations": result.iterations, "restarts": result.restarts,
+                       "seconds": time.perf_counter() - t0})
+        return result, "krylov", "the Krylov basis is smaller than P"
+    except BudgetExhausted as stop:
+        state = stop.state
+        done = int((state.estimates <= plan.tol * max(state.scale, 1e-300)).sum()) if state.estimates.numel() else 0
+        if fallback and (plan.max_matvecs is None or plan.max_matvecs - krylov_budget >= P):
+            return None, "dense", (f"the Krylov solver spent {krylov_budget} = P products without converging "
+                                   f"({done} of {plan.n_want} pairs); P products and eigh finish exactly")
+        raise ConvergenceError(
+            f"topk used its budget of max_matvecs={plan.max_matvecs} products before converging: "
+            f"{spent + state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; "
+            "raise max_matvecs, "
+            f"loosen tol, or use method='exact' (P={P} products)") from None
+
+
+def _matmat(op: Any):
+    def apply(V: torch.Tensor) -> torch.Tensor:
+        return op.matmat(V.to(op.dtype))
+
+    return apply
+
+
+def _finish(op: Any, plan: _Plan, krylov: KrylovResult, verify: bool, spent: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Values, vectors, residuals and error estimates of the answer; fresh products if ``verify``
+    (skipped when they would exceed ``max_matvecs``: the recurrence residuals are kept then)."""
+    X = krylov.vectors
+    values, residuals = krylov.values, krylov.residuals
+    products = 0
+    # a run that ended after its first block has residuals of fresh products already
+    fresh = krylov.iterations == 1 and krylov.check_rounds == 0
+    if verify and not fresh and (plan.max_matvecs is None or spent + X.shape[1] <= plan.max_matvecs):
+        HX = op.matmat(X.to(op.dtype)).to(torch.float64)
+        products = X.shape[1]
+        # final Rayleigh-Ritz on span(X) with the fresh products: its values are the best the vectors give
+        G = X.T @ HX
+        values, U = torch.linalg.eigh(0.5 * (G + G.T))
+        X, HX = X @ U, HX @ U
+        residuals = (HX - X * values).norm(dim=0)
+    # the gap of the innermost answer is to the next Ritz values, which the solver kept
+    est = error_estimates(torch.cat([values, krylov.others_values]),
+                          torch.cat([residuals, krylov.others_residuals]))[: values.numel()]
+    order = torch.argsort(values)
+    return (values[order].cpu().numpy(), X[:, order].cpu().numpy(), residuals[order].cpu().numpy(),
+            est[order].cpu().numpy(), products)
+
+
+def _dense(op: Any, plan: _Plan, have: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every eigenpair of the dense matrix, the wanted ones returned; residuals from eigh are round-off."""
+    P = op.shape[0]
+    need = DENSE_COPIES * P * P * 8
+    if need > have:
+        raise MemoryBudgetError(f"the dense path needs {format_bytes(need)} for P={P} but {format_bytes(have)} "
+                                "is available; pass dense=False")
+    if plan.max_matvecs is not None and P > plan.max_matvecs:
+        raise ConvergenceError(f"the dense path needs P={P} products, more than max_matvecs={plan.max_matvecs}; "
+                               "raise max_matvecs or pass dense=False")
+    to_dense = getattr(op, "to_dense", None)
+    if callable(to_dense):
+        A = to_dense()
+    else:
+        A = torch.cat([op.matmat(torch.eye(P, dtype=op.dtype, device=op.device)[:, i:i + 64])
+                       for i in range(0, P, 64)], 1)
+        A = 0.5 * (A + A.T)
+    A = A.to(torch.float64)
+    lam, U = torch.linalg.eigh(A)
+    idx = torch.cat([torch.arange(plan.bottom), torch.arange(P - plan.top, P)])
+    values, X = lam[idx], U[:, idx]
+    residuals = (A @ X - X * values).norm(dim=0)
+    est = residuals.clone()
+    return values.cpu().numpy(), X.cpu().numpy(), residuals.cpu().numpy(), est.cpu().numpy()
