@@ -50,8 +50,13 @@ def load_average() -> str:
 
 
 def references(net: str, model, X, y, cache: str | None) -> np.ndarray:
-    """The 10 largest reference eigenvalues, ascending (cached in ``cache`` when given)."""
-    path = Path(cache) / f"topk_ref_{net}.npy" if cache else None
+    """The 10 largest reference eigenvalues, ascending (cached in ``cache`` when given, under a
+    fingerprint of the data and weights so that a changed loader or model never meets a stale reference)."""
+    import hashlib
+
+    digest = hashlib.sha256(X.numpy().tobytes() + y.numpy().tobytes()
+                            + b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:12]
+    path = Path(cache) / f"topk_ref_{net}_{digest}.npy" if cache else None
     if path is not None and path.exists():
         return np.load(path)
     if net == "small":

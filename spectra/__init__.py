@@ -27,6 +27,7 @@ _LAZY = {
     "EmpiricalFisherOperator": "spectra.operators.fisher:EmpiricalFisherOperator",
     "MCFisherOperator": "spectra.operators.fisher:MCFisherOperator",
     "Dataset": "spectra.data:Dataset",
+    "BatchReader": "spectra.batches:BatchReader",
     "train": "spectra.training:train",
     "hookimpl": "spectra.hookspecs:hookimpl",
     "models": "spectra.models:",

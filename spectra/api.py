@@ -33,6 +33,11 @@ from .result import SpectrumResult, versions
 AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
 AUTO = "auto"  # the method name that lets analyze choose
+# k and which when a backend needs them and the caller gave none; giving either without a
+# method asks for extreme eigenvalues, which method="auto" computes with topk.
+DEFAULT_K = 10
+DEFAULT_WHICH = "largest"
+EXTREMES_METHOD = "topk"
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
@@ -93,7 +98,7 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
     return "lanczos", f"lanczos: {why}"
 
 
-def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int, which: str,
+def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int | None, which: str | None,
           num_probes: int, num_steps: int, seed: int, return_eigenvectors: bool,
           options: dict[str, Any]) -> tuple[str, str, str | None, Any, dict[str, Any]]:
     """The backend to run on ``op`` and its arguments: ``(method, auto_reason, memory_fallback, backend, arguments)``.
@@ -106,7 +111,11 @@ def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: 
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
     reason = "requested"
-    if method.lower() == AUTO:
+    if method.lower() == AUTO and (k is not None or which is not None):
+        method = EXTREMES_METHOD
+        reason = (f"{EXTREMES_METHOD}: extreme eigenvalues asked for (k={DEFAULT_K if k is None else k}, "
+                  f"which={DEFAULT_WHICH if which is None else which!r})")
+    elif method.lower() == AUTO:
         method, reason = choose_method(op.shape[0], op.device, memory_limit)
     else:
         method = plugins.get_entry("backends", method).name  # as registered, whatever the case typed
@@ -115,8 +124,9 @@ def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: 
     if on_memory == "lanczos":
         method, fallback = _memory_fallback(method, op, memory_limit, num_probes, num_steps, options)
     backend = get_backend(method)
-    common = {"k": k, "which": which, "seed": seed, "num_probes": num_probes, "num_steps": num_steps,
-              "return_eigenvectors": return_eigenvectors, "memory_limit": memory_limit}
+    common = {"k": DEFAULT_K if k is None else k, "which": DEFAULT_WHICH if which is None else which, "seed": seed,
+              "num_probes": num_probes, "num_steps": num_steps, "return_eigenvectors": return_eigenvectors,
+              "memory_limit": memory_limit}
     return method, reason, fallback, backend, backend_arguments(backend, common, options, _OPERATOR_OPTIONS)
 
 
@@ -134,7 +144,7 @@ class _Checked(Exception):
     pass
 
 
-def check_request(num_params: int, *, method: str = "auto", k: int = 10, which: str = "largest",
+def check_request(num_params: int, *, method: str = "auto", k: int | None = None, which: str | None = None,
                   num_probes: int = 10, num_steps: int = 80, seed: int = 0, memory_limit: int | None = None,
                   on_memory: str = "refuse", dtype: torch.dtype = torch.float64, device: Any = "cpu",
                   **options: Any) -> str:
@@ -255,8 +265,8 @@ def analyze(
     loss: LossLike = "cross_entropy",
     method: str = "auto",
     params: ParamSelector = None,
-    k: int = 10,
-    which: str = "largest",
+    k: int | None = None,
+    which: str | None = None,
     num_probes: int = 10,
     num_steps: int = 80,
     seed: int = 0,
@@ -275,11 +285,12 @@ def analyze(
 
     ``method``: ``"exact"`` (all ``P`` eigenvalues), ``"topk"`` (``k``
     eigenvalues at the ``which`` end(s): ``"largest"``, ``"smallest"``,
-    ``"both"``, by block Krylov-Schur), ``"arpack"`` (the same by ARPACK,
-    the reference), ``"lanczos"`` (SLQ density with ``num_probes`` probes of
-    ``num_steps`` steps), ``"auto"`` (exact when the dense Hessian fits
-    comfortably, lanczos otherwise; the result says which and why), or a
-    backend registered by a plugin.
+    ``"both"``, by block Krylov-Schur; ``k`` defaults to 10, ``which`` to
+    ``"largest"``), ``"arpack"`` (the same by ARPACK, the reference),
+    ``"lanczos"`` (SLQ density with ``num_probes`` probes of ``num_steps``
+    steps), ``"auto"`` (``topk`` when ``k`` or ``which`` is given; otherwise
+    exact when the dense Hessian fits comfortably, lanczos if not; the result
+    says which and why), or a backend registered by a plugin.
 
     ``model`` and ``data`` may be registry names (``"mlp"``, ``"mnist"``) with
     ``model_args``/``data_args``.  Remaining ``options`` go to the curvature

@@ -45,22 +45,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .errors import InvalidInputError
 from .losses import IGNORE_INDEX, Loss
 
-__all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "to_device", "tensors_in",
-           "is_causal_lm", "shift_labels", "leading_size"]
+__all__ = ["Batch", "BatchReader", "HUGGING_FACE_LABELS", "map_tensors", "to_device", "tensors_in",
+           "is_causal_lm", "shift_labels", "leading_size", "sample_count", "slice_samples"]
 
 #: The key of the target in a Hugging Face dict batch.
 HUGGING_FACE_LABELS = "labels"
+
+_ARRAYS = (torch.Tensor, np.ndarray)  # what a batch may hold its samples in
 
 TargetSpec = Union[str, int, Callable[[Any], Any]]
 
 
 # ----------------------------------------------------------------------------- nested structures
+def map_tensors(structure: Any, fn: Callable[[Any], Any], kinds: tuple[type, ...] = (torch.Tensor,)) -> Any:
+    """``structure`` with ``fn`` applied to every tensor (every instance of ``kinds``); other values kept.
+
+    Mappings become dicts, tuples (named ones included) and lists keep their type.
+
+    >>> map_tensors({"a": (torch.ones(1), "name")}, lambda t: 2 * t)
+    {'a': (tensor([2.]), 'name')}
+    """
+    if isinstance(structure, kinds):
+        return fn(structure)
+    if isinstance(structure, Mapping):
+        return {key: map_tensors(value, fn, kinds) for key, value in structure.items()}
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):  # a named tuple
+        return type(structure)(*(map_tensors(value, fn, kinds) for value in structure))
+    if isinstance(structure, (tuple, list)):
+        return type(structure)(map_tensors(value, fn, kinds) for value in structure)
+    return structure
+
+
 def to_device(structure: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
     """``structure`` with every tensor moved to ``device``; floating tensors also cast to ``dtype``.
 
@@ -72,38 +94,95 @@ def to_device(structure: Any, device: torch.device | str | None = None, dtype: t
     >>> out["ids"].dtype, out["x"][0].dtype
     (torch.int64, torch.float64)
     """
-    if isinstance(structure, torch.Tensor):
-        if dtype is not None and structure.is_floating_point() and structure.dtype != dtype:
-            structure = structure.to(dtype)
-        return structure if device is None else structure.to(device)
-    if isinstance(structure, Mapping):
-        return {key: to_device(value, device, dtype) for key, value in structure.items()}
-    if isinstance(structure, tuple) and hasattr(structure, "_fields"):  # a named tuple
-        return type(structure)(*(to_device(value, device, dtype) for value in structure))
-    if isinstance(structure, (tuple, list)):
-        return type(structure)(to_device(value, device, dtype) for value in structure)
-    return structure
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        return t if device is None else t.to(device)
+
+    return map_tensors(structure, move)
 
 
-def tensors_in(structure: Any, where: str = "batch") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(path, tensor)`` for every tensor in a nested structure, in order.
+def tensors_in(structure: Any, where: str = "batch", kinds: tuple[type, ...] = (torch.Tensor,)
+               ) -> Iterator[tuple[str, Any]]:
+    """``(path, tensor)`` for every tensor (every instance of ``kinds``) in a nested structure, in order.
 
     >>> [path for path, _ in tensors_in({"a": (torch.zeros(1), 3), "b": torch.ones(1)})]
     ['batch["a"][0]', 'batch["b"]']
     """
-    if isinstance(structure, torch.Tensor):
+    if isinstance(structure, kinds):
         yield where, structure
     elif isinstance(structure, Mapping):
         for key, value in structure.items():
-            yield from tensors_in(value, f"{where}[{key!r}]".replace("'", '"'))
+            yield from tensors_in(value, _key_path(where, key), kinds)
     elif isinstance(structure, (tuple, list)):
         for i, value in enumerate(structure):
-            yield from tensors_in(value, f"{where}[{i}]")
+            yield from tensors_in(value, f"{where}[{i}]", kinds)
+
+
+def _key_path(where: str, key: Any) -> str:
+    return f"{where}[{key!r}]".replace("'", '"')
 
 
 def leading_size(structure: Any) -> int | None:
     """The first axis of the first tensor with one (the number of samples), or None."""
     return next((int(t.shape[0]) for _, t in tensors_in(structure) if t.ndim > 0), None)
+
+
+def sample_count(batch: Any, where: str = "batch") -> int:
+    """The number of samples of a batch whose every tensor (or numpy array) has them on its first axis.
+
+    Refuses, naming the part, a tensor without axes, one whose first axis
+    disagrees with the others, and a list of plain values as long as the batch
+    (spectra cannot tell whether it holds one value per sample).
+
+    >>> sample_count({"input_ids": torch.zeros(3, 5), "mask": (torch.ones(3, 5),), "labels": torch.zeros(3)})
+    3
+    """
+    parts = list(tensors_in(batch, where, _ARRAYS))
+    if not parts:
+        raise InvalidInputError(f"{where} holds no tensor: it has no samples to count")
+    path, first = parts[0]
+    for path, t in parts:
+        if len(t.shape) == 0 or t.shape[0] != first.shape[0]:
+            raise InvalidInputError(
+                f"cannot cut {where} into samples: {path} has shape {tuple(t.shape)}, but {parts[0][0]} has "
+                f"{first.shape[0]} samples on its first axis; every tensor of a batch must hold its samples on "
+                "its first axis (expand a tensor shared by all samples, or shard the data before batching it)"
+            )
+    n = int(first.shape[0])
+    for path, values in _plain_lists(batch, where):
+        if len(values) == n:
+            raise InvalidInputError(
+                f"cannot cut {where} into samples: {path} is a {type(values).__name__} of {n} values that are not "
+                "tensors, which may hold one value per sample; make it a tensor, or drop it before sharding"
+            )
+    return n
+
+
+def slice_samples(batch: Any, start: int, stop: int) -> Any:
+    """``batch`` with every tensor (and numpy array) cut to samples ``start:stop``; other values kept.
+
+    Containers keep their type (mappings become dicts).  Check the batch with
+    :func:`sample_count` first: this cuts whatever it finds.
+
+    >>> part = slice_samples({"ids": torch.arange(4)[:, None], "flag": True}, 1, 3)
+    >>> part["ids"].tolist(), part["flag"]
+    ([[1], [2]], True)
+    """
+    return map_tensors(batch, lambda t: t[start:stop], _ARRAYS)
+
+
+def _plain_lists(structure: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(path, container)`` for every tuple or list in ``structure`` that holds no array at any depth."""
+    if isinstance(structure, Mapping):
+        for key, value in structure.items():
+            yield from _plain_lists(value, _key_path(where, key))
+    elif isinstance(structure, (tuple, list)):
+        if next(tensors_in(structure, where, _ARRAYS), None) is None:
+            yield where, structure
+        else:
+            for i, value in enumerate(structure):
+                yield from _plain_lists(value, f"{where}[{i}]")
 
 
 # ----------------------------------------------------------------------------- causal language models

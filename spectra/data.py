@@ -113,29 +113,23 @@ def is_batch(obj: Any) -> bool:
     )
 
 
-def _is_structured(obj: Any) -> bool:
+def is_structured(obj: Any) -> bool:
     """A batch as a container: a dict, or a tuple/list of at least two parts."""
     return isinstance(obj, Mapping) or (isinstance(obj, (tuple, list)) and len(obj) >= 2)
 
 
-def _is_single_batch(obj: Any) -> bool:
+def is_single_batch(obj: Any) -> bool:
     """One batch rather than a list of batches: a dict, an (X, y) pair, or a tuple with a non-batch part."""
     if isinstance(obj, Mapping) or is_batch(obj):
         return True
-    return isinstance(obj, tuple) and len(obj) >= 2 and not all(_is_structured(part) for part in obj)
+    return isinstance(obj, tuple) and len(obj) >= 2 and not all(is_structured(part) for part in obj)
 
 
 def _tensors_of(batch: Any) -> Any:
     """``batch`` with numpy arrays turned into tensors (containers kept)."""
-    if isinstance(batch, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(batch))
-    if isinstance(batch, Mapping):
-        return {key: _tensors_of(value) for key, value in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_tensors_of(value) for value in batch))
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_tensors_of(value) for value in batch)
-    return batch
+    from .batches import map_tensors
+
+    return map_tensors(batch, lambda a: torch.from_numpy(np.ascontiguousarray(a)), (np.ndarray,))
 
 
 class BatchSource:
@@ -157,7 +151,7 @@ class BatchSource:
             self.info = {"name": data.name, **data.info}
         elif is_batch(data):
             self._batches = [(_as_tensor(data[0], "X"), _as_tensor(data[1], "y"))]
-        elif _is_single_batch(data):
+        elif is_single_batch(data):
             self._batches = [_tensors_of(data)]
         elif isinstance(data, torch.utils.data.DataLoader):
             _refuse_shuffling(data)
@@ -166,7 +160,7 @@ class BatchSource:
         elif isinstance(data, (list, tuple)):
             if len(data) == 0:
                 raise InvalidInputError("the dataset is empty: got an empty list of batches")
-            bad = [i for i, b in enumerate(data) if not _is_structured(b)]
+            bad = [i for i, b in enumerate(data) if not is_structured(b)]
             if bad:
                 raise InvalidInputError(
                     f"each batch must be a pair (X, y) of tensors, a dict or a tuple of inputs and a target; "
@@ -196,7 +190,7 @@ class BatchSource:
     def _unpack(batch: Any) -> Batch:
         if is_batch(batch):
             return _as_tensor(batch[0], "X"), _as_tensor(batch[1], "y")
-        if not _is_structured(batch):
+        if not is_structured(batch):
             raise InvalidInputError(
                 f"the DataLoader must yield (X, y) pairs or dict batches; it yielded a {type(batch).__name__}"
             )

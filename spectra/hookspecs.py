@@ -42,8 +42,8 @@ def spectra_register_backends(registry):  # type: ignore[no-untyped-def]
 
 @hookspec
 def spectra_register_matrices(registry):  # type: ignore[no-untyped-def]
-    """Curvature matrices: ``factory()`` returns a ``SpectralOperator`` class built as
-    ``cls(model, loss, data, params=..., **options)``."""
+    """Curvature matrices: ``factory()`` returns a ``spectra.operators.curvature.CurvatureOperator``
+    subclass (one batch's product in ``_batch_product``), built as ``cls(model, loss, data, **options)``."""
 
 
 @hookspec

@@ -93,6 +93,17 @@ class Loss:
         """What one unit of the batch with this target is: ``"sample"`` or ``"token"``."""
         return "sample"
 
+    def unit_axes(self, output: torch.Tensor, target: Any) -> tuple[int, ...]:
+        """The axes of ``output`` besides the batch axis that index units (a sample's tokens); ``()``: samples.
+
+        The other non-batch axes hold one unit's outputs (its logits, its vector).
+        """
+        return ()
+
+    def counted(self, target: Any) -> torch.Tensor | None:
+        """Which units count, ``[N, *unit axes' sizes]`` (False: an ignored label); ``None``: all."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """The loss's settings, for a result's provenance."""
         return {"loss": self.name, "reduction": self.reduction}
@@ -160,6 +171,11 @@ def _labels_to_rows(output: torch.Tensor, target: torch.Tensor, axis: int,
     return rows, labels
 
 
+def _label_unit_axes(output: torch.Tensor, class_axis: int) -> tuple[int, ...]:
+    """With integer labels every output axis but the batch and class axes indexes tokens."""
+    return tuple(a for a in range(1, output.ndim) if a != class_axis)
+
+
 def _integer_count(target: torch.Tensor, ignore_index: int | None) -> int:
     if ignore_index is None:
         return int(target.numel())
@@ -212,6 +228,12 @@ class CrossEntropy(Loss):
 
     def unit(self, target: Any) -> str:
         return "token" if isinstance(target, torch.Tensor) and target.ndim > 1 else "sample"
+
+    def unit_axes(self, output: torch.Tensor, target: Any) -> tuple[int, ...]:
+        return _label_unit_axes(output, _class_axis(output, target, self.class_dim, self.name))
+
+    def counted(self, target: Any) -> torch.Tensor | None:
+        return None if self.ignore_index is None else target != self.ignore_index
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ignore_index": self.ignore_index, "class_dim": self.class_dim}
@@ -282,6 +304,16 @@ class MeanSquaredError(Loss):
         if target.is_floating_point() or target.dtype == torch.bool:
             return "token" if self.unit_dims == 2 else "sample"
         return "token" if target.ndim > 1 else "sample"
+
+    def unit_axes(self, output: torch.Tensor, target: Any) -> tuple[int, ...]:
+        if target.is_floating_point() or target.dtype == torch.bool:
+            return tuple(range(1, self.unit_dims))
+        return _label_unit_axes(output, _class_axis(output, target, self.class_dim, "mse"))
+
+    def counted(self, target: Any) -> torch.Tensor | None:
+        if target.is_floating_point() or target.dtype == torch.bool or self.ignore_index is None:
+            return None
+        return target != self.ignore_index
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ignore_index": self.ignore_index, "class_dim": self.class_dim,

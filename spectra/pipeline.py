@@ -37,8 +37,10 @@ KNOWN_OUTPUTS = (*RESULT_FILES, SPECTRUM_PNG, TRAINING_JSON, TRAINING_PNG)
 FIT_CHECK_SAMPLES = 2  # the model is tried on this many samples before any work
 # How refusals name the options: as keyword arguments in Python, as flags on the command line.
 WORDING = {
-    "python": {"out": "out", "force": "force=True", "dataset_args": "dataset_args", "threads": "threads"},
-    "cli": {"out": "--out", "force": "--force", "dataset_args": "--dataset-arg", "threads": "--threads"},
+    "python": {"out": "out", "force": "force=True", "dataset_args": "dataset_args", "threads": "threads",
+               "mc_samples": "mc_samples", "matrix": "matrix="},
+    "cli": {"out": "--out", "force": "--force", "dataset_args": "--dataset-arg", "threads": "--threads",
+            "mc_samples": "--mc-samples", "matrix": "--matrix "},
 }
 
 
@@ -58,8 +60,9 @@ class PipelineRun:
 def run(model: str, dataset: str, *, model_args: dict[str, Any] | None = None,
         dataset_args: dict[str, Any] | None = None, loss: str = "cross_entropy", dtype: str = "float64",
         train: str | None = None, lr: float = 0.1, grad_tol: float = 1e-4, max_steps: int = 10_000,
-        batch_size: int | None = None, method: str = "auto", matrix: str = "hessian", k: int = 10,
-        which: str = "largest", num_probes: int = 10, num_steps: int = 80, seed: int = 0,
+        batch_size: int | None = None, method: str = "auto", matrix: str = "hessian",
+        mc_samples: int | None = None, k: int | None = None,
+        which: str | None = None, num_probes: int = 10, num_steps: int = 80, seed: int = 0,
         memory_limit: int | None = None, on_memory: str = "refuse", product_dtype: str | None = None,
         threads: int | None = None, timeout: float | None = None, out: str | Path | None = None,
         force: bool = False, progress: bool | None = None, log: Callable[[str], None] | None = None,
@@ -69,7 +72,8 @@ def run(model: str, dataset: str, *, model_args: dict[str, Any] | None = None,
     ``dtype`` and ``seed`` are also the default ``dtype`` and ``seed`` of the
     model and dataset factories that take them (an explicit entry of
     ``model_args``/``dataset_args`` wins).  The analysis arguments are those of
-    :func:`spectra.analyze`.  ``progress``: bars on stderr (``None``: when it
+    :func:`spectra.analyze`; ``mc_samples`` (``None``: the matrix's default)
+    goes to a matrix that draws targets, such as ``"mc_fisher"``, seeded by ``seed``.  ``progress``: bars on stderr (``None``: when it
     is a terminal); ``log``: where status lines go (default: nowhere).
     ``out``: a folder to write (refused if it holds anything, unless
     ``force``).  ``ranks``: a torchrun launch's :class:`~spectra.ranks.Ranks`
@@ -110,6 +114,7 @@ def _run(ranks: Ranks, a: dict[str, Any]) -> PipelineRun:
             plugins.get_entry("backends", a["method"])
         plugins.get_entry("losses", a["loss"])
         matrix = plugins.get_entry("matrices", a["matrix"]).name
+        matrix_options = _matrix_options(matrix, a["mc_samples"], words)
 
         # every rank builds the same model (same seed).  Analysis only: each rank loads just its shard
         # (the dataset's loader cuts it, or the whole is loaded, cut and let go).  With training every rank
@@ -160,7 +165,7 @@ def _run(ranks: Ranks, a: dict[str, Any]) -> PipelineRun:
         result = api.analyze(net, shard if ranks.active else data, loss=a["loss"], method=a["method"], k=a["k"],
                              which=a["which"], num_probes=a["num_probes"], num_steps=a["num_steps"], seed=a["seed"],
                              memory_limit=a["memory_limit"], on_memory=a["on_memory"], distributed=ranks.active,
-                             matrix=matrix, product_dtype=a["product_dtype"], progress=show)
+                             matrix=matrix, product_dtype=a["product_dtype"], progress=show, **matrix_options)
 
     done = PipelineRun(result, history, model_args, dataset_args, main=ranks.main)
     with ranks.step("while rank 0 wrote the result"):
@@ -187,6 +192,20 @@ def write_outputs(out: StagedFolder, result: SpectrumResult, history: dict[str, 
             atomic_write_json(stage / TRAINING_JSON, history)
             save_figure(training_figure(history), stage / TRAINING_PNG)
     return [*RESULT_FILES, SPECTRUM_PNG] + ([TRAINING_JSON, TRAINING_PNG] if history is not None else [])
+
+
+def _matrix_options(matrix: str, mc_samples: int | None, words: dict[str, str]) -> dict[str, Any]:
+    """The matrix's own options asked for (``mc_samples``), checked before any work."""
+    if mc_samples is None:
+        return {}
+    if "mc_samples" not in getattr(api.operator_class(matrix), "extra_options", ()):
+        takers = [entry["name"] for entry in plugins.list_entries("matrices")
+                  if "mc_samples" in getattr(api.operator_class(entry["name"]), "extra_options", ())]
+        raise InvalidInputError(f"{words['mc_samples']} applies to a matrix that draws targets "
+                                f"({', '.join(takers)}); {words['matrix']}{matrix!r} draws none")
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise InvalidInputError(f"{words['mc_samples']} must be a positive integer; got {mc_samples!r}")
+    return {"mc_samples": mc_samples}
 
 
 def with_defaults(kind: str, name: str, kwargs: dict[str, Any], dtype: str, seed: int) -> dict[str, Any]:

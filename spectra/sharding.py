@@ -69,23 +69,30 @@ def shard_record(num: int, rank: int, world: int) -> dict[str, int]:
 def shard(data: Any, rank: int | None = None, world: int | None = None) -> Any:
     """This rank's contiguous part of ``data``; ``rank``/``world`` default to the process group's.
 
-    * a :class:`spectra.data.Dataset` or a batch ``(X, y)``: samples split into
-      ``world`` contiguous pieces whose sizes differ by at most one (same type back;
-      a Dataset's ``info`` records the shard);
+    * a :class:`spectra.data.Dataset` or one batch (a tuple ``(X, y)``, a dict
+      such as a Hugging Face batch, or any nested structure of tensors): its
+      samples split into ``world`` contiguous pieces whose sizes differ by at
+      most one, every tensor cut along its first (sample) axis; the same type
+      back (a Dataset's ``info`` records the shard);
     * a list of batches: whole consecutive batches per rank, balanced by sample
       count, when there are at least ``world`` batches; otherwise a contiguous
       range of the samples, cut out of the batches it overlaps;
     * a map-style ``torch.utils.data.Dataset``: a contiguous ``Subset``.
 
-    The shards of all ranks together are ``data`` exactly, in order.  A
-    DataLoader cannot be split after the fact: shard its dataset and build one
-    loader per rank (``shuffle=False``).
+    The shards of all ranks together are ``data`` exactly, in order.  A batch
+    that cannot be cut into samples (a tensor without the batch's samples on
+    its first axis, a list of plain values) is refused, naming the part
+    (:func:`spectra.batches.sample_count`).  A DataLoader cannot be split after
+    the fact: shard its dataset and build one loader per rank (``shuffle=False``).
 
     >>> X, y = torch.zeros(7, 2), torch.arange(7)
     >>> [len(shard((X, y), r, 3)[1]) for r in range(3)]
     [3, 2, 2]
+    >>> shard({"input_ids": torch.zeros(5, 4), "labels": torch.arange(5)}, 1, 2)["labels"].tolist()
+    [3, 4]
     """
-    from .data import Dataset, is_batch
+    from .batches import sample_count, slice_samples
+    from .data import Dataset, is_single_batch, is_structured
     from .parallel.process import rank as process_rank
     from .parallel.process import world_size
 
@@ -97,43 +104,43 @@ def shard(data: Any, rank: int | None = None, world: int | None = None) -> Any:
         record = shard_record(len(data), rank, world)
         a, b = record["start"], record["stop"]
         return Dataset(data.X[a:b], data.y[a:b], name=data.name, info={**data.info, "shard": record})
-    if is_batch(data):
-        X, y = data
-        sizes = shard_sizes(len(X), world)
-        _refuse_empty(sizes, rank, world, len(X))
-        a, b = _bounds(sizes, rank)
-        return type(data)((X[a:b], y[a:b])) if isinstance(data, tuple) else [X[a:b], y[a:b]]
     if isinstance(data, torch.utils.data.DataLoader):
         raise InvalidInputError(
             "shard() cannot split a DataLoader; shard its dataset and build one loader per rank: "
             "DataLoader(spectra.sharding.shard(loader.dataset), batch_size=..., shuffle=False)"
         )
-    if isinstance(data, (list, tuple)) and data and all(is_batch(b) for b in data):
+    if is_single_batch(data):
+        a, b = _sample_bounds(sample_count(data), rank, world)
+        return slice_samples(data, a, b)
+    if isinstance(data, (list, tuple)) and data and all(is_structured(b) for b in data):
+        lengths = [sample_count(batch, f"batch {i}") for i, batch in enumerate(data)]
         if len(data) >= world:
-            a, b = _balanced_batch_bounds([len(batch[0]) for batch in data], world, rank)
+            a, b = _balanced_batch_bounds(lengths, world, rank)
             return list(data[a:b])
         # fewer batches than ranks: this rank's contiguous range of the concatenated
         # samples, cut out of the batches it overlaps
-        lengths = [len(batch[0]) for batch in data]
-        sizes = shard_sizes(sum(lengths), world)
-        _refuse_empty(sizes, rank, world, sum(lengths))
-        lo, hi = _bounds(sizes, rank)
+        lo, hi = _sample_bounds(sum(lengths), rank, world)
         pieces, offset = [], 0
-        for (X, y), n in zip(data, lengths):
+        for batch, n in zip(data, lengths):
             a, b = max(lo - offset, 0), min(hi - offset, n)
             if a < b:
-                pieces.append((X[a:b], y[a:b]))
+                pieces.append(slice_samples(batch, a, b))
             offset += n
         return pieces
     if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        sizes = shard_sizes(len(data), world)
-        _refuse_empty(sizes, rank, world, len(data))
-        a, b = _bounds(sizes, rank)
+        a, b = _sample_bounds(len(data), rank, world)
         return torch.utils.data.Subset(data, range(a, b))
     raise InvalidInputError(
-        "shard() takes a spectra Dataset, a batch (X, y), a list of (X, y) batches or a map-style "
-        f"torch Dataset; got {type(data).__name__}"
+        "shard() takes a spectra Dataset, a batch ((X, y), a dict or a nested structure of tensors), a list of "
+        f"batches or a map-style torch Dataset; got {type(data).__name__}"
     )
+
+
+def _sample_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
+    """Samples ``start:stop`` of rank ``rank``'s contiguous share of ``total``; refuses an empty one."""
+    sizes = shard_sizes(total, world)
+    _refuse_empty(sizes, rank, world, total)
+    return _bounds(sizes, rank)
 
 
 def _refuse_empty(sizes: list[int], rank: int, world: int, total: int) -> None:

@@ -44,6 +44,8 @@ SUBSET = "2"  # the last Linear layer
 MATRICES = ("hessian", "ggn", "residual", "empirical_fisher", "mc_fisher")
 ENGINES = ("chain", "reverse", "forward")
 MATRIX_OPTIONS = {"mc_fisher": {"mc_samples": 2, "seed": 4}}
+# a token loss on dict batches (tests/token_truth.py): every matrix on these engines, data-parallel
+TOKEN_ENGINES = ("reverse", "forward")
 
 
 def build_model() -> nn.Module:
@@ -189,6 +191,34 @@ def main() -> None:
         record["engines"] = engines
 
     outcome("every_matrix", every_matrix)
+
+    # 1e. dict batches of a token loss with ragged -100 padding, cut by spectra.sharding.shard: whole
+    # batches per rank, and one dict batch cut into samples; weighted by the tokens of all ranks
+    def token_dict_batches() -> None:
+        from token_truth import TokenMixer, token_batches
+
+        from spectra.matrices import get as operator_class
+        from spectra.sharding import shard
+
+        batches = token_batches()
+        one_batch = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+        shards = {"whole_batches": shard(batches, RANK, WORLD), "cut_batch": [shard(one_batch, RANK, WORLD)]}
+        record["token_shard_rows"] = {k: [int(b["labels"].shape[0]) for b in v] for k, v in shards.items()}
+        token_info = {}
+        for matrix in MATRICES:
+            for form, engine in [("whole_batches", e) for e in TOKEN_ENGINES] + [("cut_batch", "reverse")]:
+                op = operator_class(matrix)(TokenMixer().double(), "cross_entropy", shards[form], mode=engine,
+                                            distributed=True, timeout=20, **MATRIX_OPTIONS.get(matrix, {}))
+                arrays[f"token_{matrix}_{form}_{engine}"] = op.to_dense().numpy()
+                info = op.describe()
+                token_info[f"{matrix}_{form}_{engine}"] = {key: info.get(key) for key in (
+                    "unit", "num_samples", "product_engine", "outer_products")}
+        record["token_info"] = token_info
+        r = spectra.analyze(TokenMixer().double(), shards["whole_batches"], matrix="mc_fisher", method="exact",
+                            distributed=True, **MATRIX_OPTIONS["mc_fisher"])
+        arrays["token_analyze_mc_fisher"] = r.eigenvalues
+
+    outcome("token_dict_batches", token_dict_batches)
 
     # 1c. replicated data (every rank holds all of it): right Hessian, with a warning
     def replicated() -> None:

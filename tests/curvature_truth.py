@@ -39,13 +39,13 @@ def per_sample_gradients(model: nn.Module, loss: str, X: torch.Tensor, y: torch.
     return torch.stack(rows)
 
 
-def mc_fisher_truth(model: nn.Module, loss: str, X: torch.Tensor, names: list[str] | None, *,
+def mc_fisher_truth(model: nn.Module, loss: str, X: torch.Tensor, y: torch.Tensor, names: list[str] | None, *,
                     mc_samples: int, seed: int) -> torch.Tensor:
     fn, params = resolve_loss(loss), _selected(model, names)
     total = 0
     for i in range(X.shape[0]):
         out = model(X[i : i + 1])
-        labels = draw_targets(fn, out.detach(), seed=seed, first_row=i, mc_samples=mc_samples)[0]
+        labels = draw_targets(fn, out.detach(), y[i : i + 1], seed=seed, first_row=i, mc_samples=mc_samples)[0]
         for label in labels:
             g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(fn(out, label[None]), params,
                                                                         retain_graph=True)])
@@ -69,7 +69,7 @@ def dense_truth(matrix: str, model: nn.Module, loss: str, X: torch.Tensor, y: to
             G = per_sample_gradients(model, loss, X, y, names)
             return G.T @ G / X.shape[0]
         if matrix == "mc_fisher":
-            return mc_fisher_truth(model, loss, X, names, mc_samples=mc_samples, seed=seed)
+            return mc_fisher_truth(model, loss, X, y, names, mc_samples=mc_samples, seed=seed)
     finally:
         model.train(was_training)
     raise ValueError(matrix)

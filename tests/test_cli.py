@@ -191,6 +191,9 @@ def test_list_everything_and_help(capsys):
         (["analyze", *SMALL, "--loss", "cross-entropy"], "did you mean 'cross_entropy'?"),
         (["analyze", *SMALL, "--matrix", "hesian"], "unknown matrix 'hesian'; known matrices: empirical_fisher, "
                                                     "ggn, hessian, mc_fisher, residual; did you mean 'hessian'?"),
+        (["analyze", *SMALL, "--matrix", "ggn", "--mc-samples", "3"],
+         "--mc-samples applies to a matrix that draws targets (mc_fisher); --matrix 'ggn' draws none"),
+        (["analyze", *SMALL, "--matrix", "fisher", "--mc-samples", "0"], "--mc-samples must be a positive integer"),
         (["list", "model"], "argument KIND: invalid choice: 'model'"),
         (["analyze", *SMALL, "--model-arg", "hidden"], "--model-arg 'hidden' must look like key=value"),
         (["analyze", *SMALL, "--model-arg", "hidden=3"], "--model-arg hidden is given twice"),
@@ -213,6 +216,22 @@ def test_user_errors_are_one_line_and_exit_2(capsys, argv, fragment):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("spectra: error: ") and fragment in lines[0], err
+
+
+@pytest.mark.parametrize("mc_samples", [1, 3])
+def test_mc_samples_reaches_the_monte_carlo_fisher_and_equals_python(capsys, tmp_path, mc_samples):
+    """--matrix mc_fisher --mc-samples M --seed S is analyze(matrix="mc_fisher", mc_samples=M, seed=S)."""
+    out = tmp_path / "run"
+    code, _, err = main_capture(capsys, "analyze", *SMALL, "--matrix", "mc_fisher", "--mc-samples", str(mc_samples),
+                                "--seed", "2", "--method", "exact", "--quiet", "--out", str(out))
+    assert code == 0, err
+    saved = spectra.load(out)
+    assert saved.provenance["matrix"] == "mc_fisher" and saved.provenance["mc_samples"] == mc_samples
+    assert saved.provenance["mc_seed"] == 2
+    python = spectra.analyze("blobnet", "blobs", model_args={"hidden": 2, "seed": 2}, data_args={"n": 50, "seed": 2},
+                             matrix="mc_fisher", mc_samples=mc_samples, seed=2, method="exact")
+    np.testing.assert_allclose(saved.eigenvalues, python.eigenvalues, rtol=0,
+                               atol=1e-12 * float(np.abs(python.eigenvalues).max()))
 
 
 def test_labels_that_do_not_fit_the_outputs_are_refused_with_shapes(capsys):

@@ -33,6 +33,7 @@ from spectra.errors import DistributedError, InvalidInputError
 from spectra.operators.hessian import HessianOperator
 
 from .curvature_truth import dense_truth
+from .token_truth import TokenMixer, dense_token_truth, token_batches
 
 WORKER = Path(__file__).with_name("_distributed_worker.py")
 RTOL = 1e-10  # sharded vs single-process, relative to max |eigenvalue|
@@ -225,6 +226,23 @@ def every_matrix_reference():
         return ref
 
 
+@pytest.fixture(scope="module")
+def token_reference():
+    """One process, all the dict batches: each matrix of the token loss on each engine, and its dense truth."""
+    with _one_torch_thread():
+        ns = _load_worker_module()
+        batches, ref = token_batches(), {}
+        for matrix in ns["MATRICES"]:
+            options = ns["MATRIX_OPTIONS"].get(matrix, {})
+            ref[f"truth_{matrix}"] = dense_token_truth(matrix, TokenMixer().double(), batches, **options).numpy()
+            for engine in ns["TOKEN_ENGINES"]:
+                op = operator_class(matrix)(TokenMixer().double(), "cross_entropy", batches, mode=engine, **options)
+                ref[f"dense_{matrix}_{engine}"] = op.to_dense().numpy()
+        ref["analyze_mc_fisher"] = spectra.analyze(TokenMixer().double(), batches, matrix="mc_fisher", method="exact",
+                                                   distributed=False, **ns["MATRIX_OPTIONS"]["mc_fisher"]).eigenvalues
+        return ref
+
+
 def _step(job, r, name):
     steps = job["records"][r]["steps"]
     assert name in steps, f"rank {r} never reached {name}; log:\n{job['logs'][r][-3000:]}"
@@ -269,6 +287,38 @@ def test_analyze_every_matrix_distributed_equals_one_process(job, every_matrix_r
         assert _step(job, r, "every_matrix")["ok"], _step(job, r, "every_matrix")
         assert job["records"][r][f"analyze_{matrix}_world"] == 2
         np.testing.assert_allclose(job["records"][r]["arrays"][f"analyze_{matrix}"], want, rtol=0,
+                                   atol=RTOL * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("form,engine", [("whole_batches", "reverse"), ("whole_batches", "forward"),
+                                         ("cut_batch", "reverse")])
+@pytest.mark.parametrize("matrix", ["hessian", "ggn", "residual", "empirical_fisher", "mc_fisher"])
+def test_token_loss_dict_batches_two_ranks_equal_one_process_and_truth(job, token_reference, matrix, form, engine):
+    """Dict batches with ragged -100 padding, sharded by spectra.sharding.shard, weighted by all ranks' tokens."""
+    truth = token_reference[f"truth_{matrix}"]
+    scale = float(np.abs(truth).max())
+    key = f"{matrix}_{form}_{engine}"
+    got = [job["records"][r]["arrays"].get(f"token_{key}") for r in range(2)]
+    for r in range(2):
+        assert _step(job, r, "token_dict_batches")["ok"], _step(job, r, "token_dict_batches")
+        rec = job["records"][r]
+        # the path: whole batches (3 | 1 + 2 sequences) or one batch cut into samples (3 | 3); every
+        # rank counts the 20 real tokens of both shards (9 | 11), not its own
+        assert rec["token_shard_rows"] == {"whole_batches": [[3], [1, 2]][r], "cut_batch": [3]}
+        info = rec["token_info"][key]
+        assert info["unit"] == "token" and info["num_samples"] == 20 and info["product_engine"] == engine
+        assert info["outer_products"] == ("per token" if "fisher" in matrix else None)
+        np.testing.assert_allclose(got[r], token_reference[f"dense_{matrix}_{engine}"], rtol=0, atol=RTOL * scale,
+                                   err_msg=f"rank {r}: 2 ranks vs one process")
+        np.testing.assert_allclose(got[r], truth, rtol=0, atol=RTOL * scale, err_msg=f"rank {r}: vs truth")
+    assert np.array_equal(got[0], got[1])
+
+
+def test_token_loss_analyze_distributed_equals_one_process(job, token_reference):
+    want = token_reference["analyze_mc_fisher"]
+    for r in range(2):
+        assert _step(job, r, "token_dict_batches")["ok"], _step(job, r, "token_dict_batches")
+        np.testing.assert_allclose(job["records"][r]["arrays"]["token_analyze_mc_fisher"], want, rtol=0,
                                    atol=RTOL * float(np.abs(want).max()))
 
 

@@ -251,3 +251,45 @@ def test_analyze_passes_the_common_arguments_and_summary_names_the_ends(mnist_ne
 @pytest.mark.parametrize("module", [topk, block_krylov], ids=["topk", "block_krylov"])
 def test_docstring_examples(module):
     assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# ---------------------------------------------------------------- the default path
+# (arguments, method that runs, start of auto_reason): k or which without a method asks for extremes
+DEFAULT_PATH = [
+    ({}, "exact", "exact: P="),
+    ({"k": 3}, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')"),
+    ({"which": "smallest"}, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest')"),
+    ({"k": 3, "method": "arpack"}, "arpack", "requested"),
+]
+
+
+@pytest.mark.parametrize("arguments,ran,reason", DEFAULT_PATH, ids=["nothing", "k", "which", "k-and-method"])
+def test_k_or_which_without_a_method_runs_topk(mnist_nets, arguments, ran, reason):
+    model, data, exact = mnist_nets["tanh"]
+    result = spectra.analyze(model, data, **arguments)
+    assert result.method == ran and result.provenance["auto_reason"].startswith(reason)
+    if ran == "topk":
+        _check(result, exact, arguments.get("k", 10), arguments.get("which", "largest"))
+
+
+def test_cli_k_without_method_runs_topk():
+    from spectra.cli.analyze import add_analysis_options
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_analysis_options(parser)
+    bare = parser.parse_args(["--model", "mlp", "--dataset", "mnist"])
+    assert (bare.k, bare.which) == (None, None)  # so that method "auto" keeps the whole spectrum
+    assert spectra.api.check_request(1600, k=3) == "topk"
+    assert spectra.api.check_request(1600) == "exact"
+
+
+def test_tracking_warm_starts_run_topk():
+    from spectra.backends.top_eigenpairs import warm_top_eigenpairs
+
+    A = DenseOperator(torch.as_tensor(matrix_with_spectrum(_spectrum("spread"), seed=2)))
+    cold = warm_top_eigenpairs(A, 2, tol=1e-8)
+    warm = warm_top_eigenpairs(A, 2, previous=cold, tol=1e-8)
+    assert cold.solver == warm.solver == "topk" and warm.warm and not cold.warm
+    np.testing.assert_allclose(warm.values, [5.0, 4.0], rtol=1e-12)
+    assert warm.num_matvecs < cold.num_matvecs

@@ -60,8 +60,11 @@ from .block_krylov import BudgetExhausted, KrylovResult, block_krylov_schur, err
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # Products a block of this many vectors costs per vector fall little beyond it (bench/bench_topk.py).
 DEFAULT_BLOCK_SIZE = 10
-# Active basis columns before a thick restart, in blocks (bench/bench_topk.py).
+# Active basis columns before a thick restart: DEFAULT_BASIS_BLOCKS blocks, and at least
+# DEFAULT_BASIS_EXTRA more than the wanted pairs (small blocks restart too often otherwise:
+# bench/bench_topk.py sweep).
 DEFAULT_BASIS_BLOCKS = 8
+DEFAULT_BASIS_EXTRA = 30
 # Dense first when P is at most this many Krylov bases: restarted Krylov would need about P products.
 DENSE_FIRST_BASES = 2
 # The dense fallback is tried only up to this many parameters (P products plus an O(P^3) eigh).
@@ -179,7 +182,8 @@ class _Plan:
         plan.v0 = _warm_start(v0, P)
         plan.block_size = int(min(max(b, 0 if plan.v0 is None else plan.v0.shape[1]), P))
         need_basis = plan.n_want + 2 * plan.block_size
-        mb = max(DEFAULT_BASIS_BLOCKS * plan.block_size, need_basis) if max_basis is None else max_basis
+        mb = (max(DEFAULT_BASIS_BLOCKS * plan.block_size, plan.n_want + DEFAULT_BASIS_EXTRA, need_basis)
+              if max_basis is None else max_basis)
         if not isinstance(mb, (int, np.integer)) or isinstance(mb, bool) or mb < min(need_basis, P):
             raise InvalidInputError(f"max_basis must be an integer >= k + 2 * block_size = {need_basis} "
                                     f"(or >= P); got {max_basis!r}")
@@ -246,6 +250,7 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         if plan.low is not None:
             t0 = time.perf_counter()
             first = block_krylov_schur(_matmat(plan.low), P, tol=0.0, stop_residual=plan.switch_residual,
+                                       stop_when_stalled=True,
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),

@@ -56,9 +56,13 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help=f"auto, or a backend: {names('backends')} (default: %(default)s)")
     g.add_argument("--matrix", default="hessian", metavar="NAME",
                    help=f"the curvature matrix: {names('matrices')} (default: %(default)s)")
-    g.add_argument("--k", type=int, default=10, help="arpack: eigenvalues per end (default: %(default)s)")
-    g.add_argument("--which", default="largest", choices=("largest", "smallest", "both"),
-                   help="arpack: which end(s) (default: %(default)s)")
+    g.add_argument("--mc-samples", type=int, metavar="M",
+                   help="--matrix mc_fisher (or fisher): targets drawn per sample or token, seeded by --seed "
+                        "(default: 1)")
+    g.add_argument("--k", type=int, help="topk/arpack: eigenvalues per end (default: 10); "
+                                         "given without --method, runs topk")
+    g.add_argument("--which", choices=("largest", "smallest", "both"),
+                   help="topk/arpack: which end(s) (default: largest); given without --method, runs topk")
     g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
     g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
     g.add_argument("--product-dtype", choices=DTYPES,
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace, ranks: Ranks | None = None) -> int:
             args.model, args.dataset, model_args=collect_pairs(args.model_arg, "--model-arg"),
             dataset_args=collect_pairs(args.dataset_arg, "--dataset-arg"), loss=args.loss, dtype=args.dtype,
             train=args.train, lr=args.lr, grad_tol=args.grad_tol, max_steps=args.max_steps,
-            batch_size=args.batch_size, method=args.method, matrix=getattr(args, "matrix", "hessian"), k=args.k,
+            batch_size=args.batch_size, method=args.method, matrix=getattr(args, "matrix", "hessian"),
+            mc_samples=getattr(args, "mc_samples", None), k=args.k,
             which=args.which, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
             memory_limit=args.memory_limit, on_memory=args.on_memory, product_dtype=getattr(args, "product_dtype", None),
             threads=args.threads, out=args.out, force=args.force, progress=progress_enabled(args),

@@ -1,7 +1,7 @@
 """Built-in curvature matrices: ``hessian``, ``ggn``, ``residual``, ``empirical_fisher`` and ``mc_fisher``.
 
 A matrix entry's factory returns the operator *class* (a
-:class:`spectra.operators.base.SpectralOperator` built as
+:class:`spectra.operators.curvature.CurvatureOperator` subclass built as
 ``cls(model, loss, data, params=..., **options)``); the class's module is
 imported only when the matrix is asked for.  A new matrix is its module plus
 one line below.
@@ -26,7 +26,7 @@ def spectra_register_matrices(registry: Any) -> None:
     registry.register("residual", lazy("spectra.operators.residual", "ResidualOperator", call=False),
                       "the residual R = H - G (the part from the network's own curvature)")
     registry.register("empirical_fisher", lazy("spectra.operators.fisher", "EmpiricalFisherOperator", call=False),
-                      "the empirical Fisher: the mean over samples of g_i g_i^T, g_i the gradient of sample i's loss")
+                      "the empirical Fisher: the mean over samples (or tokens) u of g_u g_u^T, g_u the gradient of u's own loss")
     registry.register("mc_fisher", lazy("spectra.operators.fisher", "MCFisherOperator", call=False),
-                      "the Fisher with labels drawn from the model (mc_samples per sample, seeded)",
+                      "the Fisher with targets drawn from the model (mc_samples per sample or token, seeded)",
                       aliases=("fisher",))

@@ -1,22 +1,30 @@
-"""Fisher matrices: outer products of per-sample gradients, true-label or sampled.
+"""Fisher matrices: outer products of per-unit loss gradients, true-label or sampled.
 
-Every Fisher here is a generalised Gauss-Newton matrix ``sum_i J_i^T S_i J_i``
-(``J_i`` the Jacobian of sample ``i``'s output) whose output-space matrix
-``S_i`` is built from per-sample loss gradients ``s = d loss_i / d f_i``
+A *unit* is what the loss averages over (:mod:`spectra.losses`): a sample, or,
+for a token loss (``[N, L, V]`` logits), a target token that is not
+``ignore_index``.  The loss is ``c sum_u loss_u`` (``c = 1/N`` with ``N`` the
+units of the whole dataset for a mean, ``1`` for a sum), and each Fisher is
+the same sum of outer products of the units' own gradients, so that their
+mean is the loss gradient.
+
+Every Fisher here is a generalised Gauss-Newton matrix ``sum_u J_u^T S_u J_u``
+(``J_u`` the Jacobian of unit ``u``'s outputs) whose output-space matrix
+``S_u`` is built from per-unit loss gradients ``s_u = d loss_u / d f_u``
 (:mod:`spectra.operators.sampling`), so each product is ``J V``, a small
 product in output space, and ``J^T``, on any engine:
 
-* **empirical Fisher** (``matrix="empirical_fisher"``): ``S_i = c s_i s_i^T`` with
-  the data's own labels, so ``F = c sum_i g_i g_i^T`` with ``g_i`` the
-  gradient of sample ``i``'s own loss; ``c = 1/N`` for a mean-reduced loss (the
-  mean over samples), ``1`` for a summed one;
+* **empirical Fisher** (``matrix="empirical_fisher"``): ``S_u = c s_u s_u^T`` with
+  the data's own labels, so ``F = c sum_u g_u g_u^T`` with ``g_u`` the
+  gradient of unit ``u``'s own loss (a sample's: the loss of a batch holding it
+  alone; a token's: its own cross-entropy);
 * **Monte-Carlo Fisher** (``matrix="fisher"`` or ``"mc_fisher"``): the same with
-  ``mc_samples`` labels per sample drawn from the model's predictive
-  distribution, ``S_i = (c / M) sum_m s_im s_im^T``.  Its expectation is the
+  ``mc_samples`` targets per unit drawn from the model's predictive
+  distribution, ``S_u = (c / M) sum_m s_um s_um^T``.  Its expectation is the
   Fisher information, which for the softmax cross-entropy and for MSE (a
   Gaussian of unit covariance) equals the Gauss-Newton matrix.  The draws are
-  seeded (``seed``) and depend only on each sample's index in the dataset, so
-  the operator is one fixed matrix, the same in one process and over ranks.
+  seeded (``seed``) and depend only on each sample's index in the dataset and
+  the token's position, so the operator is one fixed matrix, the same in one
+  process and over ranks.
 
 >>> import torch
 >>> model = torch.nn.Linear(3, 2).double()
@@ -28,7 +36,7 @@ product in output space, and ``J^T``, on any engine:
 >>> bool(torch.allclose(F, sum(torch.outer(v, v) for v in g) / 6, atol=1e-12))
 True
 >>> MCFisherOperator(model, "cross_entropy", (X, y), mc_samples=4, seed=1).settings()
-{'mc_samples': 4, 'mc_seed': 1, 'mc_likelihood': 'categorical (softmax of the outputs)'}
+{'outer_products': 'per sample', 'mc_samples': 4, 'mc_seed': 1, 'mc_likelihood': 'categorical (softmax of the outputs)'}
 """
 
 from __future__ import annotations
@@ -40,25 +48,30 @@ import torch
 from ..errors import InvalidInputError
 from .curvature import CurvatureOperator
 from .engines.base import JACOBIAN, Block, Blocks, ProductEngine
-from .sampling import LIKELIHOODS, draw_targets, likelihood_of, per_sample_output_gradients
+from .sampling import LIKELIHOODS, likelihood_of, sampled_output_gradients, unit_layout, unit_output_gradients
 
 __all__ = ["EmpiricalFisherOperator", "MCFisherOperator"]
 
 
 class _OuterProductFisher(CurvatureOperator):
-    """``sum_i J_i^T (A_i^T A_i) J_i`` with per-sample factors ``A_i`` ``[K, D]`` kept on each batch's context."""
+    """``sum_u J_u^T (A_u^T A_u) J_u`` over units ``u`` with factors ``A_u`` ``[K, D]`` kept on each batch's context."""
 
     needs = frozenset({JACOBIAN})
 
     def _factors(self, context: Any) -> torch.Tensor:
-        """The batch's scaled per-sample gradient factors ``[n, K, *output_shape[1:]]``."""
+        """The batch's per-unit gradient factors ``[n, K, U, D]``, each unit's weight included."""
         raise NotImplementedError
 
-    def _per_sample_weight(self, context: Any) -> float:
+    def _unit_weight(self, context: Any) -> float:
+        """What one unit weighs: ``1 / N`` (``N`` counted over the whole dataset) for a mean, ``1`` for a sum."""
         batch = context.batch
         return batch.weight / batch.count if self.loss.reduction == "mean" else batch.weight
 
+    def settings(self) -> dict[str, Any]:
+        return {"outer_products": f"per {self.unit}"}
+
     def _extend_context(self, context: Any) -> None:
+        context.fisher_layout = unit_layout(self.loss, context.output, context.batch.target)
         context.fisher_factors = self._factors(context)
 
     def _batch_product(self, engine: ProductEngine, context: Any, block: Block) -> Blocks:
@@ -66,17 +79,15 @@ class _OuterProductFisher(CurvatureOperator):
 
 
 def _outer_product_head(context: Any, tangent: torch.Tensor, batched: bool) -> torch.Tensor:
-    """``A_i^T (A_i t_i)`` for output tangents ``t`` ``[m, n, *output_shape[1:]]``."""
-    A = context.fisher_factors
-    n, k = A.shape[:2]
-    flat_a = A.reshape(n, k, -1)
-    flat_t = tangent.reshape(tangent.shape[0], n, -1)
-    coefficients = torch.einsum("nkd,mnd->mnk", flat_a, flat_t)
-    return torch.einsum("mnk,nkd->mnd", coefficients, flat_a).reshape(tangent.shape)
+    """``A_u^T (A_u t_u)`` for every unit, for output tangents ``t`` ``[m, n, *output_shape[1:]]``."""
+    A, layout = context.fisher_factors, context.fisher_layout
+    flat_t = layout.to_units(tangent)  # [m, n, U, D]
+    coefficients = torch.einsum("nkud,mnud->mnku", A, flat_t)
+    return layout.from_units(torch.einsum("mnku,nkud->mnud", coefficients, A))
 
 
 class EmpiricalFisherOperator(_OuterProductFisher):
-    """``c sum_i g_i g_i^T`` with ``g_i`` the gradient of sample ``i``'s own loss (see the module notes).
+    """``c sum_u g_u g_u^T`` with ``g_u`` the gradient of unit ``u``'s own loss (see the module notes).
 
     The arguments are :class:`~spectra.operators.curvature.CurvatureOperator`'s.
     """
@@ -85,16 +96,17 @@ class EmpiricalFisherOperator(_OuterProductFisher):
     title = "the empirical Fisher"
 
     def _factors(self, context: Any) -> torch.Tensor:
-        s = per_sample_output_gradients(self.loss, context.output, context.batch.target)
-        return (s * self._per_sample_weight(context) ** 0.5).unsqueeze(1)
+        s = unit_output_gradients(self.loss, context.output, context.batch.target)
+        return (context.fisher_layout.to_units(s) * self._unit_weight(context) ** 0.5).unsqueeze(1)
 
 
 class MCFisherOperator(_OuterProductFisher):
-    """The Fisher with ``mc_samples`` labels per sample drawn from the model (see the module notes).
+    """The Fisher with ``mc_samples`` targets per unit drawn from the model (see the module notes).
 
     Arguments: :class:`~spectra.operators.curvature.CurvatureOperator`'s, plus
-    ``mc_samples`` (labels drawn per sample, default 1) and ``seed`` (a
-    non-negative integer, default 0).  The loss must be ``"cross_entropy"`` or ``"mse"``.
+    ``mc_samples`` (targets drawn per unit, default 1) and ``seed`` (a
+    non-negative integer, default 0).  The loss must be the built-in
+    ``"cross_entropy"`` or ``"mse"`` (any reduction, ``ignore_index`` or ``class_dim``).
     """
 
     name = "mc_fisher"
@@ -114,13 +126,12 @@ class MCFisherOperator(_OuterProductFisher):
         likelihood_of(self.loss)  # refuses a loss without a known predictive distribution
 
     def settings(self) -> dict[str, Any]:
-        return {"mc_samples": self.mc_samples, "mc_seed": self.mc_seed,
+        return {**super().settings(), "mc_samples": self.mc_samples, "mc_seed": self.mc_seed,
                 "mc_likelihood": LIKELIHOODS[likelihood_of(self.loss)]}
 
     def _factors(self, context: Any) -> torch.Tensor:
-        batch, output, M = context.batch, context.output, self.mc_samples
-        targets = draw_targets(self.loss, output, seed=self.mc_seed, first_row=batch.offset, mc_samples=M)
-        repeated = output.unsqueeze(1).expand(output.shape[0], M, *output.shape[1:])
-        s = per_sample_output_gradients(self.loss, repeated.reshape(-1, *output.shape[1:]),
-                                        targets.reshape(-1, *targets.shape[2:]))
-        return s.reshape(output.shape[0], M, *output.shape[1:]) * (self._per_sample_weight(context) / M) ** 0.5
+        batch, M = context.batch, self.mc_samples
+        s = sampled_output_gradients(self.loss, context.output, batch.target, seed=self.mc_seed,
+                                     first_row=batch.offset, mc_samples=M)  # [n, M, *output_shape[1:]]
+        units = context.fisher_layout.to_units(s.transpose(0, 1)).transpose(0, 1)  # [n, M, U, D]
+        return units * (self._unit_weight(context) / M) ** 0.5

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from ..batches import tensors_in
 from ..errors import DistributedError, InvalidInputError
 from .failstop import AGREEMENT, GRADIENT, PRODUCT, SETUP, FailStopChannel
 from .process import init_from_env, is_distributed, is_initialized
@@ -185,11 +186,12 @@ def _data_fingerprint(op: "CurvatureOperator") -> float:
     if not op.source.in_memory:
         return float("nan")
     inputs, _ = op.reader.split(next(iter(op.source)))
-    if not isinstance(inputs, torch.Tensor):
+    first = next((t for _, t in tensors_in(inputs) if t.ndim > 0), None)  # a dict batch: its first tensor
+    if first is None:
         return float("nan")
-    x = inputs.reshape(-1)[:_FINGERPRINT_ENTRIES].detach().to("cpu", torch.float64)
+    x = first.reshape(-1)[:_FINGERPRINT_ENTRIES].detach().to("cpu", torch.float64)
     weighted = float((x * torch.cos(torch.arange(x.numel(), dtype=torch.float64))).sum())
-    return weighted + _FINGERPRINT_ROW_WEIGHT * inputs.shape[0]
+    return weighted + _FINGERPRINT_ROW_WEIGHT * first.shape[0]
 
 
 def make_reducer(distributed: bool | str = False, group: Any = None, timeout: float | None = None) -> LocalReducer:
