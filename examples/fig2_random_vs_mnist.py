@@ -21,6 +21,6 @@ args = parser.parse_args()
 
 results = run("fig2", args.out, scale=args.scale, seed=args.seed, resume=args.resume, force=args.force)
 for claim in results["claims"]:
-    verdict = {True: "agrees", False: "DIFFERS", None: "n/a"}[claim["agrees"]]
-    print(f"[{verdict}] {claim['topic']}: {claim['ours']}")
+    # agrees / differs / n/a / "quick scale cannot show this", with its effect size, seeds and test
+    print(f"[{claim['verdict']}] {claim['topic']}: {claim['ours']} ({claim['test']})")
 print(f"report: {args.out}/fig2/report.md")
