@@ -133,7 +133,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     axes[2].set(xlabel="samples N (MLP 784-64-64-10)", ylabel="CPU seconds", title="against N")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
