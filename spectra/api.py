@@ -66,6 +66,7 @@ def operator_options(matrix: str, distributed: bool | str, seed: int,
     op_class = operator_class(matrix)
     extra = getattr(op_class, "extra_options", ())  # a matrix's own options (CurvatureOperator.extra_options)
     op_options = {k_: options.pop(k_) for k_ in list(options) if k_ in _OPERATOR_OPTIONS | set(extra)}
+    _refuse_other_matrices_options(op_class, options)
     if "seed" in extra:
         op_options.setdefault("seed", seed)  # a Monte-Carlo matrix draws from the analysis's seed
     shard = None
@@ -74,6 +75,17 @@ def operator_options(matrix: str, distributed: bool | str, seed: int,
         group = op_options.get("group")
         shard = (parallel.rank(group), parallel.world_size(group))
     return op_class, op_options, shard
+
+
+def _refuse_other_matrices_options(op_class: type, options: dict[str, Any]) -> None:
+    """An option of another matrix (``mc_samples`` with ``matrix="ggn"``) is refused as such, not as a backend's."""
+    from . import matrices
+
+    for option in sorted(set(options) - {"seed"}):
+        owners = matrices.taking(option)
+        if owners:
+            raise InvalidInputError(f"{option} is an option of the matrix {', '.join(owners)}; matrix="
+                                    f"{getattr(op_class, 'name', op_class.__name__)!r} does not take it")
 
 
 def get_backend(name: str) -> Any:

@@ -183,12 +183,9 @@ def log_abs_density(source: SpectrumResult | np.ndarray, *, floor: float | None 
 def plot_log_density(source: SpectrumResult | np.ndarray, ax: Any = None, **options: Any) -> tuple[Any, Any]:
     """Plot :func:`log_abs_density` (positive up, negative dashed); returns ``(fig, ax)``."""
     d = log_abs_density(source, **options)
-    if ax is None:
-        import matplotlib.pyplot as plt
+    from .plotting import axes_or_new
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-    else:
-        fig = ax.figure
+    fig, ax = axes_or_new(ax)
     ax.plot(d.grid, d.rho_pos, label="λ > 0")
     ax.plot(d.grid, d.rho_neg, "--", label="λ < 0")
     ax.set_xlabel("log10 |λ|")

@@ -1,8 +1,9 @@
 """Curvature matrices by registry name: ``spectra.matrices.get("ggn")`` is the operator class.
 
 ``analyze(matrix=...)`` and ``spectra analyze --matrix`` take these names; the
-built-ins are ``hessian``, ``ggn`` (alias ``gauss_newton``) and ``residual``,
-and plugins add more through the hook ``spectra_register_matrices``.
+built-ins are ``hessian``, ``ggn`` (alias ``gauss_newton``), ``residual``,
+``empirical_fisher`` and ``mc_fisher`` (alias ``fisher``), and plugins add more
+through the hook ``spectra_register_matrices``.
 
 >>> import spectra
 >>> spectra.matrices.get("GGN").__name__
@@ -38,4 +39,13 @@ def list_matrices() -> list[dict[str, Any]]:
     return plugins.list_entries("matrices")
 
 
-__all__ = ["get", "list_matrices"]
+def taking(option: str) -> list[str]:
+    """The names of the matrices that take ``option`` of their own (their class's ``extra_options``).
+
+    >>> taking("mc_samples")
+    ['mc_fisher']
+    """
+    return [m["name"] for m in list_matrices() if option in getattr(get(m["name"]), "extra_options", ())]
+
+
+__all__ = ["get", "list_matrices", "taking"]

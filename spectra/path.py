@@ -109,12 +109,9 @@ class PathResult:
 
     def plot(self, axes: Sequence[Any] | None = None) -> tuple[Any, Any]:
         """Loss, top eigenvalue(s) and trace against ``t``; returns ``(fig, axes)``."""
-        if axes is None:
-            import matplotlib.pyplot as plt
+        from .plotting import axes_or_new
 
-            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        else:
-            fig = axes[0].figure
+        fig, axes = axes_or_new(axes, 3, size=(13, 3.6))
         axes[0].plot(self.ts, self.loss, marker=".")
         axes[0].set_title("loss along the line")
         for j in range(self.eigenvalues.shape[1]):

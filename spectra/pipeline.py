@@ -198,9 +198,10 @@ def _matrix_options(matrix: str, mc_samples: int | None, words: dict[str, str]) 
     """The matrix's own options asked for (``mc_samples``), checked before any work."""
     if mc_samples is None:
         return {}
-    if "mc_samples" not in getattr(api.operator_class(matrix), "extra_options", ()):
-        takers = [entry["name"] for entry in plugins.list_entries("matrices")
-                  if "mc_samples" in getattr(api.operator_class(entry["name"]), "extra_options", ())]
+    from . import matrices
+
+    takers = matrices.taking("mc_samples")
+    if matrix not in takers:
         raise InvalidInputError(f"{words['mc_samples']} applies to a matrix that draws targets "
                                 f"({', '.join(takers)}); {words['matrix']}{matrix!r} draws none")
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:

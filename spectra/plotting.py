@@ -4,7 +4,9 @@ matplotlib is imported inside each function, and figures are built as
 ``matplotlib.figure.Figure`` objects (no pyplot, no global backend change),
 so they render to files with the Agg canvas anywhere, including headless
 machines, and never pop up windows.  Every function returns the figure; save
-it with ``fig.savefig("x.png")``.
+it with ``fig.savefig("x.png")``.  The one exception is :func:`axes_or_new`,
+which the ``plot()`` methods of results use: without axes of the caller's, it
+makes a pyplot figure so that a notebook shows it.
 
 >>> import numpy as np
 >>> fig = histogram_grid([("random", np.random.default_rng(0).normal(size=50))])
@@ -20,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
-    "new_figure", "eigenvalue_histogram", "histogram_grid", "symlog_edges", "symlog_ticks", "density_plot", "hessian_heatmap", "heatmap_grid",
+    "new_figure", "axes_or_new", "eigenvalue_histogram", "histogram_grid", "symlog_edges", "symlog_ticks", "density_plot", "hessian_heatmap", "heatmap_grid",
     "evolution_figure", "blobs_scatter", "top_eigenvalue_histogram", "std_sweep_figure",
     "interpolation_3d", "interpolation_2d",
 ]
@@ -33,6 +35,25 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (4
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
+
+
+def axes_or_new(axes: Any, ncols: int = 1, *, size: tuple[float, float] = (6.0, 4.0)) -> tuple[Any, Any]:
+    """The caller's axes (one, or a sequence of ``ncols``) with their figure, or a new pyplot figure.
+
+    A method such as ``result.plot()`` uses pyplot when it makes the figure, so that a
+    notebook shows it, and draws into the user's own axes otherwise.
+
+    >>> from matplotlib.figure import Figure
+    >>> ax = Figure().subplots()
+    >>> axes_or_new(ax)[1] is ax
+    True
+    """
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(1, ncols, figsize=size)
+    first = axes if ncols == 1 else axes[0]
+    return first.figure, axes
 
 
 def symlog_edges(lam: np.ndarray, linthresh: float, bins: int) -> np.ndarray:

@@ -212,15 +212,9 @@ class SpectrumResult:
 
         matplotlib is imported only when this is called.
         """
-        import matplotlib
+        from .plotting import axes_or_new
 
-        if ax is None:
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(6, 4))
-        else:
-            fig = ax.figure
-        _ = matplotlib  # keep the import local; the backend is the user's choice
+        fig, ax = axes_or_new(ax)
         if self.is_exact and self.eigenvalues is not None:
             from .plotting import eigenvalue_histogram
 

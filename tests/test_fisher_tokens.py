@@ -88,12 +88,12 @@ def test_analyze_token_fisher_through_the_api():
 
 
 def test_token_mc_fisher_is_unbiased_for_the_gauss_newton_matrix():
-    """Over 32 seeds (16 draws per token each) the mean MC Fisher is the GGN within 6 standard errors."""
-    model, batches = TokenMixer().double(), token_batches()
+    """Over 24 seeds (16 draws per token each) the mean MC Fisher is the GGN within 6 standard errors."""
+    model, batches, seeds = TokenMixer().double(), token_batches(), 24
     G = GGNOperator(model, "cross_entropy", batches).to_dense()
-    draws = torch.stack([MCFisherOperator(model, "cross_entropy", batches, mc_samples=16, seed=s,
-                                          check_determinism=False).to_dense() for s in range(32)])
-    mean, stderr = draws.mean(0), draws.std(0) / 32 ** 0.5
+    draws = torch.stack([MCFisherOperator(model, "cross_entropy", batches, mc_samples=16, seed=s, chunk_size=64,
+                                          check_determinism=False).to_dense() for s in range(seeds)])
+    mean, stderr = draws.mean(0), draws.std(0) / seeds ** 0.5
     noisy = stderr > 1e-12 * float(G.abs().max())
     z = (mean - G)[noisy] / stderr[noisy]
     assert float(z.abs().max()) < 6.0 and 0.3 < float((z ** 2).mean()) < 3.0

@@ -156,7 +156,27 @@ BAD_INPUT = [
     ("bad parameter name", lambda: (_mlp(), _xy(), {"params": "decoder"}), InvalidInputError,
      "no trainable parameter matches 'decoder'"),
     ("unknown mode", lambda: (_mlp(), _xy(), {"mode": "sideways"}), InvalidInputError, "mode must be"),
+    ("tensor not of the model", lambda: (_mlp(), _xy(), {"params": [nn.Linear(3, 4).weight]}), InvalidInputError,
+     "not a parameter of the model"),
+    ("params of a wrong type", lambda: (_mlp(), _xy(), {"params": [3]}), InvalidInputError,
+     "got int"),
 ]
+
+
+@pytest.mark.parametrize("selector", [lambda m: [m[2].bias, m[0].weight], lambda m: m[0].weight,
+                                      lambda m: ["2.bias", m[0].weight]], ids=["tensors", "one tensor", "mixed"])
+def test_parameters_chosen_by_tensor_equal_those_chosen_by_name(selector):
+    # curvlinops and PyHessian take parameter tensors; the order is the model's whatever the list's
+    torch.manual_seed(0)
+    model, data = _mlp(), _xy()
+    chosen = selector(model)
+    names = [n for n, p in model.named_parameters()
+             if any(p is c for c in (chosen if isinstance(chosen, list) else [chosen]) if isinstance(c, torch.Tensor))]
+    names += [c for c in (chosen if isinstance(chosen, list) else []) if isinstance(c, str)]
+    by_tensor = HessianOperator(model, "cross_entropy", data, params=chosen)
+    by_name = HessianOperator(model, "cross_entropy", data, params=names)
+    assert by_tensor.describe()["param_names"] == by_name.describe()["param_names"] != []
+    torch.testing.assert_close(by_tensor.to_dense(), by_name.to_dense(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name,build,error,message", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])

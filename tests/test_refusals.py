@@ -30,8 +30,10 @@ import spectra
 from spectra import cli, pipeline, plugins
 from spectra.errors import (ConvergenceError, InvalidInputError, MemoryBudgetError, NonDeterministicError,
                             NonFiniteError, PluginError, ResultFormatError, UnknownNameError)
+from spectra.losses import Loss
 from spectra.operators.hessian import HessianOperator
 from spectra.result import SpectrumResult
+from spectra.sharding import shard
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "refusals.md"
 PLUGIN = "refusal-fixtures"
@@ -135,6 +137,16 @@ def fixture_plugin():
 def _xy(n: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     d = _blobs(n)
     return d.X, d.y
+
+
+class _TokenLoss(Loss):
+    """A loss of one's own that averages over tokens (the fixture of a Fisher it cannot split)."""
+
+    def __init__(self) -> None:
+        super().__init__("token-loss", nn.functional.cross_entropy)
+
+    def unit(self, target: Any) -> str:
+        return "token"
 
 
 def _analyze(model: Any, data: Any, **kw: Any) -> SpectrumResult:
@@ -382,6 +394,20 @@ ROWS: list[Refusal] = [
          "unknown matrix 'hessain'; known matrices: empirical_fisher, ggn, hessian, mc_fisher, residual; "
          "did you mean 'hessian'?",
          _cli_analyze("--matrix", "hessain")),
+    _row("mc-samples-other-matrix", "mc_samples for a matrix that draws nothing", InvalidInputError,
+         lambda tmp: _analyze(_net(), _xy(), matrix="ggn", mc_samples=3),
+         "mc_samples is an option of the matrix mc_fisher; matrix='ggn' does not take it",
+         _cli_analyze("--matrix", "ggn", "--mc-samples", "3"),
+         "--mc-samples applies to a matrix that draws targets (mc_fisher); --matrix 'ggn' draws none"),
+    _row("fisher-of-an-unsplittable-token-loss", "a Fisher of a loss of one's own that counts tokens",
+         InvalidInputError, lambda tmp: _analyze(_net(), _xy(), matrix="empirical_fisher", loss=_TokenLoss()),
+         "the Fisher needs each unit's own loss; the loss 'token-loss' counts tokens, and spectra knows the "
+         "per-token losses of the built-in 'cross_entropy' and 'mse' only"),
+    _row("shard-uncuttable-batch", "sharding a batch with a tensor that does not hold its samples on axis 0",
+         InvalidInputError, lambda tmp: shard(
+             {"input_ids": torch.zeros(4, 3), "position_ids": torch.arange(3)[None], "labels": torch.zeros(4)}, 0, 2),
+         'cannot cut batch into samples: batch["position_ids"] has shape (1, 3), but batch["input_ids"] has 4 '
+         "samples on its first axis"),
     _row("unknown-loss", "an unknown loss name", UnknownNameError,
          lambda tmp: _analyze(_net(), _xy(), loss="hinge"), "unknown loss 'hinge'; known losses: cross_entropy, mse",
          _cli_analyze("--loss", "hinge")),

@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spectra.matrices import get as operator_class
 from spectra.operators.hessian import HessianOperator
 
 from .test_user_models import RTOL, dense_hessian
+from .token_truth import dense_token_truth
 
 transformers = pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
@@ -70,3 +72,15 @@ def test_eigenvalues_match_dense_autograd(mode):
     H = dense_hessian(model, lambda call: _reference_loss(call, batches), names=op.param_names)
     got, want = torch.linalg.eigvalsh(op.to_dense()), torch.linalg.eigvalsh(H)
     assert float((got - want).abs().max()) <= RTOL * float(want.abs().max())
+
+
+@pytest.mark.parametrize("matrix,options", [("empirical_fisher", {}), ("mc_fisher", {"mc_samples": 2, "seed": 1})])
+def test_token_fishers_equal_a_loop_over_the_real_next_tokens(matrix, options):
+    """The Fishers of the causal LM: outer products per real next token (labels shifted as Hugging Face does)."""
+    model, batches = _gpt2(), _batches()
+    op = operator_class(matrix)(model, "cross_entropy", batches, params=ATTENTION, **options)
+    info = op.describe()
+    assert info["batch_reader"]["shift_labels"] is True and info["outer_products"] == "per token"
+    assert info["num_samples"] == 15  # real tokens with a next token: 5 + 2 | 3 + 4 + 1
+    truth = dense_token_truth(matrix, model, batches, shift=True, names=op.param_names, **options)
+    torch.testing.assert_close(op.to_dense(), truth, rtol=0, atol=1e-10 * float(truth.abs().max()))

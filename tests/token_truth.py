@@ -85,41 +85,49 @@ def _token_loss(kind: str, row: torch.Tensor, target: torch.Tensor) -> torch.Ten
     if kind == "cross_entropy":
         return F.cross_entropy(row[None], target[None])
     if not target.is_floating_point():
-        target = F.one_hot(target, VOCAB).to(row.dtype)
+        target = F.one_hot(target, row.shape[-1]).to(row.dtype)
     return 0.5 * (row - target).pow(2).sum()
 
 
 def _summed_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The sum over a batch's counted tokens (``logits`` ``[n, L, V]``), vectorised with torch."""
+    vocab = logits.shape[-1]
     if kind == "cross_entropy":
-        return F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        return F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                                reduction="sum")
     keep = labels != IGNORE_INDEX
-    one_hot = F.one_hot(labels.clamp(min=0), VOCAB).to(logits.dtype)
+    one_hot = F.one_hot(labels.clamp(min=0), vocab).to(logits.dtype)
     return 0.5 * ((logits - one_hot).pow(2).sum(-1) * keep).sum()
 
 
 class _Flat:
-    """The model as a function of one flat parameter vector (all trainable parameters, in order)."""
+    """The model as a function of one flat vector of its trainable parameters (``names``: these only), in order."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, names: list[str] | None = None):
         self.model = model
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)]
         self.names, self.shapes = [n for n, _ in named], [p.shape for _, p in named]
+        self.fixed = {n: p.detach() for n, p in model.named_parameters() if n not in self.names}
         self.theta = torch.cat([p.detach().reshape(-1) for _, p in named])
 
     def logits(self, theta: torch.Tensor, batch: dict) -> torch.Tensor:
         """``[n, L, V]`` logits of ``batch`` at ``theta``."""
         pieces = [t.view(s) for t, s in zip(torch.split(theta, [s.numel() for s in self.shapes]), self.shapes)]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        out = torch.func.functional_call(self.model, dict(zip(self.names, pieces)), (), inputs).logits
+        out = torch.func.functional_call(self.model, {**self.fixed, **dict(zip(self.names, pieces))}, (),
+                                         inputs).logits
         return out.transpose(1, 2) if getattr(self.model, "classes_first", False) else out
 
 
 def dense_token_truth(matrix: str, model: nn.Module, batches: list[dict], kind: str = "cross_entropy", *,
-                      shift: bool = False, reduction: str = "mean", mc_samples: int = 1, seed: int = 0) -> torch.Tensor:
-    """The dense float64 matrix ``matrix`` of the token-mean (or summed) loss over all ``batches``."""
-    flat = _Flat(model.eval())
+                      shift: bool = False, reduction: str = "mean", mc_samples: int = 1, seed: int = 0,
+                      names: list[str] | None = None) -> torch.Tensor:
+    """The dense float64 matrix ``matrix`` of the token-mean (or summed) loss over all ``batches``.
+
+    ``shift``: next-token labels (position ``t`` predicts the label of ``t + 1``); ``names``: these
+    parameters only.
+    """
+    flat = _Flat(model.eval(), names)
     labels = [_labels(b, shift) for b in batches]
     T = sum(int((y != IGNORE_INDEX).sum()) for y in labels)
     c = 1.0 / T if reduction == "mean" else 1.0

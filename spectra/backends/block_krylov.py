@@ -177,10 +177,15 @@ def _priority(theta: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
     return torch.tensor(out[:n], dtype=torch.long, device=theta.device)
 
 
-def _orthogonalise(W: torch.Tensor, rows: torch.Tensor, keep: float = REORTH_KEEP
+def _orthogonalise(W: torch.Tensor, rows: torch.Tensor, keep: float = REORTH_KEEP, local: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]:
     """``Z = W - C^T rows`` with ``C = rows W^T`` for a block ``W`` of rows ``[w, P]`` and orthonormal
     ``rows``; repeated once where a row kept less than ``keep`` of its norm.
+
+    ``local``: the last ``local`` rows are projected out first, on their own.
+    In a Lanczos step almost all of ``W`` lies along the newest two blocks, so
+    after this cheap pass the pass over all rows removes little and its norm
+    test usually spares the second full pass.
 
     Returns ``(Z, C, whether the second pass ran, in_span)`` with ``C`` of shape
     ``[len(rows), w]`` and ``in_span`` marking the rows that lost that share
@@ -189,17 +194,25 @@ def _orthogonalise(W: torch.Tensor, rows: torch.Tensor, keep: float = REORTH_KEE
     than the column layout on P = 55 050).
     """
     in_span = torch.zeros(W.shape[0], dtype=torch.bool, device=W.device)
-    if rows.shape[0] == 0:
+    n = rows.shape[0]
+    if n == 0:
         return W, W.new_zeros(0, W.shape[0]), False, in_span
-    before = W.norm(dim=1)
-    Ct = W @ rows.T
-    Z = torch.addmm(W, Ct, rows, alpha=-1)
+    Ct = W.new_zeros(W.shape[0], n)
+    Z = W
+    if 0 < local < n:
+        near = rows[n - local:]
+        Ct[:, n - local:] = Z @ near.T
+        Z = torch.addmm(Z, Ct[:, n - local:], near, alpha=-1)
+    before = Z.norm(dim=1)
+    C1 = Z @ rows.T
+    Z = torch.addmm(Z, C1, rows, alpha=-1)
+    Ct += C1
     after = Z.norm(dim=1)
     again = bool((after < keep * before).any())
     if again:
-        Ct2 = Z @ rows.T
-        Z = torch.addmm(Z, Ct2, rows, alpha=-1)
-        Ct = Ct + Ct2
+        C2 = Z @ rows.T
+        Z = torch.addmm(Z, C2, rows, alpha=-1)
+        Ct += C2
         in_span = Z.norm(dim=1) < keep * after
     return Z, Ct.T, again, in_span
 
@@ -355,6 +368,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
                        scale=float(scale))
     checking: torch.Tensor | None = None  # the answer locked while a multiplicity check runs
     stalled: list[float] = []  # the largest wanted residual of each iteration (stop_residual runs)
+    just_restarted = False
     while True:
         w = Q.shape[0]
         if max_products is not None and out.products + w > max_products:
@@ -364,8 +378,11 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
         out.products += w
         out.iterations += 1
         m0 = basis.n - basis.n_locked
+        previous_width = w if out.iterations > 1 and m0 >= w and not just_restarted else 0
+        just_restarted = False
         basis.append(Q)
-        Z, C, again, in_span = _orthogonalise(W, basis.all, reorth_keep)
+        # the newest block and the one before it (when no restart came between) carry almost all of W
+        Z, C, again, in_span = _orthogonalise(W, basis.all, reorth_keep, local=min(w + previous_width, m0 + w))
         out.second_passes += again
         M = _grow(M, C[basis.n_locked:], m0, w)
         theta, Y = torch.linalg.eigh(M)
@@ -437,6 +454,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
             M, L_theta, L_res = _restart(basis, Y, theta, r, est[L_theta.numel():], want, L_theta, L_res,
                                          top, bottom, limit, max_basis, b)
             out.restarts += 1
+            just_restarted = True
         Q = Q_next
 
 

@@ -26,7 +26,8 @@ from ..errors import InvalidInputError
 
 __all__ = ["ParamSelector", "ParameterLayout", "select_parameters"]
 
-ParamSelector = Union[None, str, Sequence[str], Callable[[str, torch.Tensor], bool]]
+ParamSelector = Union[None, str, torch.Tensor, Sequence[Union[str, torch.Tensor]],
+                      Callable[[str, torch.Tensor], bool]]
 
 
 def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tuple[str, nn.Parameter]]:
@@ -34,10 +35,15 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tu
 
     ``params`` may be ``None`` (all trainable), a name, a glob (``"0.*"``), a
     module prefix (``"layers.0"`` selects ``layers.0.weight`` and
-    ``layers.0.bias``), a list of those, or a predicate ``(name, p) -> bool``.
+    ``layers.0.bias``), the parameter tensors themselves (``[model[0].weight]``, as
+    other curvature libraries take them), a list mixing those, or a predicate
+    ``(name, p) -> bool``. The order is always the model's.
 
-    >>> [n for n, _ in select_parameters(torch.nn.Sequential(torch.nn.Linear(2, 2)), "0.w*")]
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> [n for n, _ in select_parameters(net, "0.w*")]
     ['0.weight']
+    >>> [n for n, _ in select_parameters(net, [net[0].bias, net[0].weight])]
+    ['0.weight', '0.bias']
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -51,11 +57,10 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tu
     if callable(params) and not isinstance(params, str):
         chosen = [(n, p) for n, p in named if params(n, p)]
     else:
-        patterns = [params] if isinstance(params, str) else list(params)
+        patterns = [params] if isinstance(params, (str, torch.Tensor)) else list(params)
         chosen = []
         for pattern in patterns:
-            hits = [(n, p) for n, p in named
-                    if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
+            hits = _matching(named, pattern, model)
             if not hits:
                 raise InvalidInputError(
                     f"no trainable parameter matches {pattern!r}; trainable parameters: "
@@ -67,6 +72,27 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tu
     if not chosen:
         raise InvalidInputError("the parameter selection chose no trainable parameter")
     return chosen
+
+
+def _matching(named: list[tuple[str, nn.Parameter]], pattern: object,
+              model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The pairs one selector entry picks: a tensor by identity, a string by name, prefix or glob."""
+    if isinstance(pattern, torch.Tensor):
+        hits = [(n, p) for n, p in named if p is pattern]
+        if not hits:
+            frozen = any(p is pattern for p in model.parameters())
+            raise InvalidInputError(
+                f"a selected tensor of shape {tuple(pattern.shape)} is "
+                + ("a parameter of the model with requires_grad=False" if frozen
+                   else "not a parameter of the model")
+                + "; pass the model's own parameters (or their names)")
+        return hits
+    if not isinstance(pattern, str):
+        raise InvalidInputError(
+            f"params entries must be parameter names, globs or the model's parameter tensors; "
+            f"got {type(pattern).__name__}")
+    return [(n, p) for n, p in named
+            if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern)]
 
 
 class ParameterLayout:

@@ -303,12 +303,9 @@ class CurvatureTracker:
     # -- plotting -----------------------------------------------------------------
     def plot(self, axes: Sequence[Any] | None = None) -> tuple[Any, Any]:
         """Top eigenvalues, trace (with 2 standard errors) and loss against the step; returns ``(fig, axes)``."""
-        if axes is None:
-            import matplotlib.pyplot as plt
+        from ..plotting import axes_or_new
 
-            fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        else:
-            fig = axes[0].figure
+        fig, axes = axes_or_new(axes, 3, size=(13, 3.6))
         steps = np.array([r.step for r in self.records])
         if self.records and self.records[0].eig is not None:
             lam = np.array([r.eig.values for r in self.records])
