@@ -174,9 +174,11 @@ class BatchSource:
                 f"got a {type(data).__name__} (wrap a one-shot iterator in list(...))"
             )
         else:
+            hint = (" (a torch Dataset holds samples, not batches: pass DataLoader(dataset, batch_size=...) "
+                    "without shuffling)" if isinstance(data, torch.utils.data.Dataset) else "")
             raise InvalidInputError(
                 "data must be (X, y), a dict batch, a list of batches, a DataLoader or a spectra Dataset; "
-                f"got {type(data).__name__}"
+                f"got {type(data).__name__}{hint}"
             )
         self._validate()
 

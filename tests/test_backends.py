@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import spectra
-from spectra.backends.arpack import ArpackBackend
+from spectra.backends.arpack import COSTLY_PRODUCTS_MIN, COSTLY_PRODUCTS_PER_PARAMETER, ArpackBackend, CostlyRunWarning
 from spectra.backends.exact import ExactBackend
 from spectra.backends.lanczos import LanczosBackend, rademacher_probes
 from spectra.errors import InvalidInputError, MemoryBudgetError
@@ -93,6 +95,22 @@ def test_arpack_ends_equal_exact(untrained_net, which, tol, residual_bound):
     err = np.abs(np.sort(result.eigenvalues) - np.sort(want))
     est = np.asarray(result.provenance["eigenvalue_error_estimates"])
     assert np.all(err <= est + 1e-13 * scale)
+
+
+def test_arpack_warns_when_it_costs_more_than_the_exact_spectrum():
+    # the small end of a singular Hessian: the output layer of an untrained MNIST net (P = 110)
+    model = spectra.models.create("mlp", sizes=[784, 10, 10], seed=0)
+    data = spectra.datasets.load("mnist", n=300, seed=0)
+    with pytest.warns(CostlyRunWarning, match=r"arpack took \d+ products for P=110 .* method='topk'"):
+        result = spectra.analyze(model, data, method="arpack", k=3, which="smallest", params="fc2")
+    assert result.num_matvecs > max(COSTLY_PRODUCTS_PER_PARAMETER * 110, COSTLY_PRODUCTS_MIN)
+    # the default method takes the cheap path on the same problem, and the largest end stays silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostlyRunWarning)
+        cheap = spectra.analyze(model, data, k=3, which="smallest", params="fc2")
+        spectra.analyze(model, data, method="arpack", k=3, which="largest", params="fc2")
+    assert cheap.method == "topk" and cheap.num_matvecs <= 110
+    np.testing.assert_allclose(result.eigenvalues, cheap.eigenvalues, rtol=0, atol=1e-12)
 
 
 def test_arpack_default_tol_needs_fewer_products_than_machine_precision(untrained_net):
@@ -248,6 +266,7 @@ def H_size(model):
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.filterwarnings("ignore::spectra.backends.arpack.CostlyRunWarning")  # the multiplicity runs cost
 @pytest.mark.parametrize("which,expected,checks", [
     ("smallest", [0.0, 0.0, 0.0, 0.0], "some"),      # a 20-fold null space: copies must not go missing
     ("largest", [3.0, 4.0, 5.0, 7.0], "none"),        # distinct outliers: no extra runs

@@ -324,6 +324,12 @@ ROWS: list[Refusal] = [
          lambda tmp: _analyze(_net(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_xy()),
                                                               batch_size=8, drop_last=True)),
          "drops its last batch"),
+    _row("torch-dataset", "a torch Dataset (samples, not batches)", InvalidInputError,
+         lambda tmp: _analyze(_net(), torch.utils.data.TensorDataset(*_xy())),
+         "a torch Dataset holds samples, not batches: pass DataLoader(dataset, batch_size=...)"),
+    _row("param-tensor-not-in-model", "params naming a tensor that is not one of the model's parameters",
+         InvalidInputError, lambda tmp: _analyze(_net(), _xy(), params=[nn.Linear(2, 3).weight]),
+         "a selected tensor of shape (3, 2) is not a parameter of the model"),
     # ---- randomness and train mode
     _row("dropout-default", "dropout in a model left in train mode (handled: analysis runs in eval mode by "
          "default, recorded as provenance model_mode)", None, _handled_dropout, None,

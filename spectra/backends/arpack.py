@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -48,6 +49,14 @@ SHIFT_PADDING = 1.01
 TINY = 1e-300  # keeps a scale positive when every eigenvalue found is exactly zero
 KEPT_NORM = 0.5  # a new vector keeping less of its norm off the found ones lay in their span: not a new copy
 TOP_ESTIMATE_TOL = 1e-2  # a loose tolerance: the shift only needs the largest eigenvalue roughly
+# More products than this many times P cost several times the whole dense spectrum (P products and
+# eigh): the small end of a singular Hessian, where ARPACK can take 40-250 P, is the usual case.
+COSTLY_PRODUCTS_PER_PARAMETER = 5.0
+COSTLY_PRODUCTS_MIN = 200  # fewer products are cheap whatever P is (tiny P needs ~2P for two ends)
+
+
+class CostlyRunWarning(UserWarning):
+    """ARPACK spent several times the products of the exact spectrum."""
 
 
 @contextlib.contextmanager
@@ -107,6 +116,12 @@ class ArpackBackend:
             vectors.append(v)
         solver_matvecs = op.num_matvecs - before
         seconds = time.perf_counter() - start
+        if solver_matvecs > max(COSTLY_PRODUCTS_PER_PARAMETER * P, COSTLY_PRODUCTS_MIN):
+            warnings.warn(
+                f"arpack took {solver_matvecs} products for P={P} parameters ({solver_matvecs / P:.0f} per "
+                f"parameter, which={which!r}), more than the whole exact spectrum costs (P products and eigh); "
+                "method='topk' (the default when k is given) switches to that cheaper path by itself, and "
+                "method='exact' returns every eigenvalue", CostlyRunWarning, stacklevel=2)
         lam = np.concatenate(values)
         vec = np.concatenate(vectors, axis=1)
         order = np.argsort(lam)
