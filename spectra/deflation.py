@@ -153,7 +153,7 @@ class LogDensity:
 
 def _atoms(source: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(source, SpectrumResult):
-        return source._measure()
+        return source.spectral_measure()
     lam = np.asarray(source, dtype=np.float64).ravel()
     return lam, np.full(lam.shape, 1.0 / max(lam.size, 1))
 
@@ -222,7 +222,7 @@ def bulk_l1_distance(exact_eigenvalues: np.ndarray, estimate: SpectrumResult, k:
         sigma = width / 100 if sigma is None else float(sigma)
         grid = np.linspace(lam[0] - 5 * sigma, top_bulk + 5 * sigma, num_points)
         rho_exact = _density.gaussian_density(lam, np.full(lam.size, 1.0 / lam.size), grid, sigma)
-        atoms, mass = estimate._measure()
+        atoms, mass = estimate.spectral_measure()
         rho_est = _density.gaussian_density(atoms, mass, grid, sigma)
         return {"view": "linear", "l1": _density.l1_distance(rho_est, rho_exact, grid), "sigma": sigma,
                 "region": [float(grid[0]), float(grid[-1])]}

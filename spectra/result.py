@@ -91,8 +91,17 @@ class SpectrumResult:
             return None
         return float(self.nodes.min()), float(self.nodes.max())
 
-    def _measure(self) -> tuple[np.ndarray, np.ndarray]:
-        """Atoms and masses of the (estimated) spectral measure, total mass 1."""
+    def spectral_measure(self) -> tuple[np.ndarray, np.ndarray]:
+        """Atoms and masses ``(atoms, mass)`` of the (estimated) spectral measure, total mass 1.
+
+        An exact result puts mass ``1/P`` on each eigenvalue; a Lanczos result puts each
+        probe's Gauss quadrature weights on its Ritz values, averaged over the probes.
+
+        >>> r = SpectrumResult(method="exact", eigenvalues=np.array([0.0, 0.0, 2.0]), num_params=3)
+        >>> atoms, mass = r.spectral_measure()
+        >>> atoms.tolist(), float(mass.sum())
+        ([0.0, 0.0, 2.0], 1.0)
+        """
         if self.nodes is not None and self.weights is not None:
             n_probes = self.nodes.shape[0]
             return self.nodes.ravel(), self.weights.ravel() / n_probes
@@ -111,7 +120,7 @@ class SpectrumResult:
         Defaults: ``sigma`` = 1/200 of the spectral range, grid over the range
         padded by 5 sigma.
         """
-        atoms, mass = self._measure()
+        atoms, mass = self.spectral_measure()
         lo, hi = float(atoms.min()), float(atoms.max())
         sigma = _density.default_sigma(lo, hi) if sigma is None else float(sigma)
         grid = _density.default_grid(lo, hi, sigma, num_points) if grid is None else np.asarray(grid, float)
@@ -161,7 +170,7 @@ class SpectrumResult:
             if self.residuals is not None:
                 out["max_residual"] = float(np.max(self.residuals))
             return out
-        atoms, mass = self._measure()
+        atoms, mass = self.spectral_measure()
         big = float(np.max(np.abs(atoms))) if atoms.size else 0.0
         P = self.num_params or atoms.size
         dtype = self.provenance.get("dtype", "float64")

@@ -57,7 +57,7 @@ def test_atoms_are_exact_and_masses_add_up():
     op = DenseOperator(torch.from_numpy(A))
     r = deflated_density(op, k=10, num_probes=4, num_steps=20, seed=0)
     np.testing.assert_allclose(np.sort(r.eigenvalues), lam[-10:], rtol=1e-10)
-    atoms, mass = r._measure()
+    atoms, mass = r.spectral_measure()
     assert mass.sum() == pytest.approx(1.0, abs=1e-12)
     top = np.isin(np.round(atoms, 8), np.round(lam[-10:], 8))
     assert mass[top].sum() == pytest.approx(10 / 300, rel=1e-12)
