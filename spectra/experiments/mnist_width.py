@@ -37,6 +37,39 @@ SAME_FACTOR = 2.0
 SAME_COUNT_SLACK = 1
 
 
+def same_outliers_verdict(counts: list[list[int]], lambda1: dict[str, Any], scale: str) -> tuple[bool | None, str]:
+    """``(agrees, verdict)`` for "the outliers stay the same as the net grows".
+
+    ``counts``: the outlier counts of each run, per width (narrowest first);
+    ``lambda1``: :func:`~spectra.experiments._stats.compare` of λ1, narrowest
+    against widest.  The same: median counts within :data:`SAME_COUNT_SLACK`
+    and λ1's bootstrap interval inside ``[1/SAME_FACTOR, SAME_FACTOR]``.
+    Different: every count of one width more than the slack away from every
+    count of the other, or a significant λ1 change beyond the factor.  Anything
+    else is undecided (a count difference that two inits cannot settle).
+
+    >>> tight = {"ratio": 0.76, "ratio_ci": [0.66, 0.87], "p": 0.13}
+    >>> same_outliers_verdict([[9, 9], [10, 9]], tight, "quick")
+    (True, 'agrees')
+    >>> same_outliers_verdict([[11, 10], [9, 9]], tight, "quick")
+    (None, 'quick scale cannot show this')
+    >>> same_outliers_verdict([[11, 12], [9, 9]], tight, "quick")
+    (False, 'differs')
+    """
+    medians = [float(np.median(x)) for x in counts]
+    same_count = max(medians) - min(medians) <= SAME_COUNT_SLACK
+    first, last = counts[0], counts[-1]
+    counts_differ = min(last) - max(first) > SAME_COUNT_SLACK or min(first) - max(last) > SAME_COUNT_SLACK
+    lo, hi = lambda1["ratio_ci"]
+    ratio_inside = bool(np.isfinite(lo) and 1 / SAME_FACTOR <= lo and hi <= SAME_FACTOR)
+    ratio_outside = not 1 / SAME_FACTOR <= lambda1["ratio"] <= SAME_FACTOR and _stats.significant(lambda1)
+    if counts_differ or ratio_outside:
+        return _stats.verdict(False, True, scale)
+    if same_count and ratio_inside:
+        return _stats.verdict(True, True, scale)
+    return _stats.verdict(same_count, False, scale)
+
+
 def mnist_params(k: int) -> int:
     """Parameters of a 784-k-10 net.
 
@@ -155,12 +188,7 @@ def _claims(ctx: Context, measured: dict[str, Any]) -> list[Claim]:
     lam1 = [[r["lambda_max"] for r in rs] for rs in by_width]
     if all(lam1) and len(lam1) > 1:
         c = _stats.compare(lam1[0], lam1[-1])
-        medians = [float(np.median(x)) for x in counts]
-        same_count = max(medians) - min(medians) <= SAME_COUNT_SLACK
-        within = 1 / SAME_FACTOR <= c["ratio"] <= SAME_FACTOR
-        decided = _stats.significant(c) or (np.isfinite(c["ratio_ci"][0]) and 1 / SAME_FACTOR <= c["ratio_ci"][0]
-                                            and c["ratio_ci"][1] <= SAME_FACTOR)
-        agrees, text = _stats.verdict(same_count and within, decided, ctx.scale)
+        agrees, text = same_outliers_verdict(counts, c, ctx.scale)
         claims.append(Claim("outliers stay the same as the net grows",
                             "as the network grows, the discrete part that depends on the data remains the same, "
                             "while the concentration around zero sharpens",
@@ -171,7 +199,9 @@ def _claims(ctx: Context, measured: dict[str, Any]) -> list[Claim]:
                             agrees, verdict=text, effect=_stats.describe_compare(c, "λ1 widest/narrowest"),
                             seeds=seeds, test=f"{c['test']} p = {c['p']:.2g}; 'the same' = median counts within "
                                               f"{SAME_COUNT_SLACK:g} and λ1 within x{SAME_FACTOR:g} (bootstrap "
-                                              "interval inside, or a significant change outside)",
+                                              "interval inside); 'different' = every count of one width more than "
+                                              f"{SAME_COUNT_SLACK:g} from every count of the other, or a significant "
+                                              f"λ1 change beyond x{SAME_FACTOR:g}",
                             runs="converged only"))
     claims.append(Claim("outliers vs classes", "a discrete, data-dependent part away from the bulk (10 classes)",
                         "outliers per width (median): " + ", ".join(
