@@ -97,14 +97,19 @@ def did_you_mean(suggestions: list[str]) -> str:
     return "; did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, max_chars: int | None = None) -> str:
     """The first line of an exception's message, or its type's name if it has none.
+
+    ``max_chars`` cuts a long line (torch's messages can run to hundreds of characters).
 
     >>> first_line(ValueError("bad value\\nmore detail")), first_line(KeyError())
     ('bad value', 'KeyError')
+    >>> first_line(ValueError("x" * 50), max_chars=10)
+    'xxxxxxx...'
     """
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if max_chars is None or len(line) <= max_chars else line[:max_chars - 3] + "..."
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -25,12 +25,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, first_line
 
 __all__ = ["hessian_columns", "DIRECT_PATH", "is_forward_ad_gap"]
 
 #: The path taken when nothing needed working around.
 DIRECT_PATH = "jvp(grad)"
+MESSAGE_CHARS = 160  # torch's reason, quoted in our message, cut to one readable line
 
 # torch's messages when a backward formula has no usable forward derivative
 _FORWARD_AD_GAPS = ("ZeroTensors are immutable", "Trying to use forward AD with",
@@ -67,7 +68,7 @@ def hessian_columns(loss_of_params: Callable[[tuple[torch.Tensor, ...]], torch.T
     except (RuntimeError, NotImplementedError) as exc:
         if not is_forward_ad_gap(exc):
             raise
-        reason = _first_line(exc)
+        reason = first_line(exc, MESSAGE_CHARS)
     try:
         return columns(jacrev), f"jvp(jacrev): jvp(grad) failed ({reason})"
     except (RuntimeError, NotImplementedError) as exc:
@@ -75,11 +76,7 @@ def hessian_columns(loss_of_params: Callable[[tuple[torch.Tensor, ...]], torch.T
             raise
         raise InvalidInputError(
             f"mode='forward' cannot differentiate this model and loss: torch has no forward derivative for an "
-            f"operation in it ({_first_line(exc)}); use mode='reverse' (double backward), which needs none"
+            f"operation in it ({first_line(exc, MESSAGE_CHARS)}); use mode='reverse' (double backward), which needs none"
         ) from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."

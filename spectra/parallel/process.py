@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DistributedError
+from ..errors import DistributedError, first_line
 
 __all__ = ["broadcast_parameters", "destroy", "first_line", "init_from_env", "is_distributed", "is_initialized",
            "is_main_process", "launched_by_torchrun", "rank", "torch_distributed", "world_size"]
@@ -121,7 +121,3 @@ def destroy() -> None:
             torch_distributed().destroy_process_group()
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if the message is empty)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
