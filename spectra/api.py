@@ -34,10 +34,16 @@ AUTO_EXACT_MAX_PARAMS = 5000
 AUTO_MEMORY_FRACTION = 0.25
 AUTO = "auto"  # the method name that lets analyze choose
 # k and which when a backend needs them and the caller gave none; giving either without a
-# method asks for extreme eigenvalues, which method="auto" computes with topk.
+# method asks for extreme eigenvalues, which method="auto" computes with topk or arpack
+# (extremes_method, from the race in BENCHMARKS.md).
 DEFAULT_K = 10
 DEFAULT_WHICH = "largest"
 EXTREMES_METHOD = "topk"
+EXTREMES_REFERENCE = "arpack"
+# Block products pay off from this many torch threads (one thread: a block of 10 chain products
+# cost 0.92x a gradient per vector on 784-64-64-10 against 1.2x one at a time, and topk needs
+# about three times ARPACK's products, so it took 2.65x ARPACK's time there).
+EXTREMES_MIN_THREADS = 2
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
@@ -110,6 +116,34 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
     return "lanczos", f"lanczos: {why}"
 
 
+def extremes_method(which: str, engine: str | None, threads: int) -> tuple[str, str]:
+    """The backend for extreme eigenvalues asked for without a method, and why.
+
+    ``topk`` where it is the faster or the safer one: at the small end (``which``
+    ``"smallest"`` or ``"both"``), where ARPACK can take tens of products per parameter
+    on a singular Hessian and ``topk`` switches to the dense path; and for the largest
+    end with batched chain products on several threads. ``arpack`` otherwise: with
+    autograd products (``engine`` ``"reverse"`` or ``"forward"``) or one thread, blocks
+    save too little per vector to pay for about three times ARPACK's products
+    (measured in BENCHMARKS.md). ``engine=None`` (not known yet) counts as chain.
+
+    >>> extremes_method("largest", "chain", 4)[0], extremes_method("largest", "chain", 1)[0]
+    ('topk', 'arpack')
+    >>> extremes_method("largest", "reverse", 4)[0], extremes_method("smallest", "reverse", 1)[0]
+    ('arpack', 'topk')
+    """
+    if which in ("smallest", "both"):
+        return EXTREMES_METHOD, ("the small end: topk switches to the dense path where ARPACK would need many "
+                                 "products per parameter (a singular Hessian)")
+    if engine is not None and engine != "chain":
+        return EXTREMES_REFERENCE, (f"{engine}-mode (autograd) products: on a CNN topk took 3.5x ARPACK's time, "
+                                    "ARPACK needing fewer products")
+    if threads < EXTREMES_MIN_THREADS:
+        return EXTREMES_REFERENCE, (f"{threads} torch thread: block products save little per vector, and ARPACK "
+                                    "needs fewer of them")
+    return EXTREMES_METHOD, f"block products on {threads} torch threads cost a fraction of one at a time"
+
+
 def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int | None, which: str | None,
           num_probes: int, num_steps: int, seed: int, return_eigenvectors: bool,
           options: dict[str, Any]) -> tuple[str, str, str | None, Any, dict[str, Any]]:
@@ -124,9 +158,10 @@ def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: 
         raise InvalidInputError(f"method must be a string; got {type(method).__name__}")
     reason = "requested"
     if method.lower() == AUTO and (k is not None or which is not None):
-        method = EXTREMES_METHOD
-        reason = (f"{EXTREMES_METHOD}: extreme eigenvalues asked for (k={DEFAULT_K if k is None else k}, "
-                  f"which={DEFAULT_WHICH if which is None else which!r})")
+        wanted = DEFAULT_WHICH if which is None else which
+        method, why = extremes_method(wanted, getattr(op, "mode", None), torch.get_num_threads())
+        reason = (f"{method}: extreme eigenvalues asked for (k={DEFAULT_K if k is None else k}, "
+                  f"which={wanted!r}); {why}")
     elif method.lower() == AUTO:
         method, reason = choose_method(op.shape[0], op.device, memory_limit)
     else:

@@ -315,22 +315,34 @@ def test_docstring_examples(module):
 
 
 # ---------------------------------------------------------------- the default path
-# (arguments, method that runs, start of auto_reason): k or which without a method asks for extremes
+# (arguments, torch threads, method that runs, start of auto_reason): k or which without a method asks for
+# extremes; the largest end runs topk only where block products pay off (chain products, >= 2 threads)
 DEFAULT_PATH = [
-    ({}, "exact", "exact: P="),
-    ({"k": 3}, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')"),
-    ({"which": "smallest"}, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest')"),
-    ({"k": 3, "method": "arpack"}, "arpack", "requested"),
+    ({}, 1, "exact", "exact: P="),
+    ({"k": 3}, 2, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest'); block products on 2"),
+    ({"k": 3}, 1, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); 1 torch thread"),
+    ({"k": 3, "mode": "reverse"}, 2, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); reverse"),
+    ({"which": "smallest"}, 1, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest'); the small end"),
+    ({"k": 3, "method": "arpack"}, 2, "arpack", "requested"),
 ]
 
 
-@pytest.mark.parametrize("arguments,ran,reason", DEFAULT_PATH, ids=["nothing", "k", "which", "k-and-method"])
-def test_k_or_which_without_a_method_runs_topk(mnist_nets, arguments, ran, reason):
+@pytest.mark.parametrize("arguments,threads,ran,reason", DEFAULT_PATH,
+                         ids=["nothing", "k", "k-one-thread", "k-reverse", "which", "k-and-method"])
+def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, arguments, threads, ran, reason):
     model, data, exact = mnist_nets["tanh"]
-    result = spectra.analyze(model, data, **arguments)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = spectra.analyze(model, data, **arguments)
+    finally:
+        torch.set_num_threads(before)
     assert result.method == ran and result.provenance["auto_reason"].startswith(reason)
     if ran == "topk":
         _check(result, exact, arguments.get("k", 10), arguments.get("which", "largest"))
+    elif ran == "arpack":
+        k = arguments["k"]
+        np.testing.assert_allclose(np.sort(result.eigenvalues), exact[-k:], rtol=1e-9)
 
 
 def test_cli_k_without_method_runs_topk():
@@ -341,7 +353,8 @@ def test_cli_k_without_method_runs_topk():
     add_analysis_options(parser)
     bare = parser.parse_args(["--model", "mlp", "--dataset", "mnist"])
     assert (bare.k, bare.which) == (None, None)  # so that method "auto" keeps the whole spectrum
-    assert spectra.api.check_request(1600, k=3) == "topk"
+    assert spectra.api.check_request(1600, k=3) in ("topk", "arpack")  # by the thread count
+    assert spectra.api.check_request(1600, which="smallest") == "topk"
     assert spectra.api.check_request(1600) == "exact"
 
 

@@ -120,7 +120,7 @@ class ArpackBackend:
             warnings.warn(
                 f"arpack took {solver_matvecs} products for P={P} parameters ({solver_matvecs / P:.0f} per "
                 f"parameter, which={which!r}), more than the whole exact spectrum costs (P products and eigh); "
-                "method='topk' (the default when k is given) switches to that cheaper path by itself, and "
+                "method='topk' (the default for the small end) switches to that cheaper path by itself, and "
                 "method='exact' returns every eigenvalue", CostlyRunWarning, stacklevel=2)
         lam = np.concatenate(values)
         vec = np.concatenate(vectors, axis=1)

@@ -60,9 +60,10 @@ def add_analysis_options(p: argparse.ArgumentParser) -> None:
                    help="--matrix mc_fisher (or fisher): targets drawn per sample or token, seeded by --seed "
                         "(default: 1)")
     g.add_argument("--k", type=int, help="topk/arpack: eigenvalues per end (default: 10); "
-                                         "given without --method, runs topk")
+                                         "without --method: topk or arpack, as analyze picks (docs: Backends)")
     g.add_argument("--which", choices=("largest", "smallest", "both"),
-                   help="topk/arpack: which end(s) (default: largest); given without --method, runs topk")
+                   help="topk/arpack: which end(s) (default: largest); without --method: topk or arpack, "
+                        "as analyze picks (docs: Backends)")
     g.add_argument("--probes", type=int, default=10, help="lanczos: random probes (default: %(default)s)")
     g.add_argument("--steps", type=int, default=80, help="lanczos: steps per probe (default: %(default)s)")
     g.add_argument("--product-dtype", choices=DTYPES,
