@@ -11,7 +11,8 @@ slopes in log-log of the CPU times.
 
     python bench/bench_scaling.py --threads 1                  # P sweep (MLP, CNN) and N sweep
     python bench/bench_scaling.py --quick                       # the smallest configurations only
-    python bench/bench_scaling.py --plot docs/images/scaling.png --json bench/results/scaling.json
+    python bench/bench_scaling.py --parts mlp --json /tmp/mlp.json      # one sweep; rows saved as they come
+    python bench/bench_scaling.py --combine /tmp/mlp.json /tmp/cnn.json --plot docs/images/scaling.png
 
 MLP products are the chain engine (Pearlmutter's R-operator written out); CNN
 products are reverse-over-reverse autograd.
@@ -109,6 +110,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for kind, marker in (("mlp", "o"), ("cnn", "s")):
@@ -127,15 +129,55 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         axes[2].loglog([r["N"] for r in ns], [r["product_cpu_s"] for r in ns], marker="o", label="product (per vector)")
         done = [r for r in ns if "top10_cpu_s" in r]
         axes[2].loglog([r["N"] for r in done], [r["top10_cpu_s"] for r in done], marker="^", label="top-10")
+        axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes[2].set_xticks([r["N"] for r in ns], [str(r["N"]) for r in ns])
     axes[0].set(xlabel="parameters P", ylabel="CPU seconds", title="one Hessian product")
     axes[1].set(xlabel="parameters P", ylabel="CPU seconds", title="top-10 (topk, 1e-10)")
     axes[2].set(xlabel="samples N (MLP 784-64-64-10)", ylabel="CPU seconds", title="against N")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
+
+
+def fit_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Least-squares growth exponents of the CPU times (and top-10 products) against P and N."""
+    fits: dict[str, dict[str, float]] = {}
+    for kind in ("mlp", "cnn"):
+        sweep = [r for r in rows if r["kind"] == kind and r.get("sweep") != "N"]
+        if len(sweep) >= 2:
+            P = [r["P"] for r in sweep]
+            fits[kind] = {"product_vs_P": slope(P, [r["product_cpu_s"] for r in sweep]),
+                          "gradient_vs_P": slope(P, [r["gradient_cpu_s"] for r in sweep])}
+            done = [r for r in sweep if "top10_cpu_s" in r]
+            if len(done) >= 2:
+                fits[kind].update(top10_vs_P=slope([r["P"] for r in done], [r["top10_cpu_s"] for r in done]),
+                                  top10_products_vs_P=slope([r["P"] for r in done],
+                                                            [r["top10_products"] for r in done]))
+    ns_rows = [r for r in rows if r.get("sweep") == "N"]
+    if len(ns_rows) >= 2:
+        N = [r["N"] for r in ns_rows]
+        fits["N"] = {"product_vs_N": slope(N, [r["product_cpu_s"] for r in ns_rows])}
+        done = [r for r in ns_rows if "top10_cpu_s" in r]
+        if len(done) >= 2:
+            fits["N"]["top10_vs_N"] = slope([r["N"] for r in done], [r["top10_cpu_s"] for r in done])
+    return fits
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | P | N | gradient, CPU s | product per vector (block 10), CPU s | product / gradient "
+             "| top-10, CPU s | top-10, wall s | top-10 products | top-10 error estimate | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"{r['kind']} {'-'.join(map(str, r['spec']))}"
+        top = (f"{r['top10_cpu_s']:.2f} | {r['top10_s']:.2f} | {r['top10_products']} | {r['top10_max_estimate']:.0e}"
+               if "top10_cpu_s" in r else "- | - | - | -")
+        lines.append(f"| {name} | {r['P']:,} | {r['N']} | {r['gradient_cpu_s']:.4f} | {r['product_cpu_s']:.4f} | "
+                     f"{r['product_cpu_s'] / r['gradient_cpu_s']:.2f} | {top} | {r['load']:.1f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -143,54 +185,60 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only the smallest configurations")
+    ap.add_argument("--parts", default="mlp,cnn,n", help="which sweeps to run: mlp (P), cnn (P), n (N)")
+    ap.add_argument("--max-params", type=int, default=2_000_000, help="skip configurations above this P")
     ap.add_argument("--max-top10-params", type=int, default=2_000_000, help="skip top-10 above this P")
+    ap.add_argument("--combine", nargs="*", default=None,
+                    help="measure nothing: fit, tabulate and plot the rows of these --json files")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# scaling, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, load {os.getloadavg()[0]:.1f}", flush=True)
-    mlps, cnns, ns = (MLPS[:3], CNNS[:2], NS[:2]) if args.quick else (MLPS, CNNS, NS)
-    rows = []
-    for spec in mlps:
-        rows.append(measure("mlp", spec, N_DEFAULT, args.repeats, True))
-    for spec in cnns:
-        rows.append(measure("cnn", spec, N_CNN, args.repeats, True))
-    for n in ns:
-        row = measure("mlp", [784, 64, 64, 10], n, args.repeats, True)
-        row["sweep"] = "N"
-        rows.append(row)
-    fits = {}
-    for kind in ("mlp", "cnn"):
-        sweep = [r for r in rows if r["kind"] == kind and r.get("sweep") != "N"]
-        if len(sweep) >= 2:
-            P = [r["P"] for r in sweep]
-            fits[kind] = {"product_vs_P": slope(P, [r["product_cpu_s"] for r in sweep]),
-                          "top10_vs_P": slope(P, [r["top10_cpu_s"] for r in sweep]),
-                          "top10_products_vs_P": slope(P, [r["top10_products"] for r in sweep])}
-    ns_rows = [r for r in rows if r.get("sweep") == "N"]
-    if len(ns_rows) >= 2:
-        N = [r["N"] for r in ns_rows]
-        fits["N"] = {"product_vs_N": slope(N, [r["product_cpu_s"] for r in ns_rows]),
-                     "top10_vs_N": slope(N, [r["top10_cpu_s"] for r in ns_rows])}
-    print("fits:", json.dumps(fits))
-    print("\n| model | P | N | gradient, CPU s | product per vector (block 10), CPU s | top-10, CPU s "
-          "| top-10, wall s | top-10 products | load |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        name = f"{r['kind']} {'-'.join(map(str, r['spec']))}"
-        print(f"| {name} | {r['P']:,} | {r['N']} | {r['gradient_cpu_s']:.4f} | {r['product_cpu_s']:.4f} | "
-              f"{r.get('top10_cpu_s', float('nan')):.2f} | {r.get('top10_s', float('nan')):.2f} | "
-              f"{r.get('top10_products', '-')} | {r['load']:.1f} |")
-    if args.json:
-        from spectra._io import atomic_write_text
+    rows: list[dict[str, Any]] = []
+    if args.combine is not None:
+        for name in args.combine:
+            rows += json.loads(Path(name).read_text())["rows"]
+    else:
+        print(f"# scaling, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
+        parts = set(args.parts.split(","))
+        mlps, cnns, ns = (MLPS[:3], CNNS[:2], NS[:2]) if args.quick else (MLPS, CNNS, NS)
+        plan = ([("mlp", spec, N_DEFAULT, None) for spec in mlps] * ("mlp" in parts)
+                + [("cnn", spec, N_CNN, None) for spec in cnns] * ("cnn" in parts)
+                + [("mlp", [784, 64, 64, 10], n, "N") for n in ns] * ("n" in parts))
+        for kind, spec, n, sweep in plan:
+            if parameter_count(kind, spec) > args.max_params:
+                print(f"skipped {kind} {spec}: P above --max-params", flush=True)
+                continue
+            row = measure(kind, spec, n, args.repeats, parameter_count(kind, spec) <= args.max_top10_params)
+            if sweep:
+                row["sweep"] = sweep
+            rows.append(row)
+            if args.json:  # after every row: an interrupted run keeps what it measured
+                from spectra._io import atomic_write_text
 
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.json, json.dumps({"rows": rows, "fits": fits, "threads": args.threads,
-                                                 "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(args.json, json.dumps({"rows": rows, "threads": args.threads,
+                                                         "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1))
+    fits = fit_exponents(rows)
+    print("fits:", json.dumps(fits))
+    print()
+    print(table(rows))
     if args.plot:
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
+
+
+def parameter_count(kind: str, spec: list[int]) -> int:
+    """P of a configuration without building it."""
+    if kind == "mlp":
+        return sum(a * b + b for a, b in zip(spec[:-1], spec[1:]))
+    side, count, prev = 28, 0, 1
+    for c in spec:
+        side = (side - 5 + 1) // 2
+        count += prev * c * 25 + c
+        prev = c
+    return count + prev * side * side * 10 + 10
 
 
 if __name__ == "__main__":

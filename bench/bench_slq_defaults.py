@@ -11,12 +11,16 @@ BENCHMARKS.md) to
 * on 784-64-64-10, where no exact spectrum is at hand, a float64 reference run
   with many probes (``--ref-probes`` x ``--ref-steps``, default engine).
 
-The spread between seeds of one setting is the error SLQ's randomness leaves;
-differences between settings below it are not resolvable.  Seconds are medians
-over the seeds; ratios are to the current defaults (10 x 80, ``reorth``,
-float64) timed in the same process.
+and, to isolate what the engine and the product dtype change, to the density
+of the first setting (10 x 80, ``reorth``, float64 products) with the same
+probes.  The spread between seeds of one setting is the error SLQ's randomness
+leaves; differences between settings below it are not resolvable.  Seconds are
+medians over the seeds; ratios are to the first setting run back to back with
+each run (paired), of wall time and of the process's CPU time (which moves far
+less when other jobs share the machine).
 
     python bench/bench_slq_defaults.py --threads 2 --seeds 3
+    python bench/bench_slq_defaults.py --settings 4 --exact-cache /tmp/exact_small.npy   # engines x dtypes only
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ def run(ops: dict[str, object], setting: tuple, seed: int):
     from spectra.backends.lanczos import LanczosBackend
 
     probes, steps, engine, dtype = setting
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = LanczosBackend().run(ops[dtype], num_probes=probes, num_steps=steps, seed=seed, engine=engine)
-    return r.nodes, r.weights, time.perf_counter() - t0
+    return r.nodes, r.weights, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -80,6 +84,7 @@ def main() -> None:
     ap.add_argument("--nets", default="small,big")
     ap.add_argument("--ref-probes", type=int, default=40)
     ap.add_argument("--ref-steps", type=int, default=150)
+    ap.add_argument("--settings", type=int, default=len(SETTINGS), help="run only the first this many settings")
     ap.add_argument("--exact-cache", default=None, help=".npy file with the exact 784-10-10 spectrum")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -105,26 +110,29 @@ def main() -> None:
             ref_atoms, ref_mass = r.nodes.ravel(), r.weights.ravel()
             what = f"float64 SLQ {args.ref_probes} x {args.ref_steps} (seed 999)"
         print(f"\n## MLP {'-'.join(map(str, NETS[net]))}: L1 to the {what}\n")
-        print("| probes x steps | engine | products | median seconds | x defaults (paired) | L1 per seed | "
-              "L1 between seeds |")
-        print("|---|---|---|---|---|---|---|")
-        base = {seed: run(ops, SETTINGS[0], seed)[2] for seed in range(args.seeds)}
-        for setting in SETTINGS:
-            errs, secs, ratios, densities = [], [], [], []
+        print("| probes x steps | engine, products | products | median seconds | x first setting, wall (paired) "
+              "| x first setting, CPU (paired) | L1 to reference, per seed | L1 to the first setting, same probes "
+              "| L1 between seeds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        base = {seed: run(ops, SETTINGS[0], seed) for seed in range(args.seeds)}
+        for setting in SETTINGS[: args.settings]:
+            errs, secs, ratios, cpu_ratios, same, densities = [], [], [], [], [], []
             for seed in range(args.seeds):
-                nodes, weights, s = run(ops, setting, seed)
-                base_s = run(ops, SETTINGS[0], seed)[2] if setting != SETTINGS[0] else base[seed]
+                nodes, weights, s, cpu = run(ops, setting, seed)
+                b = run(ops, SETTINGS[0], seed) if setting != SETTINGS[0] else base[seed]
                 errs.append(l1(nodes, weights, ref_atoms, ref_mass))
+                same.append(l1(nodes, weights, base[seed][0].ravel(), base[seed][1].ravel()))
                 secs.append(s)
-                ratios.append(s / base_s)
+                ratios.append(s / b[2])
+                cpu_ratios.append(cpu / b[3])
                 densities.append((nodes, weights))
             between = [l1(*densities[i], densities[j][0].ravel(), densities[j][1].ravel())
                        for i in range(len(densities)) for j in range(i + 1, len(densities))]
             probes, steps, engine, dtype = setting
-            print(f"| {probes} x {steps} | {engine}, {dtype} products | {probes * steps} | "
+            print(f"| {probes} x {steps} | {engine}, {dtype} | {probes * steps} | "
                   f"{statistics.median(secs):.2f} | {statistics.median(ratios):.2f} | "
-                  f"{', '.join(f'{e:.4f}' for e in errs)} | {max(between) if between else float('nan'):.4f} |",
-                  flush=True)
+                  f"{statistics.median(cpu_ratios):.2f} | {', '.join(f'{e:.4f}' for e in errs)} | "
+                  f"{max(same):.1e} | {max(between) if between else float('nan'):.4f} |", flush=True)
         print(f"\nload at end {os.getloadavg()[0]:.1f}")
 
 

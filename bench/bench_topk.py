@@ -2,9 +2,12 @@
 
 Workloads as ``bench/peers/bench_peers.py``: MLPs 784-10-10 and 784-64-64-10 at
 initialisation (float64, seed 0), 1000 MNIST images, cross-entropy (mean); the
-top-10 eigenvalues.  References: the exact spectrum (784-10-10) and ``eigsh(tol=0,
-ncv=60)`` (784-64-64-10), as in the peers benchmark.  Error = max over the 10 of
-``|lambda_i - ref_i| / |ref_i|`` (relative to each eigenvalue).
+top-10 eigenvalues.  ``--nets cnn`` adds spectra's registry CNN (conv 4 -> conv 8
+-> linear, P = 2202, float64, seed 0) on 200 MNIST images: its products are
+reverse-over-reverse autograd (no chain products for convolutions).  References:
+the exact spectrum (784-10-10) and ``eigsh(tol=0, ncv=60)`` (the others), as in
+the peers benchmark.  Error = max over the 10 of ``|lambda_i - ref_i| / |ref_i|``
+(relative to each eigenvalue).
 
 Three commands:
 
@@ -18,7 +21,8 @@ Three commands:
 ``sweep``  products, seconds and error for a grid of block sizes and bases
            (the notes of what was tried; products do not depend on the load).
 
-    python bench/bench_topk.py race --threads 2 --repeats 5
+    python bench/bench_topk.py race --threads 2 --repeats 5 --eigenthings
+    python bench/bench_topk.py race --threads 2 --nets cnn --variants ""
     python bench/bench_topk.py costs --threads 2
     python bench/bench_topk.py sweep --nets big --blocks 2,3,4,5,10 --bases 4,8,12
 """
@@ -43,6 +47,22 @@ sys.path.insert(0, str(HERE))
 from bench_peers import NETS, reference_big, reference_small, workload  # noqa: E402
 
 K = 10
+CNN_IMAGES = 200  # float64 convolutions take the CPU's slow path: fewer images than the MLPs
+
+
+def load_net(net: str):
+    """(model, X, y, title) of a named workload: ``small``/``big`` (the peers' MLPs) or ``cnn``."""
+    if net in NETS:
+        model, X, y = workload(NETS[net])
+        return model, X, y, f"MLP {'-'.join(map(str, NETS[net]))}"
+    if net == "cnn":
+        import spectra
+
+        model = spectra.models.create("cnn", dtype="float64", seed=0)
+        data = spectra.datasets.load("mnist", n=CNN_IMAGES, seed=0)
+        X = data.X.to(torch.float64).reshape(CNN_IMAGES, 1, 28, 28)
+        return model, X, data.y, f"CNN conv4-conv8-linear on {CNN_IMAGES} images"
+    raise SystemExit(f"unknown net {net!r}: use small, big or cnn")
 
 
 def load_average() -> str:
@@ -125,7 +145,7 @@ def race(args: argparse.Namespace) -> None:
     print(f"# top-10 race, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load at start {load_average()}")
     for net in args.nets.split(","):
-        model, X, y = workload(NETS[net])
+        model, X, y, title = load_net(net)
         P = sum(p.numel() for p in model.parameters())
         ref = references(net, model, X, y, args.cache)
         runs = methods(args)
@@ -147,7 +167,7 @@ def race(args: argparse.Namespace) -> None:
                 seconds[name].append(this[name])
                 ratios[name].append(this[name] / this["arpack"])
                 cpu_ratios[name].append(cpu[name] / cpu["arpack"])
-        print(f"\n## MLP {'-'.join(map(str, NETS[net]))} (P = {P}); load at end {load_average()}\n")
+        print(f"\n## {title} (P = {P}); load at end {load_average()}\n")
         print("| method | median seconds | x ARPACK, wall (median of paired ratios) | x ARPACK, CPU time | products "
               "| max rel. error |")
         print("|---|---|---|---|---|---|")
@@ -192,9 +212,9 @@ def sweep(args: argparse.Namespace) -> None:
     print(f"# topk sweep, {time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads, "
           f"load at start {load_average()}")
     for net in args.nets.split(","):
-        model, X, y = workload(NETS[net])
+        model, X, y, title = load_net(net)
         ref = references(net, model, X, y, args.cache)
-        print(f"\n## MLP {'-'.join(map(str, NETS[net]))}\n")
+        print(f"\n## {title}\n")
         print("| block | basis | mixed | products | seconds | max rel. error |")
         print("|---|---|---|---|---|---|")
         for b in [int(x) for x in args.blocks.split(",")]:

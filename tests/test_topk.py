@@ -127,6 +127,67 @@ def test_topk_on_mnist_net_equals_exact(mnist_nets, activation, which):
     assert rel.max() <= 1e-9
 
 
+@pytest.mark.parametrize("activation,which", MNIST_CASES, ids=[f"{a}-{w}" for a, w in MNIST_CASES])
+def test_topk_on_mnist_net_reaches_1e10_relative_on_every_eigenvalue(mnist_nets, activation, which):
+    """``tol`` is relative to the largest |eigenvalue|: asked for ``1e-10 * min|lambda| / max|lambda|``,
+    every requested eigenvalue comes out within 1e-10 of itself (none of these is in the zero bulk)."""
+    model, data, exact = mnist_nets[activation]
+    want = _expected(exact, 10, which)
+    assert np.abs(want).min() > 1e-2 * np.abs(exact).max(), "test premise: no requested eigenvalue is ~0"
+    tol = 1e-10 * np.abs(want).min() / np.abs(exact).max()
+    result = spectra.analyze(model, data, method="topk", k=10, which=which, tol=tol)
+    assert result.provenance["path"] == "krylov" and result.provenance["tol"] == tol
+    rel = np.abs(np.sort(result.eigenvalues) - want) / np.abs(want)
+    assert rel.max() <= 1e-10, f"max relative error {rel.max():.1e}"
+
+
+# (provenance key, what it must be): the run names its algorithm, block size, restarts and products
+PROVENANCE = [
+    ("algorithm", lambda v, op, r: v.startswith("block Krylov-Schur") and "thick restart" in v and "locking" in v),
+    ("block_size", lambda v, op, r: v == 5),
+    ("max_basis", lambda v, op, r: v == 60),
+    ("restarts", lambda v, op, r: isinstance(v, int) and v >= 1),
+    ("iterations", lambda v, op, r: isinstance(v, int) and v >= 1),
+    ("phases", lambda v, op, r: [p["operator"] for p in v] == ["main"] and v[0]["products"] == r.num_matvecs),
+    ("residual_matvecs", lambda v, op, r: v + r.num_matvecs == op.num_matvecs),
+    ("recurrence_dtype", lambda v, op, r: v == "float64"),
+    ("path", lambda v, op, r: v == "krylov"),
+    ("converged", lambda v, op, r: v is True),
+]
+
+
+@pytest.mark.parametrize("key,holds", PROVENANCE, ids=[k for k, _ in PROVENANCE])
+def test_provenance_names_algorithm_block_restarts_and_products(matrices, key, holds):
+    A, _ = matrices["clustered_top"]
+    op = DenseOperator(A)
+    result = TopkBackend().run(op, k=5, **SMALL_BASIS)
+    assert holds(result.provenance[key], op, result), f"provenance[{key!r}] = {result.provenance[key]!r}"
+
+
+# (max_matvecs, what happens): enough for the run and its check; enough for the run only (the check is
+# skipped, residuals from the recurrence); too few (a clear error). Products never exceed the budget.
+BUDGETS = [(400, "verified"), ("exact_run", "unverified"), (30, "error")]
+
+
+@pytest.mark.parametrize("budget,outcome", BUDGETS, ids=[o for _, o in BUDGETS])
+def test_max_matvecs_is_honoured(matrices, budget, outcome):
+    A, exact = matrices["clustered_top"]
+    if budget == "exact_run":  # the products of an unbudgeted run, less its fresh-product check
+        free = TopkBackend().run(DenseOperator(A), k=5, **SMALL_BASIS)
+        budget = free.num_matvecs
+    op = DenseOperator(A)
+    if outcome == "error":
+        with pytest.raises(ConvergenceError, match=f"max_matvecs={budget}"):
+            TopkBackend().run(op, k=5, max_matvecs=budget, **SMALL_BASIS)
+    else:
+        result = TopkBackend().run(op, k=5, max_matvecs=budget, **SMALL_BASIS)
+        _check(result, exact, 5, "largest")
+        verified = result.provenance["residual_matvecs"] > 0
+        assert verified == (outcome == "verified")
+        assert result.provenance["residuals_from"] == ("fresh products" if verified else "the Krylov recurrence")
+    assert op.num_matvecs <= budget
+
+
 def test_mixed_precision_finishes_in_float64(matrices):
     A, exact = matrices["clustered_top"]
     low = DenseOperator(A.float())
