@@ -44,7 +44,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
-from bench_peers import NETS, reference_big, reference_small, workload  # noqa: E402
+from bench_peers import NETS, reference_big, reference_small, run_topk_on, workload  # noqa: E402
 
 K = 10
 CNN_IMAGES = 200  # float64 convolutions take the CPU's slow path: fewer images than the MLPs
@@ -106,17 +106,7 @@ def run_arpack(model, X, y) -> tuple[np.ndarray, int, str]:
 
 
 def run_topk(model, X, y, mixed: bool = False, **options: Any) -> tuple[np.ndarray, int, str]:
-    from spectra.backends.topk import TopkBackend
-    from spectra.operators.hessian import HessianOperator
-
-    op = HessianOperator(model, "cross_entropy", (X, y))
-    extra = 0
-    if mixed:
-        low = HessianOperator(copy.deepcopy(model).float(), "cross_entropy", (X.float(), y))
-        options["low_precision"] = low
-    r = TopkBackend().run(op, k=K, **options)
-    if mixed:
-        extra = low.num_matvecs + low.check_matvecs
+    r, op, extra = run_topk_on(model, X, y, mixed=mixed, **options)
     label = (f"spectra topk (block {r.provenance['block_size']}, basis {r.provenance['max_basis']}"
              f"{', float32 then float64 products' if mixed else ''})")
     return r.eigenvalues, op.num_matvecs + op.check_matvecs + extra, label

@@ -140,20 +140,24 @@ def spectra_top10_tol0(model, X, y):
     return r.eigenvalues, products, "arpack eigsh tol=0 (machine-precision residuals)"
 
 
-def spectra_top10_topk(model, X, y, mixed: bool = False):
+def run_topk_on(model, X, y, mixed: bool = False, **options):
+    """spectra's topk top-K on the Hessian of (X, y): ``(result, operator, products of the float32 phase)``.
+
+    ``mixed``: a float32 copy of the model runs the first phase (``low_precision``), float64 finishes.
+    """
     import copy
 
     from spectra.backends.topk import TopkBackend
     from spectra.operators.hessian import HessianOperator
 
     op = HessianOperator(model, "cross_entropy", (X, y))
-    options, extra = {}, 0
-    if mixed:
-        low = HessianOperator(copy.deepcopy(model).float(), "cross_entropy", (X.float(), y))
-        options["low_precision"] = low
-    r = TopkBackend().run(op, k=K, **options)
-    if mixed:
-        extra = low.num_matvecs + low.check_matvecs
+    low = HessianOperator(copy.deepcopy(model).float(), "cross_entropy", (X.float(), y)) if mixed else None
+    r = TopkBackend().run(op, k=K, **options, **({"low_precision": low} if mixed else {}))
+    return r, op, (low.num_matvecs + low.check_matvecs if mixed else 0)
+
+
+def spectra_top10_topk(model, X, y, mixed: bool = False):
+    r, op, extra = run_topk_on(model, X, y, mixed=mixed)
     products = r.num_matvecs + r.provenance["residual_matvecs"] + op.check_matvecs + extra
     how = (f"topk block Krylov-Schur, block {r.provenance['block_size']}, default tol 1e-10"
            + (", float32 products then float64" if mixed else "") + " (+ residual and determinism-check products)")
