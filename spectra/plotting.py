@@ -303,25 +303,24 @@ def top_eigenvalue_histogram(top: np.ndarray, *, bins: int = 50, title: str | No
 
 
 def std_sweep_figure(stds: np.ndarray, top1: np.ndarray, top2: np.ndarray, norms: np.ndarray,
-                     *, converged: np.ndarray | None = None, paper_top1: np.ndarray | None = None,
-                     title: str | None = None):
+                     *, converged: np.ndarray | None = None, other_top1: np.ndarray | None = None,
+                     other_label: str = "λ1, another arm", title: str | None = None):
     """Top two eigenvalues per init against the blob std (log scale), and the weight norms.
 
-    ``top1``, ``top2``, ``norms`` (and ``converged``, ``paper_top1``) are
+    ``top1``, ``top2``, ``norms`` (and ``converged``, ``other_top1``) are
     ``[num_stds, num_inits]``.  Every init is a thin line across the stds (the
     same init at every std, so the comparisons are paired); the medians are
     the thick lines; runs that did not converge are drawn as crosses;
-    ``paper_top1`` (the ReLU runs that stop on kinks) as grey circles.
+    ``other_top1`` (λ1 of another arm, labelled ``other_label``) as grey circles.
     """
     stds = np.asarray(stds, dtype=float)
     fig, axes = new_figure(1, 2, size=(4.6, 3.6))
     ax, axn = axes[0]
     conv = np.ones_like(np.asarray(top1), dtype=bool) if converged is None else np.asarray(converged, dtype=bool)
-    if paper_top1 is not None:
-        paper = np.asarray(paper_top1, dtype=float)
-        ax.scatter(np.repeat(stds, paper.shape[1]) * 1.02, paper.ravel(), s=10, facecolors="none",
-                   edgecolors="#888888", lw=0.6,
-                   label="λ1, paper's ReLU net (stops on kinks where blobs overlap)")
+    if other_top1 is not None:
+        other = np.asarray(other_top1, dtype=float)
+        ax.scatter(np.repeat(stds, other.shape[1]) * 1.02, other.ravel(), s=10, facecolors="none",
+                   edgecolors="#888888", lw=0.6, label=other_label)
     for arr, label, colour in ((top1, "λ1", "#cc0000"), (top2, "λ2", "#3465a4")):
         arr = np.asarray(arr, dtype=float)
         for j in range(arr.shape[1]):

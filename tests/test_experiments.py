@@ -96,11 +96,18 @@ def test_blob_figures_tiny(tmp_path, figure):
         for m in res["measured"].values():
             assert m["eigs_match_fig4_spectrum"] < 1e-10  # heatmap Hessian = analyze's spectrum
     if figure == "fig9":
-        smooth = res["measured"]["arms"]["smooth"]
-        assert set(smooth) == {"0.4", "1.2"}
-        for per in smooth.values():  # the converged arm: every run at a strict local minimum
+        arms = res["measured"]["arms"]
+        assert set(arms) == {"relu", "smooth"} and set(arms["smooth"]) == {"0.4", "1.2"}
+        for per in arms["smooth"].values():  # the tanh arm: every run at a strict local minimum
             assert all(per["converged"]) and min(per["min_eigenvalue_regularised"]) > 0
-        assert {c["topic"] for c in res["claims"]} >= {"λ1 grows with std", "GD still converges to a low cost"}
+        for per in arms["relu"].values():  # the ReLU arm: certified on the one-sided gradients, below tolerance
+            assert all(per["converged"]) and max(per["grad_norm"]) < 1e-4
+        overlap = arms["relu"]["1.2"]  # where the blobs overlap, the minimum lies on kinks: autograd's |g| is large
+        assert max(overlap["piece_grad_norm"]) > 1e-3 and min(overlap["kink_distance"]) < 1e-6
+        assert res["training"]["fraction"] == 1.0
+        topics = {c["topic"] for c in res["claims"]}
+        assert {"λ1 grows with std (ReLU (the paper's units))", "λ1 grows with std (tanh)",
+                "GD still converges to a low cost (ReLU (the paper's units))"} <= topics
 
 
 @pytest.mark.parametrize("figure", ["fig1", "fig2", "fig10"])

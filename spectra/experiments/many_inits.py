@@ -57,7 +57,9 @@ def run_inits(ctx: Context, key: str, *, hidden: int, n: int, std: float, lr: fl
     :func:`~spectra.experiments._batched.batched_gd`'s backtracking with the
     largest step ``lr``; ``weight_decay`` adds ``weight_decay/2 |w|^2`` to the
     loss and ``polish`` finishes with Newton steps
-    (:func:`~spectra.experiments._polish.newton_polish`).  The eigenvalues are
+    (:func:`~spectra.experiments._polish.newton_polish`; for ReLU nets the
+    continuation of :func:`~spectra.experiments._kinks.kink_polish`, whose
+    convergence is certified on the ReLU loss's one-sided gradients).  The eigenvalues are
     those of the loss Hessian (without the decay term).
 
     Chunk ``c`` is the progress unit ``{key}_c{c:05d}``; finished chunks are loaded, not recomputed.
@@ -107,12 +109,17 @@ def run_inits(ctx: Context, key: str, *, hidden: int, n: int, std: float, lr: fl
                          on_step=progress)
         extra: dict[str, np.ndarray] = {}
         if polish:
+            from ._kinks import has_relu, kink_polish
             from ._polish import newton_polish
 
-            pol = newton_polish(stack, out["theta"], data.X, data.y, weight_decay=weight_decay, grad_tol=grad_tol)
+            # ReLU nets have their minima on kinks: Newton continuation through softplus, certified on the ReLU loss
+            finish = kink_polish if has_relu(stack.template) else newton_polish
+            pol = finish(stack, out["theta"], data.X, data.y, weight_decay=weight_decay, grad_tol=grad_tol)
             extra = {"gd_converged": out["converged"].numpy(), "gd_grad_norm": out["grad_norm"].numpy(),
+                     "gd_loss": out["loss"].numpy(),
                      "polish_iterations": pol["iterations"].numpy(), "min_eigenvalue": pol["min_eigenvalue"].numpy(),
-                     "polish_distance": (pol["theta"] - out["theta"]).norm(dim=1).numpy()}
+                     "polish_distance": (pol["theta"] - out["theta"]).norm(dim=1).numpy(),
+                     **({"piece_grad_norm": pol["piece_grad_norm"].numpy()} if "piece_grad_norm" in pol else {})}
             out = {**out, **{k: pol[k] for k in ("theta", "grad_norm", "loss", "converged")}}
             with torch.no_grad():
                 logits = stack.batched_forward(out["theta"], data.X.to(stack.dtype))
