@@ -189,6 +189,7 @@ def train_unit(
     radius: float | None = None,
     spectrum: bool | str = True,
     memo_key: tuple | None = None,
+    newton_on_kinks: bool = False,
 ) -> dict[str, Any]:
     """Train one model (or load the finished unit ``key``); return params, history, spectrum.
 
@@ -198,10 +199,14 @@ def train_unit(
     holds the stop reason, final loss/accuracy/grad norm, steps, radius and timings.
     ``memo_key`` (a hashable description of model and data) lets another figure
     of the same process reuse the unit instead of training again.
+    ``newton_on_kinks``: where GD stops short of its tolerance on a small ReLU
+    net, finish with :func:`~spectra.experiments._kinks.finish_on_kinks` (Newton
+    continuation to the minimum, convergence certified on the one-sided
+    gradients); the meta then keeps GD's own end as ``gd_final_*``.
     """
     from ..training import NotConvergedWarning, init_on_sphere, train
 
-    memo = None if memo_key is None else (memo_key, loss, init_seed, radius, spectrum,
+    memo = None if memo_key is None else (memo_key, loss, init_seed, radius, spectrum, newton_on_kinks,
                                           tuple(sorted((k, repr(v)) for k, v in train_kwargs.items())))
     if ctx.rd.has_unit(key):
         arrays, meta = ctx.rd.load_unit(key)
@@ -217,6 +222,9 @@ def train_unit(
         with warnings.catch_warnings():  # the outcome is recorded and logged below
             warnings.simplefilter("ignore", NotConvergedWarning)
             hist = train(model, data, loss=loss, progress=False, **train_kwargs)
+        kinks = None
+        if newton_on_kinks and not hist.converged and hist.steps_taken > 0:
+            kinks = _finish_on_kinks(model, data, loss, train_kwargs, hist.grad_tol)
         t1 = time.perf_counter()
         estimated = estimated_numbers(model, data, loss) if spectrum == "estimated" else None
         eigs = exact_eigenvalues(model, data, loss) if spectrum and estimated is None else np.zeros(0)
@@ -228,6 +236,14 @@ def train_unit(
                 "step_halvings": hist.step_halvings, "kink_distance": kink_distance(model, data),
                 "weight_norm": float(np.linalg.norm(flat_params(model))),
                 "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
+        if kinks is not None:  # GD stalled; the Newton continuation took over (see _kinks)
+            meta.update({"stop_reason": "newton_on_kinks" if kinks["converged"] else hist.stop_reason,
+                         "converged": kinks["converged"], "final_grad_norm": kinks["grad_norm"],
+                         "final_loss": kinks["loss"], "final_accuracy": _accuracy(model, data),
+                         "gd_final_grad_norm": hist.final_grad_norm, "gd_final_loss": hist.final_loss,
+                         "piece_grad_norm": kinks["piece_grad_norm"], "newton_iterations": kinks["iterations"]})
+            meta["kink_distance"] = kink_distance(model, data)
+            meta["weight_norm"] = float(np.linalg.norm(flat_params(model)))
         if estimated is not None:
             meta["estimated_numbers"] = estimated
         top = float(eigs[-1]) if eigs.size else (estimated["lambda_max"] if estimated else None)
@@ -238,24 +254,58 @@ def train_unit(
         if memo is not None:
             _MEMO[memo] = (arrays, meta)
         ctx.log(f"{key}: {hist.stop_reason} after {hist.steps_taken} steps, loss {hist.final_loss:.4g}, "
-                f"|grad| {hist.final_grad_norm:.2e} ({t1 - t0:.1f}s train, {t2 - t1:.1f}s spectrum)")
+                f"|grad| {hist.final_grad_norm:.2e} ({t1 - t0:.1f}s train, {t2 - t1:.1f}s spectrum)"
+                + ("" if kinks is None else f"; then Newton on kinks: {kinks['iterations']} steps, loss "
+                   f"{kinks['loss']:.4g}, |grad| {kinks['grad_norm']:.2e}, converged {kinks['converged']}"))
     eigs = arrays["eigs"] if spectrum and arrays["eigs"].size else None
     numbers = meta.get("estimated_numbers") or (spectrum_numbers(eigs) if eigs is not None else None)
     return {"params": arrays["params"], "eigs": eigs, "numbers": numbers,
             "hist": {k[5:]: v for k, v in arrays.items() if k.startswith("hist_")}, "meta": meta}
 
 
+def _finish_on_kinks(model: torch.nn.Module, data: Any, loss: str, train_kwargs: dict[str, Any],
+                     grad_tol: float) -> dict[str, Any] | None:
+    """Where GD stopped short on a small ReLU net, Newton continuation to its minimum (None if it does not apply)."""
+    from ._kinks import finish_on_kinks
+
+    X, y = _full_batch(data)
+    return finish_on_kinks(model, X, y, loss=loss, weight_decay=float(train_kwargs.get("weight_decay") or 0.0),
+                           grad_tol=grad_tol)
+
+
+def _full_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..data import as_batch_source
+
+    parts = list(as_batch_source(data))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _accuracy(model: torch.nn.Module, data: Any) -> float | None:
+    X, y = _full_batch(data)
+    if y.is_floating_point():
+        return None
+    with torch.no_grad():
+        out = model(X.to(next(model.parameters()).dtype))
+    return float((out.argmax(dim=-1) == y).to(torch.float64).mean())
+
+
 def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
     """The training outcome fields of a unit's meta, for results.json."""
     keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "grad_tol", "final_accuracy",
             "step_rule", "lr", "last_lr", "step_halvings", "last_lr_times_lambda_max", "kink_distance",
-            "weight_norm", "train_seconds", "spectrum_seconds")
+            "weight_norm", "train_seconds", "spectrum_seconds", "gd_final_grad_norm", "gd_final_loss",
+            "piece_grad_norm", "newton_iterations")
     return {k: meta.get(k) for k in keys}
 
 
 RULE_TEXT = ("GD steps by backtracking (spectra.train's default rule: try twice the last step, at most the "
              "configured lr, and halve until the loss falls by 1e-4·step·|g|²), so every step decreases the loss "
              "and GD cannot hover at the edge of stability.")
+NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net of at most 2000 parameters (it stalls on "
+                        "the kinks where such minima lie), Newton continuation through softplus(βz)/β, β = 1e2 … 1e6, "
+                        "takes it to the minimum; there 'converged' means a convex combination of the ReLU loss's "
+                        "one-sided gradients (entries within 1e-4 of their switching surface) has norm below the "
+                        "tolerance.")
 
 
 def run_record(label: str, converged: Any, grad_norm: float, grad_tol: float, kink: float | None = None,

@@ -56,6 +56,9 @@ SMOOTHING_BETAS = (1e2, 1e3, 1e4, 1e5, 1e6)
 #: of the kink are then admitted in the certificate); at the last beta, sigmoid(beta z) is within e^-20 of 0
 #: or 1 from |z| = 2e-5 on, so the band only has to exceed that.
 KINK_BAND = 1e-4
+#: Largest net :func:`finish_on_kinks` takes on: each Newton step builds and diagonalises the P x P Hessian
+#: (about 2 s at P = 1600 with 300 samples on one core).
+FINISH_MAX_PARAMS = 2000
 #: softplus returns z itself above beta z > 20 (torch's default), exact to e^-20 and free of overflow.
 SOFTPLUS_THRESHOLD = 20.0
 
@@ -153,4 +156,31 @@ def kink_polish(stack: Any, thetas: torch.Tensor, X: torch.Tensor, y: torch.Tens
             "iterations": iterations, "min_eigenvalue": min_eig}
 
 
-__all__ = ["KINK_BAND", "SMOOTHING_BETAS", "has_relu", "kink_polish", "relu_stationarity", "smoothed"]
+def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *, loss: str, weight_decay: float,
+                    grad_tol: float) -> dict[str, Any] | None:
+    """:func:`kink_polish` for one trained model, in place; None where it does not apply.
+
+    It applies to chains of Linear layers and activations with ReLU units and
+    at most :data:`FINISH_MAX_PARAMS` parameters.  Returns the outcome:
+    ``converged``, ``grad_norm`` (the certificate), ``piece_grad_norm``,
+    ``loss`` (with the decay term), ``iterations``.
+    """
+    from ._batched import StackedNet
+
+    if not has_relu(model):
+        return None
+    stack = StackedNet(model, loss=loss)
+    if stack.chain is None or stack.num_params > FINISH_MAX_PARAMS:
+        return None
+    theta = stack.from_model(model).to(stack.dtype).unsqueeze(0)
+    out = kink_polish(stack, theta, X, y, weight_decay=weight_decay, grad_tol=grad_tol)
+    with torch.no_grad():
+        for p, t in zip((q for q in model.parameters() if q.requires_grad), torch.split(out["theta"][0], stack.sizes)):
+            p.copy_(t.reshape(p.shape).to(p.dtype))
+    return {"converged": bool(out["converged"][0]), "grad_norm": float(out["grad_norm"][0]),
+            "piece_grad_norm": float(out["piece_grad_norm"][0]), "loss": float(out["loss"][0]),
+            "iterations": int(out["iterations"][0])}
+
+
+__all__ = ["FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu", "kink_polish",
+           "relu_stationarity", "smoothed"]

@@ -61,19 +61,27 @@ def newton_polish(stack: Any, thetas: torch.Tensor, X: torch.Tensor, y: torch.Te
     mu = torch.full((B,), MU_START, dtype=theta.dtype)
     iterations = torch.zeros(B, dtype=torch.long)
     eye = torch.eye(P, dtype=theta.dtype)
+    # a refused step leaves theta where it was: its Hessian's eigenpairs are kept instead of recomputed
+    lam_all, V_all = torch.zeros(B, P, dtype=theta.dtype), torch.zeros(B, P, P, dtype=theta.dtype)
+    stale = torch.ones(B, dtype=torch.bool)
     for _ in range(max_iter):
         active = g.norm(dim=1) >= grad_tol
         if not bool(active.any()):
             break
         idx = torch.nonzero(active).squeeze(1)
-        H = chain_hessian(stack.chain, theta[idx], X, y, stack.loss_obj.name) + weight_decay * eye
-        lam, V = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
+        need = idx[stale[idx]]
+        if need.numel():
+            H = chain_hessian(stack.chain, theta[need], X, y, stack.loss_obj.name) + weight_decay * eye
+            lam_all[need], V_all[need] = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
+            stale[need] = False
+        lam, V = lam_all[idx], V_all[idx]
         coeff = (V.transpose(1, 2) @ g[idx].unsqueeze(2)).squeeze(2) / (lam.abs() + mu[idx].unsqueeze(1))
         proposal = theta[idx] - (V @ coeff.unsqueeze(2)).squeeze(2)
         g_new, val_new = grad_fn(proposal, X, y)
         ok = torch.isfinite(val_new) & (val_new <= val[idx])
         keep = idx[ok]
         theta[keep], g[keep], val[keep] = proposal[ok], g_new[ok], val_new[ok]
+        stale[keep] = True
         mu[idx] = torch.where(ok, mu[idx] / MU_DOWN, mu[idx] * MU_UP)
         iterations[idx] += 1
     H = torch.stack([chain_hessian(stack.chain, t.unsqueeze(0), X, y, stack.loss_obj.name)[0] for t in theta])

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _stats
-from ._common import Context, run_record, sub_seed, train_unit, training_summary
+from ._common import NEWTON_ON_KINKS_TEXT, RULE_TEXT, Context, run_record, sub_seed, train_unit, training_summary
 from ._report import Claim, markdown_table
 from ._small_data import mnist_small
 
@@ -25,9 +25,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"threads": 1, "classes": [2, 5], "per_class": 8, "widths": [8], "losses": ["cross_entropy", "mse"],
              "seeds": 1, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 1000},
     "quick": {"threads": 1, "classes": [2, 5, 10], "per_class": 30, "widths": [16, 32],
-              "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 10000},
+              "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 10000,
+              "newton_on_kinks": True},
     "paper": {"threads": 1, "classes": [2, 5, 10], "per_class": 100, "widths": [16, 32, 64],
-              "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4, "max_steps": 30000},
+              "losses": ["cross_entropy", "mse"], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4, "max_steps": 30000,
+              "newton_on_kinks": True},
 }
 
 
@@ -42,7 +44,7 @@ def run_classes(ctx: Context) -> dict[str, Any]:
         u = train_unit(ctx, f"C{C}_k{k}_{loss}_s{s}", lambda C=C, k=k: create("mlp", sizes=[49, k, C], dtype="float64"),
                        data, loss=loss, train_kwargs={"optimizer": "gd", "lr": cfg["lr"], "grad_tol": cfg["grad_tol"],
                                                       "max_steps": cfg["max_steps"], "log_every": 50},
-                       init_seed=sub_seed(ctx.seed, "classes", C, k, s))
+                       init_seed=sub_seed(ctx.seed, "classes", C, k, s), newton_on_kinks=bool(cfg.get("newton_on_kinks")))
         num, meta = u["numbers"], u["meta"]
         arrays[f"eigs_C{C}_k{k}_{loss}_s{s}"] = u["eigs"]
         runs.append({"C": C, "width": k, "loss": loss, "seed": s, "converged": meta["converged"],
@@ -96,4 +98,5 @@ def run_classes(ctx: Context) -> dict[str, Any]:
              f"{cfg['grad_tol']:g} or {cfg['max_steps']} steps; {cfg['seeds']} inits per cell.",
              "Crosses in the figure: runs that did not converge (left out of the verdicts)."]
     return {"measured": {"runs": runs}, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records)}
+            "training": training_summary(records, rule=f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}"
+                                         if cfg.get("newton_on_kinks") else RULE_TEXT)}

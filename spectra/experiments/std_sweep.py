@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _stats
-from ._common import KINK_RELATIVE, RULE_TEXT, Context, run_record, training_summary
+from ._common import KINK_RELATIVE, NEWTON_ON_KINKS_TEXT, RULE_TEXT, Context, run_record, training_summary
 from ._kinks import KINK_BAND, SMOOTHING_BETAS
 from ._report import Claim, markdown_table
 from .many_inits import run_inits
@@ -157,8 +157,8 @@ def run_fig9(ctx: Context) -> dict[str, Any]:
              "Same inits (same seeds, same sphere radius) for every std: comparisons between stds are paired.",
              "Bayes loss/error: the optimal classifier of the two blobs, sigmoid(2(x1+x2)/std²), on the same sample."]
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records, rule=RULE_TEXT + " Then Newton steps to a minimum (for ReLU, "
-                                         "through softplus continuation, certified on the one-sided gradients).",
+            "training": training_summary(records, rule=f"{RULE_TEXT} Every run then takes Newton steps to a minimum; "
+                                         f"for the ReLU arm: {NEWTON_ON_KINKS_TEXT}",
                                          verdicts="Verdicts use the converged runs only (inits converged at "
                                                   "every std, for the paired tests).")}
 

@@ -1,0 +1,83 @@
+"""Newton continuation to the minima of ReLU nets, which lie on kinks, and the certificate of convergence.
+
+References: autograd gradients (away from kinks the certificate is the gradient norm, to 1e-12
+relative), one-sided difference quotients of the loss along random directions (at a minimum none
+falls below -1e-5 with steps of 1e-6), and plain GD from the same start (it stalls on the kink).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spectra.errors import InvalidInputError
+from spectra.experiments._batched import StackedNet, _grad_fn, batched_gd
+from spectra.experiments._kinks import has_relu, kink_polish, relu_stationarity, smoothed
+
+WEIGHT_DECAY = 1e-2
+
+
+def _problem(loss="cross_entropy"):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 2, dtype=torch.float64, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(40, dtype=torch.float64, generator=g) > 0).long()  # overlapping classes
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    stack = StackedNet(net, loss=loss)
+    thetas = 0.5 * torch.randn(3, stack.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    return stack, thetas, X, y
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_certificate_is_the_gradient_norm_away_from_kinks(loss):
+    stack, thetas, X, y = _problem(loss)
+    grads, _ = _grad_fn(stack, WEIGHT_DECAY)(thetas, X, y)
+    cert = relu_stationarity(stack, thetas, X, y, weight_decay=WEIGHT_DECAY, beta=1e6)
+    torch.testing.assert_close(cert, grads.norm(dim=1), rtol=1e-12, atol=0)
+
+
+def test_gd_stalls_on_a_kink_and_the_continuation_finishes():
+    stack, thetas, X, y = _problem()
+    gd = batched_gd(stack, thetas, X, y, lr=0.5, grad_tol=1e-6, max_steps=3000, weight_decay=WEIGHT_DECAY)
+    stalled = ~gd["converged"]
+    assert stalled.any()  # the path: GD alone does not get there
+    cert_gd = relu_stationarity(stack, gd["theta"], X, y, weight_decay=WEIGHT_DECAY, beta=1e6)
+    assert (cert_gd[stalled] > 1e-4).all()  # the certificate fails where GD stopped: it can fail
+    out = kink_polish(stack, gd["theta"], X, y, weight_decay=WEIGHT_DECAY, grad_tol=1e-6)
+    assert out["converged"].all() and (out["grad_norm"] < 1e-6).all()
+    assert (out["loss"] < gd["loss"] - 1e-4)[stalled].all()  # a lower minimum than where GD stalled
+    on_kink = out["piece_grad_norm"] > 1e-3  # autograd's gradient stays large: the minimum lies on a kink
+    assert on_kink.any()
+
+
+def test_polished_points_are_minima_along_every_direction_tried():
+    # the point sits within about 1/beta of the crease, so the test is on loss differences over steps much
+    # longer than that: no random direction lowers the loss by more than 1e-8 (GD's stall left 1e-4 to gain)
+    stack, thetas, X, y = _problem()
+    out = kink_polish(stack, thetas, X, y, weight_decay=WEIGHT_DECAY, grad_tol=1e-7)
+    assert (out["piece_grad_norm"] > 1e-3).any()  # at least one minimum on a kink (the case at stake)
+    f = lambda t: stack.loss(t, X, y) + 0.5 * WEIGHT_DECAY * t.pow(2).sum()  # noqa: E731
+    dirs = torch.randn(300, stack.num_params, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    def largest_drop(theta):
+        return float(torch.stack([f(theta + h * d) - f(theta) for d in dirs for h in (1e-4, 1e-3, 1e-2)]).min())
+
+    for theta in out["theta"]:
+        assert largest_drop(theta) > -1e-8
+    gd = batched_gd(stack, thetas, X, y, lr=0.5, grad_tol=1e-6, max_steps=3000, weight_decay=WEIGHT_DECAY)
+    assert all(largest_drop(t) < -1e-7 for t in gd["theta"])  # the test fails where GD stalled
+
+
+def test_smoothed_replaces_only_relu_units():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 3), torch.nn.Tanh())
+    out = smoothed(net, 1e4)
+    assert isinstance(out[1], torch.nn.Softplus) and out[1].beta == 1e4 and isinstance(out[3], torch.nn.Tanh)
+    assert isinstance(net[1], torch.nn.ReLU)  # the template is untouched
+    assert has_relu(net) and not has_relu(out)
+
+
+def test_kink_polish_refuses_a_net_without_relu():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double()
+    stack = StackedNet(net)
+    with pytest.raises(InvalidInputError, match="ReLU"):
+        kink_polish(stack, torch.zeros(1, stack.num_params, dtype=torch.float64), torch.zeros(3, 2,
+                    dtype=torch.float64), torch.tensor([0, 1, 0]), weight_decay=0.0, grad_tol=1e-6)
