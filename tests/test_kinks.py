@@ -81,3 +81,21 @@ def test_kink_polish_refuses_a_net_without_relu():
     with pytest.raises(InvalidInputError, match="ReLU"):
         kink_polish(stack, torch.zeros(1, stack.num_params, dtype=torch.float64), torch.zeros(3, 2,
                     dtype=torch.float64), torch.tensor([0, 1, 0]), weight_decay=0.0, grad_tol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1e3, 1e6])
+def test_softplus_closed_form_derivatives_match_autograd(beta):
+    # the smooth twins' Hessians use these; both sides of torch's threshold (z itself above beta z = 20)
+    from spectra.operators._activations import activation_derivatives
+
+    m = torch.nn.Softplus(beta=beta, threshold=20.0)
+    z = torch.cat([torch.linspace(-30, 30, 601, dtype=torch.float64), torch.tensor([0.0, 20.0, 20.5])]) / beta
+    a, s1, s2 = activation_derivatives(m, z.clone(), order=2)
+    zz = z.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(m(zz).sum(), zz, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), zz)
+    torch.testing.assert_close(a, m(z), rtol=0, atol=0)
+    torch.testing.assert_close(s1, g1.detach(), rtol=0, atol=1e-15)
+    # at beta z = 20 exactly torch's double backward takes the linear side: a jump of beta e^-20, 1e-8 of the peak
+    torch.testing.assert_close(s2, g2, rtol=1e-14, atol=1e-8 * beta)
+    assert (s2 - g2).abs().max() <= 1e-15 * beta or (s2 - g2).abs().argmax() == 500

@@ -199,10 +199,12 @@ def train_unit(
     holds the stop reason, final loss/accuracy/grad norm, steps, radius and timings.
     ``memo_key`` (a hashable description of model and data) lets another figure
     of the same process reuse the unit instead of training again.
-    ``newton_on_kinks``: where GD stops short of its tolerance on a small ReLU
-    net, finish with :func:`~spectra.experiments._kinks.finish_on_kinks` (Newton
+    ``newton_on_kinks``: where GD stops short of its tolerance on a ReLU net,
+    finish with :func:`~spectra.experiments._kinks.finish_on_kinks` (Newton
     continuation to the minimum, convergence certified on the one-sided
-    gradients); the meta then keeps GD's own end as ``gd_final_*``.
+    gradients) or, for nets too large for Newton steps,
+    :func:`~spectra.experiments._kinks.smoothing_detour`; the meta then keeps
+    GD's own end as ``gd_final_*`` and names the method.
     """
     from ..training import NotConvergedWarning, init_on_sphere, train
 
@@ -237,11 +239,12 @@ def train_unit(
                 "weight_norm": float(np.linalg.norm(flat_params(model))),
                 "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
         if kinks is not None:  # GD stalled; the Newton continuation took over (see _kinks)
-            meta.update({"stop_reason": "newton_on_kinks" if kinks["converged"] else hist.stop_reason,
+            meta.update({"stop_reason": f"finished by {kinks['method']}" if kinks["converged"] else hist.stop_reason,
+                         "finish_method": kinks["method"], "finish_steps": kinks["steps"],
                          "converged": kinks["converged"], "final_grad_norm": kinks["grad_norm"],
                          "final_loss": kinks["loss"], "final_accuracy": _accuracy(model, data),
                          "gd_final_grad_norm": hist.final_grad_norm, "gd_final_loss": hist.final_loss,
-                         "piece_grad_norm": kinks["piece_grad_norm"], "newton_iterations": kinks["iterations"]})
+                         "piece_grad_norm": kinks["piece_grad_norm"]})
             meta["kink_distance"] = kink_distance(model, data)
             meta["weight_norm"] = float(np.linalg.norm(flat_params(model)))
         if estimated is not None:
@@ -255,7 +258,7 @@ def train_unit(
             _MEMO[memo] = (arrays, meta)
         ctx.log(f"{key}: {hist.stop_reason} after {hist.steps_taken} steps, loss {hist.final_loss:.4g}, "
                 f"|grad| {hist.final_grad_norm:.2e} ({t1 - t0:.1f}s train, {t2 - t1:.1f}s spectrum)"
-                + ("" if kinks is None else f"; then Newton on kinks: {kinks['iterations']} steps, loss "
+                + ("" if kinks is None else f"; then {kinks['method']}: {kinks['steps']} steps, loss "
                    f"{kinks['loss']:.4g}, |grad| {kinks['grad_norm']:.2e}, converged {kinks['converged']}"))
     eigs = arrays["eigs"] if spectrum and arrays["eigs"].size else None
     numbers = meta.get("estimated_numbers") or (spectrum_numbers(eigs) if eigs is not None else None)
@@ -265,12 +268,14 @@ def train_unit(
 
 def _finish_on_kinks(model: torch.nn.Module, data: Any, loss: str, train_kwargs: dict[str, Any],
                      grad_tol: float) -> dict[str, Any] | None:
-    """Where GD stopped short on a small ReLU net, Newton continuation to its minimum (None if it does not apply)."""
-    from ._kinks import finish_on_kinks
+    """Where GD stopped short on a ReLU net: Newton continuation to its minimum, or for nets too large for Newton
+    steps a detour along the softplus twin (None for nets without ReLU units)."""
+    from ._kinks import finish_on_kinks, smoothing_detour
 
     X, y = _full_batch(data)
-    return finish_on_kinks(model, X, y, loss=loss, weight_decay=float(train_kwargs.get("weight_decay") or 0.0),
-                           grad_tol=grad_tol)
+    out = finish_on_kinks(model, X, y, loss=loss, weight_decay=float(train_kwargs.get("weight_decay") or 0.0),
+                          grad_tol=grad_tol)
+    return out if out is not None else smoothing_detour(model, data, loss=loss, train_kwargs=train_kwargs)
 
 
 def _full_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +299,7 @@ def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
     keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "grad_tol", "final_accuracy",
             "step_rule", "lr", "last_lr", "step_halvings", "last_lr_times_lambda_max", "kink_distance",
             "weight_norm", "train_seconds", "spectrum_seconds", "gd_final_grad_norm", "gd_final_loss",
-            "piece_grad_norm", "newton_iterations")
+            "piece_grad_norm", "finish_method", "finish_steps")
     return {k: meta.get(k) for k in keys}
 
 
@@ -305,7 +310,8 @@ NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net of 
                         "the kinks where such minima lie), Newton continuation through softplus(βz)/β, β = 1e2 … 1e6, "
                         "takes it to the minimum; there 'converged' means a convex combination of the ReLU loss's "
                         "one-sided gradients (entries within 1e-4 of their switching surface) has norm below the "
-                        "tolerance.")
+                        "tolerance. A larger ReLU net that stalls takes a detour: GD on its softplus(10z)/10 twin, then "
+                        "GD on the ReLU net again, converged by the ordinary test.")
 
 
 def run_record(label: str, converged: Any, grad_norm: float, grad_tol: float, kink: float | None = None,

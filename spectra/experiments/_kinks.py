@@ -59,6 +59,8 @@ KINK_BAND = 1e-4
 #: Largest net :func:`finish_on_kinks` takes on: each Newton step builds and diagonalises the P x P Hessian
 #: (about 2 s at P = 1600 with 300 samples on one core).
 FINISH_MAX_PARAMS = 2000
+#: Sharpness of the smooth twin that :func:`smoothing_detour` trains: smooth enough for GD to leave the kink.
+DETOUR_BETA = 10.0
 #: softplus returns z itself above beta z > 20 (torch's default), exact to e^-20 and free of overflow.
 SOFTPLUS_THRESHOLD = 20.0
 
@@ -162,8 +164,8 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
 
     It applies to chains of Linear layers and activations with ReLU units and
     at most :data:`FINISH_MAX_PARAMS` parameters.  Returns the outcome:
-    ``converged``, ``grad_norm`` (the certificate), ``piece_grad_norm``,
-    ``loss`` (with the decay term), ``iterations``.
+    ``method``, ``converged``, ``grad_norm`` (the certificate),
+    ``piece_grad_norm``, ``loss`` (with the decay term), ``steps``.
     """
     from ._batched import StackedNet
 
@@ -177,10 +179,39 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     with torch.no_grad():
         for p, t in zip((q for q in model.parameters() if q.requires_grad), torch.split(out["theta"][0], stack.sizes)):
             p.copy_(t.reshape(p.shape).to(p.dtype))
-    return {"converged": bool(out["converged"][0]), "grad_norm": float(out["grad_norm"][0]),
-            "piece_grad_norm": float(out["piece_grad_norm"][0]), "loss": float(out["loss"][0]),
-            "iterations": int(out["iterations"][0])}
+    return {"method": "Newton continuation", "converged": bool(out["converged"][0]),
+            "grad_norm": float(out["grad_norm"][0]), "piece_grad_norm": float(out["piece_grad_norm"][0]),
+            "loss": float(out["loss"][0]), "steps": int(out["iterations"][0])}
 
 
-__all__ = ["FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu", "kink_polish",
+def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwargs: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    """For a ReLU net too large for :func:`finish_on_kinks`: GD on its softplus twin, then GD on it again, in place.
+
+    GD that stalls on a kink of a large net (the backtracking step falls to
+    1e-11) can leave it along the smooth twin ``softplus(DETOUR_BETA z) / beta``
+    (same parameters); GD on the ReLU net then resumes from there.  Each leg
+    gets ``train_kwargs``' budget.  Convergence is the ordinary one: the ReLU
+    net's gradient norm below the tolerance.  None for nets without ReLU units.
+    """
+    import warnings
+
+    from ..training import NotConvergedWarning, train
+
+    if not has_relu(model):
+        return None
+    twin = smoothed(model, DETOUR_BETA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotConvergedWarning)
+        leg1 = train(twin, data, loss=loss, progress=False, **train_kwargs)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), twin.parameters()):
+                p.copy_(q)
+        leg2 = train(model, data, loss=loss, progress=False, **train_kwargs)
+    return {"method": f"softplus (beta {DETOUR_BETA:g}) detour, then GD", "converged": bool(leg2.converged),
+            "grad_norm": float(leg2.final_grad_norm), "piece_grad_norm": float(leg2.final_grad_norm),
+            "loss": float(leg2.final_loss), "steps": int(leg1.steps_taken + leg2.steps_taken)}
+
+
+__all__ = ["DETOUR_BETA", "FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu", "kink_polish", "smoothing_detour",
            "relu_stationarity", "smoothed"]

@@ -22,9 +22,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"threads": 1, "n": 100, "k": 1, "seeds": 2, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 1000,
              "exact_max_params": 5000},
     "quick": {"threads": 1, "n": 300, "k": 10, "seeds": 2, "lr": 4.0, "grad_tol": 2e-3, "max_steps": 3000,
-              "exact_max_params": 4000},
+              "exact_max_params": 4000, "newton_on_kinks": True},
     "paper": {"threads": None, "n": 1000, "k": 10, "seeds": 2, "lr": 4.0, "grad_tol": 1e-4, "max_steps": 30000,
-              "exact_max_params": 20000},
+              "exact_max_params": 20000, "newton_on_kinks": True},
 }
 # "Very different" spectra: lambda_max differs by more than this factor (and significantly), or the outlier counts differ.
 DIFFERENT_FACTOR = 1.5
