@@ -99,3 +99,37 @@ def test_softplus_closed_form_derivatives_match_autograd(beta):
     # at beta z = 20 exactly torch's double backward takes the linear side: a jump of beta e^-20, 1e-8 of the peak
     torch.testing.assert_close(s2, g2, rtol=1e-14, atol=1e-8 * beta)
     assert (s2 - g2).abs().max() <= 1e-15 * beta or (s2 - g2).abs().argmax() == 500
+
+
+def _unit(tmp_path, make, data, newton_on_kinks, max_steps=100, tol=1e-6):
+    from spectra.experiments._common import Context, train_unit
+    from spectra.experiments._report import RunDir
+
+    ctx = Context("figX", "tiny", 0, {}, RunDir(tmp_path, "figX", config={}, seed=0), quiet=True)
+    return train_unit(ctx, "u", make, data, loss="mse", spectrum=False, init_seed=3, newton_on_kinks=newton_on_kinks,
+                      train_kwargs={"optimizer": "gd", "lr": 0.5, "grad_tol": tol, "max_steps": max_steps})
+
+
+@pytest.mark.parametrize("width, method, tol", [(4, "Newton continuation", 1e-6),
+                                               (40, "softplus (beta 10) detour, then GD", 1e-3)])
+def test_train_unit_finishes_where_gd_stops_short(tmp_path, width, method, tol):
+    """The path: GD alone stops above the tolerance; small nets get Newton steps, larger ones the detour."""
+    import spectra.experiments._kinks as kinks
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 2, dtype=torch.float64, generator=g)
+    y = (X[:, :1] > 0).to(torch.float64)  # MSE onto a step: ReLU nets fit it exactly, a minimum exists
+
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.ReLU(), torch.nn.Linear(width, 1)).double()
+
+    plain = _unit(tmp_path / "plain", make, (X, y), False, tol=tol)["meta"]
+    assert not plain["converged"] and plain.get("finish_method") is None
+    limit = kinks.FINISH_MAX_PARAMS
+    try:
+        kinks.FINISH_MAX_PARAMS = 50  # width 4 (17 parameters) under it, width 40 (161) over it
+        meta = _unit(tmp_path / "finished", make, (X, y), True, max_steps=3000, tol=tol)["meta"]
+    finally:
+        kinks.FINISH_MAX_PARAMS = limit
+    assert meta["finish_method"] == method and meta["converged"] and meta["final_grad_norm"] < tol
+    assert meta["gd_final_grad_norm"] > tol and meta["final_loss"] <= meta["gd_final_loss"]
