@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -40,6 +40,8 @@ DEFAULT_K = 10
 DEFAULT_WHICH = "largest"
 EXTREMES_METHOD = "topk"
 EXTREMES_REFERENCE = "arpack"
+# topk searches with products in this dtype and finishes in the model's float64 (low_precision_twin).
+LOW_PRECISION_DTYPE = "float32"
 # Block products pay off from this many torch threads (one thread: a block of 10 chain products
 # cost 0.92x a gradient per vector on 784-64-64-10 against 1.2x one at a time, and topk needs
 # about three times ARPACK's products, so it took 2.65x ARPACK's time there).
@@ -295,6 +297,36 @@ def _in_dtype(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.nn.Modu
     return copy.deepcopy(model).to(resolved)
 
 
+def low_precision_twin(op: Any, op_class: type, model: torch.nn.Module, loss: LossLike, data: Any,
+                       params: ParamSelector, op_options: dict[str, Any]) -> Callable[[], Any] | None:
+    """What ``topk`` gets as ``low_precision`` from :func:`analyze`: a builder of the same operator on a
+    float32 copy of the model, or None where there is no such twin.
+
+    Float32 products cost 0.4-0.6x float64 ones on CPU, so ``topk`` runs its
+    search on the twin and finishes in float64 (BENCHMARKS.md, top-10 race).
+    None when the products are float32 already, the matrix draws random
+    samples (a float32 copy could draw other ones), or under data parallelism
+    (a second operator would need its own collective set-up).  The twin skips
+    the determinism check: the float64 operator made it on the same model.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    >>> X, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 0, 1])
+    >>> from spectra.operators.hessian import HessianOperator
+    >>> op = HessianOperator(net, "cross_entropy", (X, y))
+    >>> low_precision_twin(op, HessianOperator, net, "cross_entropy", (X, y), None, {})().dtype
+    torch.float32
+    """
+    extra = getattr(op_class, "extra_options", ())
+    if op.dtype != torch.float64 or "seed" in extra or getattr(op, "is_distributed", False):
+        return None
+
+    def build() -> Any:
+        twin = _in_dtype(model, LOW_PRECISION_DTYPE)
+        return op_class(twin, loss, data, params=params, **{**op_options, "check_determinism": False})
+
+    return build
+
+
 def _resolve_data(data: Any, data_args: dict[str, Any] | None, shard: tuple[int, int] | None = None) -> Any:
     if isinstance(data, str):
         from . import datasets
@@ -407,6 +439,8 @@ def analyze(
         method, reason, fallback, backend, run_options = _plan(
             op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
+        if method == EXTREMES_METHOD and "low_precision" not in options:
+            run_options["low_precision"] = low_precision_twin(op, op_class, model, loss, data, params, op_options)
         total = expected_products(backend, op.shape[0], run_options)
         with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)):
             result = backend.run(op, **run_options)

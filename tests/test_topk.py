@@ -236,12 +236,15 @@ def test_budget_is_honoured_with_a_clear_error(matrices):
 
 # ---------------------------------------------------------------- the cheaper path
 def test_small_operator_takes_the_dense_path():
-    lam = np.concatenate([np.zeros(60), np.linspace(-0.1, 1.0, 40)])
-    op = DenseOperator(torch.as_tensor(matrix_with_spectrum(lam, seed=0)))
-    result = TopkBackend().run(op, k=5, which="smallest")
-    assert result.provenance["path"] == "dense" and "2 x max_basis" in result.provenance["path_reason"]
-    assert op.num_matvecs == 100
-    np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(lam)[:5], atol=1e-12)
+    for lam, rule in [(np.concatenate([np.zeros(40), np.linspace(-0.1, 1.0, 30)]), "2 x max_basis=35"),
+                      (np.concatenate([np.zeros(60), np.linspace(-0.1, 1.0, 40)]), "P=100 <= 160")]:
+        op = DenseOperator(torch.as_tensor(matrix_with_spectrum(lam, seed=0)))
+        result = TopkBackend().run(op, k=5, which="smallest")
+        assert result.provenance["path"] == "dense" and rule in result.provenance["path_reason"]
+        assert op.num_matvecs == lam.size
+        np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(lam)[:5], atol=1e-12)
+    big = DenseOperator(torch.diag(torch.linspace(0.0, 1.0, 161, dtype=torch.float64)))
+    assert TopkBackend().run(big, k=5).provenance["path"] == "krylov"
 
 
 def test_dense_fallback_after_p_products_without_convergence():
