@@ -298,7 +298,7 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
-                           "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
+                           "block_size": plan.block_size, "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
                            "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
@@ -310,7 +310,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                                                       default_basis(width, plan.n_want) if plan.basis_default else 0), P),
                                     max_products=None if krylov_budget is None else krylov_budget - spent,
                                     neighbours=neighbours, **common)
-        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "products": result.products,
+        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
+                       "products": result.products,
                        "iterations": result.iterations, "restarts": result.restarts,
                        "seconds": time.perf_counter() - t0})
         return result, "krylov", "the Krylov basis is smaller than P"
