@@ -318,21 +318,30 @@ def test_docstring_examples(module):
 
 
 # ---------------------------------------------------------------- the default path
-# (arguments, torch threads, method that runs, start of auto_reason): k or which without a method asks for
-# extremes; the largest end runs topk only where block products pay off (chain products, >= 2 threads)
+# (arguments, torch threads, method that runs, start of auto_reason, dtype of the search phase): k or which
+# without a method asks for extremes; the largest end runs topk where it can search with float32 products
+# (a float64 model's float32 twin), whatever the threads or the product engine
+TWIN = "; topk searches with float32 products"
+NO_TWIN = "; no float32 twin of the operator"
 DEFAULT_PATH = [
-    ({}, 1, "exact", "exact: P="),
-    ({"k": 3}, 2, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest'); block products on 2"),
-    ({"k": 3}, 1, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); 1 torch thread"),
-    ({"k": 3, "mode": "reverse"}, 2, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); reverse"),
-    ({"which": "smallest"}, 1, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest'); the small end"),
-    ({"k": 3, "method": "arpack"}, 2, "arpack", "requested"),
+    ({}, 1, "exact", "exact: P=", None),
+    ({"k": 3}, 1, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN, "float32"),
+    ({"k": 3}, 2, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN, "float32"),
+    ({"k": 3, "mode": "reverse"}, 1, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN,
+     "float32"),
+    ({"k": 3, "product_dtype": "float32"}, 1, "arpack",
+     "arpack: extreme eigenvalues asked for (k=3, which='largest')" + NO_TWIN, None),
+    ({"which": "smallest"}, 1, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest'); the small end",
+     "float32"),
+    ({"k": 3, "method": "arpack"}, 2, "arpack", "requested", None),
+    ({"k": 3, "method": "topk", "low_precision": None}, 1, "topk", "requested", "float64"),
 ]
 
 
-@pytest.mark.parametrize("arguments,threads,ran,reason", DEFAULT_PATH,
-                         ids=["nothing", "k", "k-one-thread", "k-reverse", "which", "k-and-method"])
-def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, arguments, threads, ran, reason):
+@pytest.mark.parametrize("arguments,threads,ran,reason,search", DEFAULT_PATH,
+                         ids=["nothing", "k", "k-two-threads", "k-reverse", "k-float32-model", "which",
+                              "k-and-method", "topk-float64-only"])
+def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, arguments, threads, ran, reason, search):
     model, data, exact = mnist_nets["tanh"]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -342,10 +351,14 @@ def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, argument
         torch.set_num_threads(before)
     assert result.method == ran and result.provenance["auto_reason"].startswith(reason)
     if ran == "topk":
+        phases = result.provenance["phases"]
+        assert phases[0]["dtype"] == search and phases[-1]["dtype"] == "float64"
+        assert (phases[0]["operator"] == "low_precision") == (search == "float32")
         _check(result, exact, arguments.get("k", 10), arguments.get("which", "largest"))
     elif ran == "arpack":
         k = arguments["k"]
-        np.testing.assert_allclose(np.sort(result.eigenvalues), exact[-k:], rtol=1e-9)
+        rtol = 1e-5 if arguments.get("product_dtype") == "float32" else 1e-9
+        np.testing.assert_allclose(np.sort(result.eigenvalues), exact[-k:], rtol=rtol)
 
 
 def test_cli_k_without_method_runs_topk():
