@@ -48,7 +48,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
-from bench_peers import NETS, reference_big, reference_small, run_topk_on, workload  # noqa: E402
+from bench_peers import NETS, reference_big, reference_small, workload  # noqa: E402
 
 K = 10
 CNN_IMAGES = 200  # float64 convolutions take the CPU's slow path: fewer images than the MLPs
