@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -40,10 +40,8 @@ DEFAULT_K = 10
 DEFAULT_WHICH = "largest"
 EXTREMES_METHOD = "topk"
 EXTREMES_REFERENCE = "arpack"
-# Block products pay off from this many torch threads (one thread: a block of 10 chain products
-# cost 0.92x a gradient per vector on 784-64-64-10 against 1.2x one at a time, and topk needs
-# about three times ARPACK's products, so it took 2.65x ARPACK's time there).
-EXTREMES_MIN_THREADS = 2
+# topk searches with products in this dtype and finishes in the model's float64 (low_precision_twin).
+LOW_PRECISION_DTYPE = "float32"
 # The built-in backends run their own checks on a stand-in operator in check_request (plugins check when run).
 BUILTIN_BACKENDS_PLUGIN = "spectra.default_plugins.backends"
 
@@ -116,32 +114,30 @@ def choose_method(num_params: int, device: Any = "cpu", memory_limit: int | None
     return "lanczos", f"lanczos: {why}"
 
 
-def extremes_method(which: str, engine: str | None, threads: int) -> tuple[str, str]:
+def extremes_method(which: str, low_precision: bool) -> tuple[str, str]:
     """The backend for extreme eigenvalues asked for without a method, and why.
 
     ``topk`` where it is the faster or the safer one: at the small end (``which``
     ``"smallest"`` or ``"both"``), where ARPACK can take tens of products per parameter
     on a singular Hessian and ``topk`` switches to the dense path; and for the largest
-    end with batched chain products on several threads. ``arpack`` otherwise: with
-    autograd products (``engine`` ``"reverse"`` or ``"forward"``) or one thread, blocks
-    save too little per vector to pay for about three times ARPACK's products
-    (measured in BENCHMARKS.md). ``engine=None`` (not known yet) counts as chain.
+    end when it can search with float32 products (``low_precision``: a float64 operator
+    with a float32 twin, :func:`low_precision_twin`), where it took 0.54-0.73x ARPACK's
+    time on MNIST MLPs and a CNN. ``arpack`` otherwise: with float64 products only,
+    ``topk`` took 1.04-1.30x ARPACK's time (BENCHMARKS.md, top-10 race).
 
-    >>> extremes_method("largest", "chain", 4)[0], extremes_method("largest", "chain", 1)[0]
+    >>> extremes_method("largest", True)[0], extremes_method("largest", False)[0]
     ('topk', 'arpack')
-    >>> extremes_method("largest", "reverse", 4)[0], extremes_method("smallest", "reverse", 1)[0]
-    ('arpack', 'topk')
+    >>> extremes_method("smallest", False)[0]
+    'topk'
     """
     if which in ("smallest", "both"):
         return EXTREMES_METHOD, ("the small end: topk switches to the dense path where ARPACK would need many "
                                  "products per parameter (a singular Hessian)")
-    if engine is not None and engine != "chain":
-        return EXTREMES_REFERENCE, (f"{engine}-mode (autograd) products: on a CNN topk took 3.5x ARPACK's time, "
-                                    "ARPACK needing fewer products")
-    if threads < EXTREMES_MIN_THREADS:
-        return EXTREMES_REFERENCE, (f"{threads} torch thread: block products save little per vector, and ARPACK "
-                                    "needs fewer of them")
-    return EXTREMES_METHOD, f"block products on {threads} torch threads cost a fraction of one at a time"
+    if low_precision:
+        return EXTREMES_METHOD, ("topk searches with float32 products and finishes in float64: about 0.5-0.7x "
+                                 "ARPACK's time, ARPACK having only float64 products")
+    return EXTREMES_REFERENCE, ("no float32 twin of the operator (float32 model, a sampled matrix, or data "
+                                "parallelism): with the same products topk needs more of them than ARPACK")
 
 
 def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: int | None, which: str | None,
@@ -159,7 +155,7 @@ def _plan(op: Any, method: str, *, memory_limit: int | None, on_memory: str, k: 
     reason = "requested"
     if method.lower() == AUTO and (k is not None or which is not None):
         wanted = DEFAULT_WHICH if which is None else which
-        method, why = extremes_method(wanted, getattr(op, "mode", None), torch.get_num_threads())
+        method, why = extremes_method(wanted, has_low_precision_twin(op))
         reason = (f"{method}: extreme eigenvalues asked for (k={DEFAULT_K if k is None else k}, "
                   f"which={wanted!r}); {why}")
     elif method.lower() == AUTO:
@@ -295,6 +291,42 @@ def _in_dtype(model: torch.nn.Module, dtype: str | torch.dtype) -> torch.nn.Modu
     return copy.deepcopy(model).to(resolved)
 
 
+def has_low_precision_twin(op: Any) -> bool:
+    """Whether :func:`low_precision_twin` builds a float32 twin of ``op``: a float64 operator of a matrix
+    that draws no random samples, in one process."""
+    return (op.dtype == torch.float64 and "seed" not in getattr(op, "extra_options", ())
+            and not getattr(op, "is_distributed", False))
+
+
+def low_precision_twin(op: Any, op_class: type, model: torch.nn.Module, loss: LossLike, data: Any,
+                       params: ParamSelector, op_options: dict[str, Any]) -> Callable[[], Any] | None:
+    """What ``topk`` gets as ``low_precision`` from :func:`analyze`: a builder of the same operator on a
+    float32 copy of the model, or None where there is no such twin.
+
+    Float32 products cost 0.4-0.6x float64 ones on CPU, so ``topk`` runs its
+    search on the twin and finishes in float64 (BENCHMARKS.md, top-10 race).
+    None when the products are float32 already, the matrix draws random
+    samples (a float32 copy could draw other ones), or under data parallelism
+    (a second operator would need its own collective set-up).  The twin skips
+    the determinism check: the float64 operator made it on the same model.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    >>> X, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 0, 1])
+    >>> from spectra.operators.hessian import HessianOperator
+    >>> op = HessianOperator(net, "cross_entropy", (X, y))
+    >>> low_precision_twin(op, HessianOperator, net, "cross_entropy", (X, y), None, {})().dtype
+    torch.float32
+    """
+    if not has_low_precision_twin(op):
+        return None
+
+    def build() -> Any:
+        twin = _in_dtype(model, LOW_PRECISION_DTYPE)
+        return op_class(twin, loss, data, params=params, **{**op_options, "check_determinism": False})
+
+    return build
+
+
 def _resolve_data(data: Any, data_args: dict[str, Any] | None, shard: tuple[int, int] | None = None) -> Any:
     if isinstance(data, str):
         from . import datasets
@@ -407,6 +439,8 @@ def analyze(
         method, reason, fallback, backend, run_options = _plan(
             op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
+        if method == EXTREMES_METHOD and "low_precision" not in options:
+            run_options["low_precision"] = low_precision_twin(op, op_class, model, loss, data, params, op_options)
         total = expected_products(backend, op.shape[0], run_options)
         with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)):
             result = backend.run(op, **run_options)

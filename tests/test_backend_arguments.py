@@ -171,7 +171,7 @@ def test_a_direct_call_with_an_unknown_option_is_refused_the_same_way():
 
 
 # (method as typed, backend that runs)
-CASES = [("Exact", "exact"), ("ARPACK", "arpack"), ("Lanczos", "lanczos"), ("AUTO", "arpack"),
+CASES = [("Exact", "exact"), ("ARPACK", "arpack"), ("Lanczos", "lanczos"), ("AUTO", "topk"),
          ("Takes-Nothing", "takes-nothing")]
 
 
@@ -180,8 +180,8 @@ def test_method_names_are_found_in_any_case(net_and_data, typed, ran):
     model, data = net_and_data
     result = spectra.analyze(model, data, method=typed, k=2, num_probes=2, num_steps=6)
     assert result.method == ran and result.provenance["requested_method"] == typed
-    # k given without a method asks for extreme eigenvalues: "auto" runs arpack on the suite's one thread
-    assert result.provenance["auto_reason"].startswith("arpack: extreme" if typed == "AUTO" else "requested")
+    # k given without a method asks for extreme eigenvalues: "auto" runs topk (a float64 model: float32 search)
+    assert result.provenance["auto_reason"].startswith("topk: extreme" if typed == "AUTO" else "requested")
 
 
 def test_arpack_that_does_not_converge_says_what_to_change():

@@ -236,12 +236,15 @@ def test_budget_is_honoured_with_a_clear_error(matrices):
 
 # ---------------------------------------------------------------- the cheaper path
 def test_small_operator_takes_the_dense_path():
-    lam = np.concatenate([np.zeros(60), np.linspace(-0.1, 1.0, 40)])
-    op = DenseOperator(torch.as_tensor(matrix_with_spectrum(lam, seed=0)))
-    result = TopkBackend().run(op, k=5, which="smallest")
-    assert result.provenance["path"] == "dense" and "2 x max_basis" in result.provenance["path_reason"]
-    assert op.num_matvecs == 100
-    np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(lam)[:5], atol=1e-12)
+    for lam, rule in [(np.concatenate([np.zeros(40), np.linspace(-0.1, 1.0, 30)]), "2 x max_basis=35"),
+                      (np.concatenate([np.zeros(60), np.linspace(-0.1, 1.0, 40)]), "P=100 <= 160")]:
+        op = DenseOperator(torch.as_tensor(matrix_with_spectrum(lam, seed=0)))
+        result = TopkBackend().run(op, k=5, which="smallest")
+        assert result.provenance["path"] == "dense" and rule in result.provenance["path_reason"]
+        assert op.num_matvecs == lam.size
+        np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(lam)[:5], atol=1e-12)
+    big = DenseOperator(torch.diag(torch.linspace(0.0, 1.0, 161, dtype=torch.float64)))
+    assert TopkBackend().run(big, k=5).provenance["path"] == "krylov"
 
 
 def test_dense_fallback_after_p_products_without_convergence():
@@ -315,21 +318,30 @@ def test_docstring_examples(module):
 
 
 # ---------------------------------------------------------------- the default path
-# (arguments, torch threads, method that runs, start of auto_reason): k or which without a method asks for
-# extremes; the largest end runs topk only where block products pay off (chain products, >= 2 threads)
+# (arguments, torch threads, method that runs, start of auto_reason, dtype of the search phase): k or which
+# without a method asks for extremes; the largest end runs topk where it can search with float32 products
+# (a float64 model's float32 twin), whatever the threads or the product engine
+TWIN = "; topk searches with float32 products"
+NO_TWIN = "; no float32 twin of the operator"
 DEFAULT_PATH = [
-    ({}, 1, "exact", "exact: P="),
-    ({"k": 3}, 2, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest'); block products on 2"),
-    ({"k": 3}, 1, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); 1 torch thread"),
-    ({"k": 3, "mode": "reverse"}, 2, "arpack", "arpack: extreme eigenvalues asked for (k=3, which='largest'); reverse"),
-    ({"which": "smallest"}, 1, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest'); the small end"),
-    ({"k": 3, "method": "arpack"}, 2, "arpack", "requested"),
+    ({}, 1, "exact", "exact: P=", None),
+    ({"k": 3}, 1, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN, "float32"),
+    ({"k": 3}, 2, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN, "float32"),
+    ({"k": 3, "mode": "reverse"}, 1, "topk", "topk: extreme eigenvalues asked for (k=3, which='largest')" + TWIN,
+     "float32"),
+    ({"k": 3, "product_dtype": "float32"}, 1, "arpack",
+     "arpack: extreme eigenvalues asked for (k=3, which='largest')" + NO_TWIN, None),
+    ({"which": "smallest"}, 1, "topk", "topk: extreme eigenvalues asked for (k=10, which='smallest'); the small end",
+     "float32"),
+    ({"k": 3, "method": "arpack"}, 2, "arpack", "requested", None),
+    ({"k": 3, "method": "topk", "low_precision": None}, 1, "topk", "requested", "float64"),
 ]
 
 
-@pytest.mark.parametrize("arguments,threads,ran,reason", DEFAULT_PATH,
-                         ids=["nothing", "k", "k-one-thread", "k-reverse", "which", "k-and-method"])
-def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, arguments, threads, ran, reason):
+@pytest.mark.parametrize("arguments,threads,ran,reason,search", DEFAULT_PATH,
+                         ids=["nothing", "k", "k-two-threads", "k-reverse", "k-float32-model", "which",
+                              "k-and-method", "topk-float64-only"])
+def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, arguments, threads, ran, reason, search):
     model, data, exact = mnist_nets["tanh"]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -339,10 +351,14 @@ def test_k_or_which_without_a_method_runs_the_faster_solver(mnist_nets, argument
         torch.set_num_threads(before)
     assert result.method == ran and result.provenance["auto_reason"].startswith(reason)
     if ran == "topk":
+        phases = result.provenance["phases"]
+        assert phases[0]["dtype"] == search and phases[-1]["dtype"] == "float64"
+        assert (phases[0]["operator"] == "low_precision") == (search == "float32")
         _check(result, exact, arguments.get("k", 10), arguments.get("which", "largest"))
     elif ran == "arpack":
         k = arguments["k"]
-        np.testing.assert_allclose(np.sort(result.eigenvalues), exact[-k:], rtol=1e-9)
+        rtol = 1e-5 if arguments.get("product_dtype") == "float32" else 1e-9
+        np.testing.assert_allclose(np.sort(result.eigenvalues), exact[-k:], rtol=rtol)
 
 
 def test_cli_k_without_method_runs_topk():

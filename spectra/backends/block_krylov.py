@@ -236,6 +236,10 @@ def _orthonormal_rows(Z: torch.Tensor, rows: torch.Tensor, threshold: float, gen
     Returns ``(Q rows, R, number replaced)``.
     """
     spanned = in_span is not None and bool(in_span.any())
+    if Z.shape[0] == 1 and not spanned:  # one vector: its norm is the whole QR
+        norm = Z.norm()
+        if float(norm) > threshold:
+            return Z / norm, norm.reshape(1, 1), 0
     QR = None if spanned else _cholesky_qr2(Z, threshold)
     if QR is not None:
         return QR[0], QR[1], 0
@@ -409,8 +413,10 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
             est = error_estimates(torch.cat([all_theta, neighbours[0].to(all_theta)]),
                                   torch.cat([all_r, neighbours[1].to(all_r)]))[:n]
             enough = True
-        else:
+        elif limit > 0:
             est = error_estimates(all_theta, all_r)
+        else:  # tol=0 (a phase stopped by its residuals): an estimate is 0 exactly when its residual is
+            est = all_r
         done = enough and bool((est[want] <= limit).all())
         if checking is not None and done and not full_space:
             # the check's own best Ritz pairs (at each wanted end) must have converged too

@@ -28,9 +28,14 @@ With ``verify=True`` (default) the answer's residuals are recomputed with
 fresh products and a final Rayleigh-Ritz; ``result.residuals`` are those.
 
 ``low_precision``: an operator for the same matrix in a cheaper precision
-(for example built on a float32 copy of the model).  The solver runs on it
-until every wanted residual is below ``switch_residual`` times the scale, and
-finishes on ``op`` from those vectors.  Both phases' products are recorded.
+(for example built on a float32 copy of the model), or a function that
+builds one (called only when the Krylov path runs).  The solver runs on it,
+one vector at a time unless ``block_size`` is given, until every wanted
+residual is below ``switch_residual`` times the scale, and finishes on
+``op`` from those vectors: the answer, its residuals and its error estimates
+come from ``op``'s products.  Both phases' products are recorded.
+:func:`spectra.analyze` passes a float32 twin of a float64 model's operator
+(:func:`spectra.api.low_precision_twin`); ``low_precision=None`` turns it off.
 
 ``max_matvecs`` bounds the products of the whole run (verification
 included); when it would be exceeded the run stops with
@@ -58,8 +63,14 @@ from .base import available_memory_bytes, format_bytes, refuses_unknown_options
 from .block_krylov import BudgetExhausted, KrylovResult, block_krylov_schur, error_estimates
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-# Products a block of this many vectors costs per vector fall little beyond it (bench/bench_topk.py).
-DEFAULT_BLOCK_SIZE = 10
+# Block sizes (bench/bench_topk.py sweep, 784-64-64-10, clustered top-10): a block of b vectors costs
+# less per vector than b single products, but the search needs more products as b grows (float64: 95,
+# 130, 150, 168 and 300 products for b = 1, 2, 3, 4, 10).  One vector at a time wastes the most per
+# product but needs the fewest, and wins with float32 products (0.61 against 0.50 gradients per vector,
+# 98 against 136 products); without a low-precision phase b = 2, since b = 1 adds a multiplicity
+# check (a single-vector Krylov space cannot see a second copy of an eigenvalue) of about 50 products.
+DEFAULT_BLOCK_SIZE = 2
+DEFAULT_LOW_PRECISION_BLOCK_SIZE = 1
 # Active basis columns before a thick restart: DEFAULT_BASIS_BLOCKS blocks, and at least
 # DEFAULT_BASIS_EXTRA more than the wanted pairs (small blocks restart too often otherwise:
 # bench/bench_topk.py sweep).
@@ -67,13 +78,17 @@ DEFAULT_BASIS_BLOCKS = 8
 DEFAULT_BASIS_EXTRA = 30
 # Dense first when P is at most this many Krylov bases: restarted Krylov would need about P products.
 DENSE_FIRST_BASES = 2
+# ...and always up to this many parameters: a Krylov search of a few extremes takes ~100 products (more at a
+# singular small end), P products in blocks of 64 cost less per vector, and eigh of P <= 160 is instant.
+DENSE_FIRST_MAX_PARAMS = 160
 # The dense fallback is tried only up to this many parameters (P products plus an O(P^3) eigh).
 DENSE_FALLBACK_MAX_PARAMS = 5000
 DENSE_COPIES = 3  # dense matrix, eigenvector output, LAPACK workspace
 # Low-precision phase until every wanted residual is below this share of the scale: with float32
 # products (relative rounding ~1e-7) the vectors are then so close that one float64 block of products
-# and a Rayleigh-Ritz step give eigenvalues to ~1e-12 (bench/bench_topk.py notes).
-DEFAULT_SWITCH_RESIDUAL = 1e-6
+# and a Rayleigh-Ritz step give eigenvalues to ~1e-12 (bench/bench_topk.py notes); at 1e-6 the float64
+# check sometimes failed by a little and cost another block, 3e-7 costs about 3 more float32 products.
+DEFAULT_SWITCH_RESIDUAL = 3e-7
 _WHICH = ("largest", "smallest", "both")
 
 
@@ -82,6 +97,12 @@ def topk_memory_bytes(num_params: int, max_basis: int, n_want: int, block_size: 
     rows = max_basis + n_want + block_size  # the preallocated basis
     work = 4 * block_size + n_want  # the block, its product, its residual block, the Ritz vectors
     return int(num_params) * (rows + work) * max(itemsize, 8)
+
+
+def default_basis(block_size: int, n_want: int) -> int:
+    """Active basis columns before a thick restart when ``max_basis`` is not given (also the finishing
+    phase's after a low-precision one, whose block holds every wanted vector)."""
+    return max(DEFAULT_BASIS_BLOCKS * block_size, n_want + DEFAULT_BASIS_EXTRA, n_want + 2 * block_size)
 
 
 class TopkBackend:
@@ -141,7 +162,7 @@ class TopkBackend:
             provenance.update(restarts=krylov.restarts, iterations=krylov.iterations, locked=krylov.locked,
                               breakdowns=krylov.breakdowns, multiplicity_check_rounds=krylov.check_rounds,
                               converged=krylov.converged)
-        if plan.low is not None:
+        if any(p["operator"] == "low_precision" for p in phases):
             provenance["low_precision_matvecs"] = sum(p["products"] for p in phases if p["operator"] == "low_precision")
         return SpectrumResult(
             method=self.name,
@@ -176,18 +197,20 @@ class _Plan:
         plan.tol = default_tol if tol is None else tol
         if not isinstance(plan.tol, (int, float)) or isinstance(plan.tol, bool) or not 0 <= plan.tol < 1:
             raise InvalidInputError(f"tol must be a number in [0, 1); got {tol!r}")
-        b = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+        b = block_size
+        if b is None:
+            b = DEFAULT_BLOCK_SIZE if low_precision is None else DEFAULT_LOW_PRECISION_BLOCK_SIZE
         if not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1:
             raise InvalidInputError(f"block_size must be a positive integer; got {block_size!r}")
         plan.v0 = _warm_start(v0, P)
         plan.block_size = int(min(max(b, 0 if plan.v0 is None else plan.v0.shape[1]), P))
         need_basis = plan.n_want + 2 * plan.block_size
-        mb = (max(DEFAULT_BASIS_BLOCKS * plan.block_size, plan.n_want + DEFAULT_BASIS_EXTRA, need_basis)
-              if max_basis is None else max_basis)
+        mb = default_basis(plan.block_size, plan.n_want) if max_basis is None else max_basis
         if not isinstance(mb, (int, np.integer)) or isinstance(mb, bool) or mb < min(need_basis, P):
             raise InvalidInputError(f"max_basis must be an integer >= k + 2 * block_size = {need_basis} "
                                     f"(or >= P); got {max_basis!r}")
         plan.max_basis = int(min(mb, P))
+        plan.basis_default = max_basis is None
         if max_matvecs is not None and (not isinstance(max_matvecs, (int, np.integer)) or isinstance(max_matvecs, bool)
                                         or max_matvecs < 1):
             raise InvalidInputError(f"max_matvecs must be a positive integer or None; got {max_matvecs!r}")
@@ -195,10 +218,11 @@ class _Plan:
         if check_multiplicity not in (True, False, "auto"):
             raise InvalidInputError(f"check_multiplicity must be True, False or 'auto'; got {check_multiplicity!r}")
         plan.check_multiplicity = check_multiplicity
-        if low_precision is not None and tuple(low_precision.shape) != tuple(op.shape):
-            raise InvalidInputError(f"low_precision must be an operator of the same shape {tuple(op.shape)}; "
-                                    f"got {tuple(low_precision.shape)}")
+        if low_precision is not None and not callable(low_precision) and not hasattr(low_precision, "matmat"):
+            raise InvalidInputError("low_precision must be an operator, a function that builds one, or None; "
+                                    f"got {type(low_precision).__name__}")
         plan.low = low_precision
+        _check_twin(op, low_precision)
         if not (isinstance(switch_residual, (int, float)) and 0 < switch_residual < 1):
             raise InvalidInputError(f"switch_residual must be a number in (0, 1); got {switch_residual!r}")
         plan.switch_residual = float(switch_residual)
@@ -207,6 +231,23 @@ class _Plan:
         plan.dense_first, plan.dense_reason = _dense_first(P, plan, dense)
         plan.dense_allowed = dense is not False
         return plan
+
+
+def _check_twin(op: Any, low: Any) -> None:
+    if hasattr(low, "matmat") and tuple(low.shape) != tuple(op.shape):
+        raise InvalidInputError(f"low_precision must be an operator of the same shape {tuple(op.shape)}; "
+                                f"got {tuple(low.shape)}")
+
+
+def _low_operator(plan: "_Plan", op: Any) -> Any:
+    """The low-precision operator, built now if ``low_precision`` was a builder (only the Krylov path needs it)."""
+    if plan.low is not None and not hasattr(plan.low, "matmat"):
+        built = plan.low()
+        if not hasattr(built, "matmat"):
+            raise InvalidInputError(f"low_precision's builder returned {type(built).__name__}, not an operator")
+        _check_twin(op, built)
+        plan.low = built
+    return plan.low
 
 
 def _warm_start(v0: Any, P: int) -> torch.Tensor | None:
@@ -230,6 +271,9 @@ def _dense_first(P: int, plan: _Plan, dense: bool | str) -> tuple[bool, str | No
     if P <= DENSE_FIRST_BASES * plan.max_basis:
         return True, (f"P={P} <= {DENSE_FIRST_BASES} x max_basis={plan.max_basis}: a Krylov run would take about "
                       "P products anyway, so P products and eigh are the cheaper, exact answer")
+    if P <= DENSE_FIRST_MAX_PARAMS:
+        return True, (f"P={P} <= {DENSE_FIRST_MAX_PARAMS}: P products in blocks and eigh cost about what a Krylov "
+                      "search of the extremes costs, and give the exact answer")
     return False, None
 
 
@@ -247,14 +291,14 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
     common = dict(top=plan.top, bottom=plan.bottom, generator=generator, check_multiplicity=plan.check_multiplicity,
                   device=op.device)
     try:
-        if plan.low is not None:
+        if _low_operator(plan, op) is not None:
             t0 = time.perf_counter()
             first = block_krylov_schur(_matmat(plan.low), P, tol=0.0, stop_residual=plan.switch_residual,
                                        stop_when_stalled=True,
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
-                           "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
+                           "block_size": plan.block_size, "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
                            "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
@@ -262,10 +306,12 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         width = max(plan.block_size, 0 if start is None else start.shape[1])
         t0 = time.perf_counter()
         result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
-                                    max_basis=min(max(plan.max_basis, plan.n_want + 3 * width), P),
+                                    max_basis=min(max(plan.max_basis, plan.n_want + 3 * width,
+                                                      default_basis(width, plan.n_want) if plan.basis_default else 0), P),
                                     max_products=None if krylov_budget is None else krylov_budget - spent,
                                     neighbours=neighbours, **common)
-        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "products": result.products,
+        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
+                       "products": result.products,
                        "iterations": result.iterations, "restarts": result.restarts,
                        "seconds": time.perf_counter() - t0})
         return result, "krylov", "the Krylov basis is smaller than P"
