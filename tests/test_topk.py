@@ -200,6 +200,45 @@ def test_mixed_precision_finishes_in_float64(matrices):
     assert result.provenance["low_precision_matvecs"] == low.num_matvecs
 
 
+# (operator size, whether the Krylov path runs and so builds the low-precision operator)
+BUILDER_CASES = [(400, True), (100, False)]
+
+
+@pytest.mark.parametrize("size,krylov", BUILDER_CASES, ids=["krylov-builds-it", "dense-never-builds-it"])
+def test_low_precision_builder_is_called_only_on_the_krylov_path(size, krylov):
+    d = torch.linspace(0.0, 1.0, size, dtype=torch.float64)
+    built = []
+
+    def build():
+        built.append(DenseOperator(torch.diag(d).float()))
+        return built[-1]
+
+    result = TopkBackend().run(DenseOperator(torch.diag(d)), k=3, low_precision=build)
+    assert result.provenance["path"] == ("krylov" if krylov else "dense") and len(built) == int(krylov)
+    if krylov:  # one vector at a time in the float32 phase, the float64 finish from its vectors
+        assert [(p["operator"], p["block_size"]) for p in result.provenance["phases"]] == [
+            ("low_precision", topk.DEFAULT_LOW_PRECISION_BLOCK_SIZE), ("main", 3)]
+        assert built[0].num_matvecs == result.provenance["low_precision_matvecs"] > 0
+    np.testing.assert_allclose(result.eigenvalues, d[-3:].numpy(), atol=1e-12)
+
+
+def test_low_precision_builder_must_return_an_operator():
+    with pytest.raises(InvalidInputError, match="low_precision's builder returned NoneType, not an operator"):
+        TopkBackend().run(DenseOperator(torch.diag(torch.linspace(0.0, 1.0, 400, dtype=torch.float64))), k=3,
+                          low_precision=lambda: None)
+
+
+def test_no_float32_twin_where_products_are_float32_already(mnist_nets):
+    import copy
+
+    model, data, _ = mnist_nets["tanh"]
+    model32 = copy.deepcopy(model).float()
+    op32 = HessianOperator(model32, "cross_entropy", data)
+    assert spectra.api.low_precision_twin(op32, HessianOperator, model32, "cross_entropy", data, None, {}) is None
+    assert not spectra.api.has_low_precision_twin(op32)
+    assert spectra.api.has_low_precision_twin(HessianOperator(model, "cross_entropy", data))
+
+
 def test_float32_operator_gets_a_float32_tolerance(matrices):
     A, exact = matrices["spread"]
     result = TopkBackend().run(DenseOperator(A.float()), k=3, **SMALL_BASIS)
