@@ -19,7 +19,8 @@ from spectra.experiments import _batched as bt
 DOCTEST_MODULES = ["spectra.experiments._stats", "spectra.experiments._polish", "spectra.experiments._small_data",
                    "spectra.experiments.std_sweep", "spectra.experiments.bulk_outliers", "spectra.plotting",
                    "spectra.experiments._batched_mlp", "spectra.counts",
-                   "spectra.experiments.interpolation", "spectra.experiments.mnist_width", "spectra.experiments._kinks"]
+                   "spectra.experiments.interpolation", "spectra.experiments.mnist_width", "spectra.experiments._kinks",
+                   "spectra.experiments._report"]
 
 
 @pytest.mark.parametrize("name", DOCTEST_MODULES)

@@ -261,12 +261,21 @@ def render_report(results: dict[str, Any], tables: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def percent(fraction: float) -> str:
+    """A share as a percentage that reads 100 % (or 0 %) only when it is exactly that.
+
+    >>> percent(996 / 1000), percent(1.0), percent(0.5)
+    ('99.6%', '100%', '50.0%')
+    """
+    return f"{fraction:.0%}" if fraction in (0.0, 1.0) else f"{fraction:.1%}"
+
+
 def training_sentence(training: dict[str, Any]) -> str:
     """One paragraph: how many trained runs converged, to which tolerance, by which rule, and the rest."""
     if training.get("text"):
         return training["text"]
     parts = [f"{training['converged']} of {training['runs']} trained runs converged "
-             f"({training['fraction']:.0%}): gradient norm below {training['tolerance']}."]
+             f"({percent(training['fraction'])}): gradient norm below {training['tolerance']}."]
     if training.get("rule"):
         parts.append(training["rule"])
     if training.get("not_converged"):
