@@ -277,3 +277,33 @@ def _refuse_shuffling(loader: torch.utils.data.DataLoader) -> None:
 def as_batch_source(data: Any) -> BatchSource:
     """Validate ``data`` and return a :class:`BatchSource` (idempotent)."""
     return data if isinstance(data, BatchSource) else BatchSource(data)
+
+
+def accuracy(model: torch.nn.Module, data: Any) -> float:
+    """The share of samples whose largest output is their integer label, over every batch of ``data``.
+
+    NaN where that is not defined: float or multi-dimensional targets, or outputs that are not
+    ``[batch, classes]``.  The model runs in eval mode, without gradients.
+
+    >>> net = torch.nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.eye(2))
+    >>> accuracy(net, (torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])))
+    0.6666666666666666
+    """
+    import math
+
+    from .operators.model_state import model_mode
+
+    correct, total = 0, 0
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad(), model_mode(model, False):
+        for X, y in as_batch_source(data):
+            if y.is_floating_point() or y.ndim != 1:
+                return math.nan
+            out = model(X.to(dtype) if X.is_floating_point() else X)
+            if out.ndim != 2:
+                return math.nan
+            correct += int((out.argmax(1) == y.to(out.device)).sum())
+            total += int(y.shape[0])
+    return correct / max(total, 1)

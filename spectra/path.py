@@ -239,6 +239,7 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
     """
     from .operators.hessian import HessianOperator
     from .backends.top_eigenpairs import warm_top_eigenpairs
+    from .data import accuracy
 
     if bn not in BN_POLICIES:
         raise InvalidInputError(f"bn must be one of {', '.join(map(repr, BN_POLICIES))}; got {bn!r}")
@@ -268,7 +269,7 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
             options.update(cache_graph=False, check_determinism=False)
         op = HessianOperator(work, loss, data, params=params, **options)
         out["loss"][i], out["grad_norm"][i] = op.loss_value, op.grad_norm
-        out["accuracy"][i] = _accuracy(work, data)
+        out["accuracy"][i] = accuracy(work, data)
         if k > 0:
             pairs = warm_top_eigenpairs(op, int(k), previous if warm_start else None, tol=tol, seed=seed)
             eig[i] = pairs.values
@@ -286,24 +287,6 @@ def curvature_path(model: nn.Module, start: PointLike, end: PointLike, data: Any
                                                                       if skip else "")}
     return PathResult(ts=points, eigenvalues=eig, eig_matvecs=eig_mv, trace_matvecs=tr_mv, distance=distance,
                       bn_policy=policy, info=info, **out)
-
-
-def _accuracy(model: nn.Module, data: Any) -> float:
-    from .data import as_batch_source
-    from .operators.model_state import model_mode
-
-    correct, total = 0, 0
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad(), model_mode(model, False):
-        for X, y in as_batch_source(data):
-            if y.is_floating_point() or y.ndim != 1:
-                return math.nan
-            out = model(X.to(dtype) if X.is_floating_point() else X)
-            if out.ndim != 2:
-                return math.nan
-            correct += int((out.argmax(1) == y.to(out.device)).sum())
-            total += int(y.shape[0])
-    return correct / max(total, 1)
 
 
 def interpolation_losses(model: nn.Module, start: PointLike, end: PointLike, data: Any, *,

@@ -298,8 +298,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
             phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
-                           "block_size": plan.block_size, "products": first.products, "iterations": first.iterations, "restarts": first.restarts,
-                           "seconds": time.perf_counter() - t0})
+                           "block_size": plan.block_size, "products": first.products, "iterations": first.iterations,
+                           "restarts": first.restarts, "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
         # a warm start wider than a block sets the block width; the basis must hold a few such blocks
@@ -307,7 +307,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         t0 = time.perf_counter()
         result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
                                     max_basis=min(max(plan.max_basis, plan.n_want + 3 * width,
-                                                      default_basis(width, plan.n_want) if plan.basis_default else 0), P),
+                                                      default_basis(width, plan.n_want) if plan.basis_default
+                                                      else 0), P),
                                     max_products=None if krylov_budget is None else krylov_budget - spent,
                                     neighbours=neighbours, **common)
         phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,

@@ -206,6 +206,7 @@ def train_unit(
     :func:`~spectra.experiments._kinks.smoothing_detour`; the meta then keeps
     GD's own end as ``gd_final_*`` and names the method.
     """
+    from ..data import accuracy
     from ..training import NotConvergedWarning, init_on_sphere, train
 
     memo = None if memo_key is None else (memo_key, loss, init_seed, radius, spectrum, newton_on_kinks,
@@ -238,15 +239,13 @@ def train_unit(
                 "step_halvings": hist.step_halvings, "kink_distance": kink_distance(model, data),
                 "weight_norm": float(np.linalg.norm(flat_params(model))),
                 "train_seconds": t1 - t0, "spectrum_seconds": t2 - t1}
-        if kinks is not None:  # GD stalled; the Newton continuation took over (see _kinks)
+        if kinks is not None:  # GD stalled and a finish took over (see _kinks); the model holds its end point
             meta.update({"stop_reason": f"finished by {kinks['method']}" if kinks["converged"] else hist.stop_reason,
                          "finish_method": kinks["method"], "finish_steps": kinks["steps"],
                          "converged": kinks["converged"], "final_grad_norm": kinks["grad_norm"],
-                         "final_loss": kinks["loss"], "final_accuracy": _accuracy(model, data),
+                         "final_loss": kinks["loss"], "final_accuracy": accuracy(model, data),
                          "gd_final_grad_norm": hist.final_grad_norm, "gd_final_loss": hist.final_loss,
                          "piece_grad_norm": kinks["piece_grad_norm"]})
-            meta["kink_distance"] = kink_distance(model, data)
-            meta["weight_norm"] = float(np.linalg.norm(flat_params(model)))
         if estimated is not None:
             meta["estimated_numbers"] = estimated
         top = float(eigs[-1]) if eigs.size else (estimated["lambda_max"] if estimated else None)
@@ -285,15 +284,6 @@ def _full_batch(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _accuracy(model: torch.nn.Module, data: Any) -> float | None:
-    X, y = _full_batch(data)
-    if y.is_floating_point():
-        return None
-    with torch.no_grad():
-        out = model(X.to(next(model.parameters()).dtype))
-    return float((out.argmax(dim=-1) == y).to(torch.float64).mean())
-
-
 def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
     """The training outcome fields of a unit's meta, for results.json."""
     keys = ("stop_reason", "converged", "steps", "final_loss", "final_grad_norm", "grad_tol", "final_accuracy",
@@ -306,12 +296,12 @@ def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
 RULE_TEXT = ("GD steps by backtracking (spectra.train's default rule: try twice the last step, at most the "
              "configured lr, and halve until the loss falls by 1e-4·step·|g|²), so every step decreases the loss "
              "and GD cannot hover at the edge of stability.")
-NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net of at most 2000 parameters (it stalls on "
-                        "the kinks where such minima lie), Newton continuation through softplus(βz)/β, β = 1e2 … 1e6, "
-                        "takes it to the minimum; there 'converged' means a convex combination of the ReLU loss's "
-                        "one-sided gradients (entries within 1e-4 of their switching surface) has norm below the "
-                        "tolerance. A larger ReLU net that stalls takes a detour: GD on its softplus(10z)/10 twin, then "
-                        "GD on the ReLU net again, converged by the ordinary test.")
+NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net of at most 2000 parameters (it stalls "
+                        "on the kinks where such minima lie), Newton continuation through softplus(βz)/β, β = 1e2 … "
+                        "1e6, takes it to the minimum; there 'converged' means a convex combination of the ReLU "
+                        "loss's one-sided gradients (entries within 1e-4 of their switching surface) has norm below "
+                        "the tolerance. A larger ReLU net that stalls takes a detour: GD on its softplus(10z)/10 "
+                        "twin, then GD on the ReLU net again, converged by the ordinary test.")
 
 
 def run_record(label: str, converged: Any, grad_norm: float, grad_tol: float, kink: float | None = None,

@@ -168,6 +168,7 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     ``piece_grad_norm``, ``loss`` (with the decay term), ``steps``.
     """
     from ._batched import StackedNet
+    from ._common import set_flat_params
 
     if not has_relu(model):
         return None
@@ -176,9 +177,7 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
         return None
     theta = stack.from_model(model).to(stack.dtype).unsqueeze(0)
     out = kink_polish(stack, theta, X, y, weight_decay=weight_decay, grad_tol=grad_tol)
-    with torch.no_grad():
-        for p, t in zip((q for q in model.parameters() if q.requires_grad), torch.split(out["theta"][0], stack.sizes)):
-            p.copy_(t.reshape(p.shape).to(p.dtype))
+    set_flat_params(model, out["theta"][0])
     return {"method": "Newton continuation", "converged": bool(out["converged"][0]),
             "grad_norm": float(out["grad_norm"][0]), "piece_grad_norm": float(out["piece_grad_norm"][0]),
             "loss": float(out["loss"][0]), "steps": int(out["iterations"][0])}
@@ -204,14 +203,12 @@ def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwar
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotConvergedWarning)
         leg1 = train(twin, data, loss=loss, progress=False, **train_kwargs)
-        with torch.no_grad():
-            for p, q in zip(model.parameters(), twin.parameters()):
-                p.copy_(q)
+        model.load_state_dict(twin.state_dict())  # the twin differs only in its parameter-free activations
         leg2 = train(model, data, loss=loss, progress=False, **train_kwargs)
     return {"method": f"softplus (beta {DETOUR_BETA:g}) detour, then GD", "converged": bool(leg2.converged),
             "grad_norm": float(leg2.final_grad_norm), "piece_grad_norm": float(leg2.final_grad_norm),
             "loss": float(leg2.final_loss), "steps": int(leg1.steps_taken + leg2.steps_taken)}
 
 
-__all__ = ["DETOUR_BETA", "FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu", "kink_polish", "smoothing_detour",
-           "relu_stationarity", "smoothed"]
+__all__ = ["DETOUR_BETA", "FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu",
+           "kink_polish", "relu_stationarity", "smoothed", "smoothing_detour"]

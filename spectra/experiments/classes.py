@@ -44,7 +44,8 @@ def run_classes(ctx: Context) -> dict[str, Any]:
         u = train_unit(ctx, f"C{C}_k{k}_{loss}_s{s}", lambda C=C, k=k: create("mlp", sizes=[49, k, C], dtype="float64"),
                        data, loss=loss, train_kwargs={"optimizer": "gd", "lr": cfg["lr"], "grad_tol": cfg["grad_tol"],
                                                       "max_steps": cfg["max_steps"], "log_every": 50},
-                       init_seed=sub_seed(ctx.seed, "classes", C, k, s), newton_on_kinks=bool(cfg.get("newton_on_kinks")))
+                       init_seed=sub_seed(ctx.seed, "classes", C, k, s),
+                       newton_on_kinks=bool(cfg.get("newton_on_kinks")))
         num, meta = u["numbers"], u["meta"]
         arrays[f"eigs_C{C}_k{k}_{loss}_s{s}"] = u["eigs"]
         runs.append({"C": C, "width": k, "loss": loss, "seed": s, "converged": meta["converged"],

@@ -67,16 +67,17 @@ def bayes_loss(X: np.ndarray, y: np.ndarray, std: float) -> tuple[float, float]:
     return float(np.mean(np.logaddexp(0.0, -logit))), float(np.mean(logit < 0))
 
 
+def _setting(cfg: dict[str, Any], arm: str, name: str) -> Any:
+    """An arm's value of ``grad_tol`` or ``max_steps`` (the tanh arm's are ``smooth_grad_tol``, ``smooth_gd_steps``)."""
+    return cfg[name] if arm == "relu" else cfg[{"grad_tol": "smooth_grad_tol", "max_steps": "smooth_gd_steps"}[name]]
+
+
 def _arm(ctx: Context, arm: str, std: float) -> dict[str, np.ndarray]:
     cfg = ctx.cfg
-    key = f"{arm}_std{std:g}".replace(".", "p")
-    if arm == "relu":
-        return run_inits(ctx, key, hidden=cfg["hidden"], n=cfg["n"], std=std, lr=cfg["lr"],
-                         grad_tol=cfg["grad_tol"], max_steps=cfg["max_steps"], num_inits=cfg["num_inits"],
-                         chunk=cfg["num_inits"], weight_decay=cfg["weight_decay"], polish=True)
-    return run_inits(ctx, key, hidden=cfg["hidden"], n=cfg["n"], std=std, lr=cfg["lr"],
-                     grad_tol=cfg["smooth_grad_tol"], max_steps=cfg["smooth_gd_steps"], num_inits=cfg["num_inits"],
-                     chunk=cfg["num_inits"], activation=cfg["smooth_activation"],
+    return run_inits(ctx, f"{arm}_std{std:g}".replace(".", "p"), hidden=cfg["hidden"], n=cfg["n"], std=std,
+                     lr=cfg["lr"], grad_tol=_setting(cfg, arm, "grad_tol"), max_steps=_setting(cfg, arm, "max_steps"),
+                     num_inits=cfg["num_inits"], chunk=cfg["num_inits"],
+                     activation="relu" if arm == "relu" else cfg["smooth_activation"],
                      weight_decay=cfg["weight_decay"], polish=True)
 
 
@@ -95,7 +96,7 @@ def run_fig9(ctx: Context) -> dict[str, Any]:
         bayes.append(bayes_loss(d.X.numpy(), d.y.numpy(), std))
     for arm, results in arms.items():
         per_std = {}
-        tol = cfg["grad_tol"] if arm == "relu" else cfg["smooth_grad_tol"]
+        tol = _setting(cfg, arm, "grad_tol")
         for std, r, (bl, be) in zip(stds, results, bayes):
             conv = r["converged"].astype(bool)
             kinks = r["kink_distance"]

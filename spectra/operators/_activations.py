@@ -52,7 +52,7 @@ def activation_derivatives(m: torch.nn.Module, z: torch.Tensor, order: int) -> t
         # softplus(beta z) / beta, and z itself where beta z > threshold (as torch computes it)
         bz = m.beta * z
         linear = bz > m.threshold
-        a = torch.where(linear, z, torch.nn.functional.softplus(z, beta=m.beta, threshold=m.threshold))
+        a = torch.nn.functional.softplus(z, beta=m.beta, threshold=m.threshold)
         s1 = torch.where(linear, torch.ones_like(z), torch.sigmoid(bz))
         return a, s1, (torch.where(linear, torch.zeros_like(z), m.beta * s1 * (1 - s1)) if order > 1 else None)
     # any other elementwise module: its derivatives by autograd on the elementwise map
