@@ -259,8 +259,8 @@ def _epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 class _Objective:
     """Mean (or summed) loss over a list of batches and its gradient."""
 
-    def __init__(self, model, loss, batches, params, dtype):
-        self.model, self.loss, self.params = model, loss, params
+    def __init__(self, model, loss, batches, params, dtype, weight_decay=0.0):
+        self.model, self.loss, self.params, self.weight_decay = model, loss, params, weight_decay
         self.batches = [(_cast_inputs(X, dtype), y) for X, y in batches]
         self.total = sum(int(X.shape[0]) for X, _ in self.batches)
         self.checked = False
@@ -286,6 +286,9 @@ class _Objective:
             else:
                 acc_ok = False
         self.checked = True
+        if self.weight_decay:
+            loss_sum += 0.5 * self.weight_decay * sum(float(p.detach().pow(2).sum()) for p in self.params)
+            grads = [g + self.weight_decay * p.detach() for g, p in zip(grads, self.params)]
         accuracy = correct / total if acc_ok else math.nan
         return loss_sum, grads, accuracy
 
@@ -309,6 +312,7 @@ def train(
     lr: float = 0.1,
     grad_tol: float = 1e-4,
     max_steps: int = 100_000,
+    weight_decay: float = 0.0,
     batch_size: int | None = None,
     seed: int = 0,
     callbacks: Callback | Iterable[Callback] | None = None,
@@ -328,6 +332,8 @@ def train(
     lr: the step size (> 0); with ``step_rule="armijo"`` the largest one tried.
     grad_tol: stop once the full-batch gradient norm is below it (0 disables the test).
     max_steps: the most updates to make (counted from ``start_step``).
+    weight_decay: adds ``weight_decay / 2 * |theta|^2`` to the loss (``>= 0``); the
+        recorded loss and gradient norm, and so ``grad_tol``, include it.
     batch_size: SGD minibatch size (required for SGD); for GD it only chunks the
         full-batch gradient to save memory (the step is the same).
     seed: SGD shuffling seed (epoch ``e`` uses an order drawn from ``(seed, e)``).
@@ -363,6 +369,9 @@ def train(
             or math.isinf(grad_tol):
         raise InvalidInputError(f"grad_tol must be a finite number >= 0; got {grad_tol!r}")
     max_steps = _check_count("max_steps", max_steps, 0)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0 \
+            or math.isinf(weight_decay):
+        raise InvalidInputError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
     start_step = _check_count("start_step", start_step, 0)
     seed = _check_seed(seed)
     step_rule = _check_step_rule(step_rule, optimizer)
@@ -388,7 +397,7 @@ def train(
         if optimizer == "gd":
             batches = [(X_all[i : i + batch_size], y_all[i : i + batch_size])
                        for i in range(0, X_all.shape[0], batch_size)]
-    objective = _Objective(model, loss_obj, batches, params, dtype)
+    objective = _Objective(model, loss_obj, batches, params, dtype, float(weight_decay))
     N = objective.total
     if optimizer == "sgd":
         X_all, y_all = _cast_inputs(X_all, dtype), y_all
@@ -458,6 +467,8 @@ def train(
                                          f"(lr={lr} may be too large)")
                 grads = torch.autograd.grad(value_b, params, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+                if weight_decay:
+                    grads = [g + weight_decay * p.detach() for g, p in zip(grads, params)]
             if armijo:
                 step_lr, current = _armijo_step(objective, params, grads, value, gnorm, step_lr, hist)
             else:

@@ -125,11 +125,11 @@ def test_train_unit_finishes_where_gd_stops_short(tmp_path, width, method, tol):
 
     plain = _unit(tmp_path / "plain", make, (X, y), False, tol=tol)["meta"]
     assert not plain["converged"] and plain.get("finish_method") is None
-    limit = kinks.FINISH_MAX_STEP_COST
-    try:  # width 4 (17 parameters): 30 * 17^2 + 17^3 under it; width 40 (161 parameters) over it
-        kinks.FINISH_MAX_STEP_COST = kinks.newton_step_cost(50, 30, 1)
+    limit = kinks.FINISH_MAX_COST
+    try:  # width 4 (17 parameters) under it, width 40 (161 parameters) over it (no decay: the longer budget)
+        kinks.FINISH_MAX_COST = kinks.CONTINUATION_STEPS["undecayed"] * kinks.newton_step_cost(50, 30, 1)
         meta = _unit(tmp_path / "finished", make, (X, y), True, max_steps=3000, tol=tol)["meta"]
     finally:
-        kinks.FINISH_MAX_STEP_COST = limit
+        kinks.FINISH_MAX_COST = limit
     assert meta["finish_method"] == method and meta["converged"] and meta["final_grad_norm"] < tol
     assert meta["gd_final_grad_norm"] > tol and meta["final_loss"] <= meta["gd_final_loss"]

@@ -71,6 +71,24 @@ def test_gd_converges_to_least_squares():
     np.testing.assert_allclose(model.bias.detach().numpy(), sol[3], atol=1e-8)
 
 
+@pytest.mark.parametrize("optimizer,batch_size", [("gd", None), ("sgd", 50)])
+def test_weight_decay_converges_to_ridge_regression(optimizer, batch_size):
+    """GD (and SGD on the full batch) with weight_decay reach the closed-form ridge solution, which
+    decays the bias too: (A^T A / n + wd I) theta = A^T Y / n; the loss recorded includes wd/2 |theta|^2."""
+    wd, n = 0.3, 50
+    model, X, Y = _linear_problem(n=n)
+    hist = train(model, (X, Y), loss="mse", lr=0.3, grad_tol=1e-10, max_steps=20000, weight_decay=wd,
+                 optimizer=optimizer, batch_size=batch_size, step_rule="constant")
+    A = np.hstack([X.numpy(), np.ones((n, 1))])
+    sol = np.linalg.solve(A.T @ A / n + wd * np.eye(4), A.T @ Y.numpy() / n)
+    assert hist.converged and hist.final_grad_norm < 1e-10
+    np.testing.assert_allclose(model.weight.detach().numpy(), sol[:3].T, atol=1e-9)
+    np.testing.assert_allclose(model.bias.detach().numpy(), sol[3], atol=1e-9)
+    R = A @ sol - Y.numpy()
+    expected = 0.5 * (R**2).sum(1).mean() + 0.5 * wd * (sol**2).sum()
+    assert hist.final_loss == pytest.approx(expected, rel=1e-10)
+
+
 def test_uneven_batches_weighted_by_size():
     """Batches of 7, 7 and 2 samples give exactly the full-batch GD trajectory (mean over all samples)."""
     X, y = _blobs(16)
@@ -173,7 +191,8 @@ def test_model_mode_is_restored():
     ({"seed": 1.5}, "seed"), ({"callbacks": [3]}, "callbacks"), ({"log_every": 0}, "log_every"),
     ({"callback_steps": [-1]}, "callback step"), ({"start_step": -2}, "start_step"), ({"loss": 3}, "loss"),
     ({"step_rule": "wolfe"}, "step_rule"), ({"optimizer": "sgd", "batch_size": 4, "step_rule": "armijo"}, "armijo"),
-    ({"progress": "yes"}, "progress"),
+    ({"progress": "yes"}, "progress"), ({"weight_decay": -1e-3}, "weight_decay"),
+    ({"weight_decay": float("inf")}, "weight_decay"), ({"weight_decay": True}, "weight_decay"),
 ])
 def test_invalid_arguments_raise_invalid_input(kwargs, match):
     X, y = _blobs()

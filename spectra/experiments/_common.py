@@ -297,8 +297,9 @@ RULE_TEXT = ("GD steps by backtracking (spectra.train's default rule: try twice 
              "configured lr, and halve until the loss falls by 1e-4·step·|g|²), so every step decreases the loss "
              "and GD cannot hover at the edge of stability.")
 NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net (it stalls on the kinks where such "
-                        "minima lie) and a Newton step costs at most 1e10 multiply-adds (N·C·P² for the Hessian of N "
-                        "samples with C outputs, P³ for its eigh), Newton continuation through softplus(βz)/β, β = 1e2 … "
+                        "minima lie) and the Newton steps cost at most 1.5e13 multiply-adds in all (N·C·P² for the "
+                        "Hessian of N samples with C outputs and P³ for its eigh, times 300 steps with weight decay or "
+                        "1500 without), Newton continuation through softplus(βz)/β, β = 1e2 … "
                         "1e6, takes it to the minimum; there 'converged' means a convex combination of the ReLU "
                         "loss's one-sided gradients (entries within 1e-4 of their switching surface) has norm below "
                         "the tolerance. A costlier ReLU net that stalls takes a detour: GD on its softplus(10z)/10 "

@@ -6,8 +6,10 @@ files when ``SPECTRA_MNIST_DIR`` is set).  A 784-k-10 net has
 ``(784+1)k + (k+1)10`` parameters: 1,600 for k=2, 7,960 for k=10, 15,910 for
 k=20.  Several inits per width; the widths are those GD can train to
 convergence (k >= 5 separates the 1000 images).  The heatmap net 784-2-10
-cannot separate ten classes through two ReLU units and does not converge
-within its step cap (it may end on a ReLU kink); the report says which.  Nets above ``exact_max_params`` get
+cannot separate ten classes through two ReLU units; without weight decay GD
+stalls on a ReLU kink and its loss keeps falling as the weights grow, so it is
+trained with a weight decay (``heatmap_weight_decay``) and finished by Newton
+continuation (:mod:`._kinks`), like figure 9's ReLU nets.  Nets above ``exact_max_params`` get
 ARPACK top + SLQ numbers instead of an exact spectrum (quick scale only).
 """
 
@@ -24,15 +26,18 @@ from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"threads": 1, "n": 100, "widths": [1, 2], "seeds": 2, "lr": 4.0, "grad_tol": 1e-3, "max_steps": 1000,
-             "heatmap_width": 1, "heatmap_steps": 300, "exact_max_params": 5000},
+             "heatmap_width": 1, "heatmap_steps": 300, "heatmap_weight_decay": 1e-3, "exact_max_params": 5000},
     "quick": {"threads": 1, "n": 300, "widths": [5, 10], "seeds": 2, "lr": 4.0, "grad_tol": 2e-3, "max_steps": 3000,
-              "heatmap_width": 2, "heatmap_steps": 500, "exact_max_params": 4000, "newton_on_kinks": True},
-    # paper: two inits per width (the exact spectra of 784-20-10, P = 15,910, take the most time);
-    # the heatmap net does not converge: within 5000 steps (measured: |g| 7e-2), nor in 20000 (a kink: lr 2e-10)
-    # nor after a softplus detour (quick scale, 2 x 10,000 steps: on a kink at loss 0.40, |g| 3e-2)
-    "paper": {"threads": None, "n": 1000, "widths": [5, 10, 20], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4,
-              "max_steps": 30000, "heatmap_width": 2, "heatmap_steps": 5000, "exact_max_params": 20000,
+              "heatmap_width": 2, "heatmap_steps": 500, "heatmap_weight_decay": 1e-3, "exact_max_params": 4000,
               "newton_on_kinks": True},
+    # paper: two inits per width (the exact spectra of 784-20-10, P = 15,910, take the most time);
+    # the heatmap net without weight decay does not converge: within 5000 steps (measured: |g| 7e-2), nor in 20000
+    # (a kink: lr 2e-10), nor after a softplus detour (quick scale, 2 x 10,000 steps: on a kink at loss 0.40,
+    # |g| 3e-2), nor by Newton continuation (quick scale: the loss fell from 0.88 to 0.37 in 125 steps at beta 100
+    # as the units scaled up, and kept falling); with decay 1e-3 the continuation converges (quick: 289 steps)
+    "paper": {"threads": None, "n": 1000, "widths": [5, 10, 20], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4,
+              "max_steps": 30000, "heatmap_width": 2, "heatmap_steps": 5000, "heatmap_weight_decay": 1e-3,
+              "exact_max_params": 20000, "newton_on_kinks": True},
 }
 # "The outliers stay the same": lambda_1 of the widest net within this factor of the narrowest's, and the
 # median outlier counts within this many of each other.
@@ -110,11 +115,12 @@ def mnist_data(ctx: Context, n: int | None = None):
 
 
 def mnist_unit(ctx: Context, data: Any, k: int, seed_index: int, *, steps: int | None = None,
-               dataset: str = "mnist", max_steps: int | None = None, finish_on_kinks: bool = True) -> dict[str, Any]:
+               dataset: str = "mnist", max_steps: int | None = None, weight_decay: float = 0.0) -> dict[str, Any]:
     """Train (or load) the 784-k-10 net of init ``seed_index``; shared between figures 1 and 2.
 
     ``steps=0``: the initial weights (no training); ``max_steps``: another cap than the config's;
-    ``finish_on_kinks``: where the config asks for it (``newton_on_kinks``), finish a net GD leaves on a kink.
+    ``weight_decay``: of the training (and of the Newton continuation that finishes a net GD leaves on a kink,
+    where the config asks for it with ``newton_on_kinks``).
     """
     from ..models import create
 
@@ -123,13 +129,14 @@ def mnist_unit(ctx: Context, data: Any, k: int, seed_index: int, *, steps: int |
     cap = cfg["max_steps"] if max_steps is None else max_steps
     spectrum = True if mnist_params(k) <= cfg["exact_max_params"] else "estimated"
     init = sub_seed(ctx.seed, "mnist-mlp", k) if seed_index == 0 else sub_seed(ctx.seed, "mnist-mlp", k, seed_index)
+    decay = {"weight_decay": weight_decay} if weight_decay else {}
     return train_unit(
-        ctx, f"{dataset}_k{k}_s{seed_index}" + ("" if trained else "_init"),
+        ctx, f"{dataset}_k{k}_s{seed_index}" + ("" if trained else "_init") + (f"_wd{weight_decay:g}" if decay else ""),
         lambda: create("mlp", sizes=[784, k, 10], dtype="float64"), data, loss="cross_entropy",
         train_kwargs={"optimizer": "gd", "lr": cfg["lr"], "grad_tol": cfg["grad_tol"],
-                      "max_steps": cap if trained else steps, "log_every": 10},
-        init_seed=init, spectrum=spectrum, newton_on_kinks=finish_on_kinks and bool(cfg.get("newton_on_kinks")),
-        memo_key=(dataset, cfg["n"], ctx.seed, k, seed_index, spectrum, cfg["lr"], cfg["grad_tol"], cap)
+                      "max_steps": cap if trained else steps, "log_every": 10, **decay},
+        init_seed=init, spectrum=spectrum, newton_on_kinks=bool(cfg.get("newton_on_kinks")),
+        memo_key=(dataset, cfg["n"], ctx.seed, k, seed_index, spectrum, cfg["lr"], cfg["grad_tol"], cap, weight_decay)
         if trained else None)
 
 
@@ -163,10 +170,7 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
                            "fig1_histograms.png")
     # the heatmap net: the paper's 784-2-10 (left panel of its figure 1)
     kh = cfg["heatmap_width"]
-    # not finished: its Newton step is above FINISH_MAX_STEP_COST (1.2e10 multiply-adds on 300 images), and without
-    # weight decay the continuation drifts (measured: 125 steps of 3 s at beta 100, loss still falling), while the
-    # softplus detour stalls on a kink again (the config's notes)
-    uh = mnist_unit(ctx, data, kh, 0, max_steps=cfg["heatmap_steps"], finish_on_kinks=False)
+    uh = mnist_unit(ctx, data, kh, 0, max_steps=cfg["heatmap_steps"], weight_decay=cfg["heatmap_weight_decay"])
     model = create("mlp", sizes=[784, kh, 10], dtype="float64")
     set_flat_params(model, uh["params"])
     H = dense_hessian(model, data, "cross_entropy")
@@ -174,13 +178,16 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
     measured["heatmap_net"] = {"k": kh, "converged": hm["converged"], "final_grad_norm": hm["final_grad_norm"],
                                "kink_distance": hm.get("kink_distance"), "final_loss": hm["final_loss"],
                                "steps": hm["steps"], "last_lr_times_lambda_max": hm.get("last_lr_times_lambda_max"),
-                               **(uh["numbers"] or {})}
+                               "weight_decay": cfg["heatmap_weight_decay"], "finish_method": hm.get("finish_method"),
+                               "finish_steps": hm.get("finish_steps"), **(uh["numbers"] or {})}
     records.append(run_record(f"heatmap net k={kh}", hm["converged"], hm["final_grad_norm"], cfg["grad_tol"],
                               hm.get("kink_distance"), hm["steps"]))
     arrays[f"hessian_k{kh}"] = H.astype(np.float32)  # the image only; float32 halves the file
     ctx.rd.save_arrays(arrays)
     state = "converged" if hm["converged"] else f"not converged: |g| {hm['final_grad_norm']:.1e}"
-    ctx.rd.save_figure(heatmap_grid([(f"784-{kh}-10 Hessian after GD ({H.shape[0]} params, {state}); not rotated",
+    how = "GD" + (f" + {hm['finish_method']}" if hm.get("finish_method") else "")
+    ctx.rd.save_figure(heatmap_grid([(f"784-{kh}-10 loss Hessian after {how}, weight decay "
+                                      f"{cfg['heatmap_weight_decay']:g} ({H.shape[0]} params, {state}); not rotated",
                                       H)]), "fig1_hessian_heatmap.png")
     claims = _claims(ctx, measured)
     table = markdown_table(["k", "params", "init", "converged", "steps", "loss", "|grad|", "λmax", "#λ>0.1λmax",
@@ -192,7 +199,11 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
              f"Nets with more than {cfg['exact_max_params']} parameters: λmax and the outliers from ARPACK (the 20 "
              "largest eigenvalues, exact), λmin, negatives and the mass near zero from SLQ (10 probes x 80 steps); "
              "marked 'estimated'.",
-             "The heatmap is drawn as computed (not rotated; the paper rotates only figure 6)."]
+             f"The heatmap net 784-{kh}-10 is trained with weight decay {cfg['heatmap_weight_decay']:g} for at most "
+             f"{cfg['heatmap_steps']} GD steps (without decay its loss keeps falling as its weights grow, and GD "
+             "stalls on a ReLU kink), then finished as the training rule says; the heatmap is the loss Hessian "
+             f"(the decay adds {cfg['heatmap_weight_decay']:g}·I), drawn as computed (not rotated; the paper rotates "
+             "only figure 6)."]
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes,
             "training": training_summary(records, rule=f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}"
                                          if cfg.get("newton_on_kinks") else RULE_TEXT)}
