@@ -207,9 +207,12 @@ def _orthogonalise(W: torch.Tensor, rows: torch.Tensor, keep: float = REORTH_KEE
     C1 = Z @ rows.T
     Z = torch.addmm(Z, C1, rows, alpha=-1)
     Ct += C1
-    after = Z.norm(dim=1)
+    # the norm left after projecting onto orthonormal rows, by Pythagoras (no pass over Z); where it
+    # matters (a column that lost most of its norm) the second pass follows and measures it
+    after = (before.square() - C1.square().sum(dim=1)).clamp_min(0).sqrt()
     again = bool((after < keep * before).any())
     if again:
+        after = Z.norm(dim=1)  # Pythagoras cancels here: measure it
         C2 = Z @ rows.T
         Z = torch.addmm(Z, C2, rows, alpha=-1)
         Ct += C2
