@@ -70,3 +70,26 @@ def test_progress_counts_the_float32_search_and_the_float64_finish(monkeypatch):
     both = result.num_matvecs + prov["residual_matvecs"] + prov["low_precision_matvecs"]
     assert prov["low_precision_matvecs"] > 0 and counts == [(both, both)]  # the bar shows every product
     assert np.isfinite(result.eigenvalues).all()
+
+
+def test_a_search_far_from_its_switch_point_skips_rayleigh_ritz_steps_at_no_cost_in_products(monkeypatch):
+    """A stop_residual run (the float32 search) watches its residuals only every RR_SKIP_MAX iterations while
+    they are large: the Krylov space, the products and the answer are those of watching every iteration."""
+    from spectra.backends import block_krylov
+    from spectra.testing import matrix_with_spectrum
+
+    lam = np.concatenate([[0.552, 0.518, 0.490, 0.458, 0.433, 0.429, 0.417, 0.414, 0.401, 0.396],
+                          np.linspace(-0.47, 0.39, 390)])
+    A = torch.as_tensor(matrix_with_spectrum(lam, seed=2))
+
+    def search():
+        return block_krylov.block_krylov_schur(lambda V: A @ V, 400, top=10, bottom=0, block_size=1, max_basis=40,
+                                               tol=0.0, stop_residual=1e-8, generator=torch.Generator().manual_seed(0))
+
+    skipping = search()
+    monkeypatch.setattr(block_krylov, "RR_SKIP_MAX", 1)  # watch every iteration
+    watching = search()
+    assert len(skipping.history) < len(watching.history) == watching.iterations  # the path: steps were skipped
+    assert skipping.products == watching.products
+    np.testing.assert_allclose(skipping.values.numpy(), watching.values.numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(skipping.values.numpy(), np.sort(lam)[-10:], rtol=0, atol=1e-7)

@@ -68,6 +68,11 @@ STALL_BELOW = 1e-3
 # Cholesky QR is used for a new block when its Gram matrix is this well conditioned (twice applied it is
 # then orthogonal to rounding; Householder QR takes the other blocks).
 CHOLQR_MAX_CONDITION = 1e8
+# A stop_residual run (a low-precision search) does its Rayleigh-Ritz step, which only watches the residuals
+# between restarts, once every RR_SKIP_MAX iterations while the largest wanted residual is above
+# RR_SKIP_ABOVE times the scale (it falls about tenfold per 7 products near the end of the MNIST searches).
+RR_SKIP_MAX = 4
+RR_SKIP_ABOVE = 1e-2
 # Rounds of the multiplicity check before giving up (each finds at least one missing copy).
 MAX_CHECK_ROUNDS = 4
 
@@ -376,6 +381,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
     checking: torch.Tensor | None = None  # the answer locked while a multiplicity check runs
     stalled: list[float] = []  # the largest wanted residual of each iteration (stop_residual runs)
     just_restarted = False
+    skipped_rr = 0  # 1 + the Rayleigh-Ritz steps skipped in a row (0: none may be skipped yet)
     while True:
         w = Q.shape[0]
         if max_products is not None and out.products + w > max_products:
@@ -392,6 +398,15 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
         Z, C, again, in_span = _orthogonalise(W, basis.all, reorth_keep, local=min(w + previous_width, m0 + w))
         out.second_passes += again
         M = _grow(M, C[basis.n_locked:], m0, w)
+        if (stop_residual is not None and 0 < skipped_rr < RR_SKIP_MAX and stalled and stalled[-1] > RR_SKIP_ABOVE
+                * out.scale and basis.n + b < P and basis.n - basis.n_locked + b <= max_basis):
+            # far from the switch point: the Rayleigh-Ritz step only watches, so it waits (same products)
+            Q, _, replaced = _orthonormal_rows(Z[:b], basis.all, max(BREAKDOWN_RTOL, 1e-2 * tol) * max(out.scale, 1e-300),
+                                               generator, in_span[:b])
+            out.breakdowns += replaced
+            skipped_rr += 1
+            continue
+        skipped_rr = 1
         theta, Y = torch.linalg.eigh(M)
         out.scale = max(out.scale, float(theta.abs().max()), float(L_theta.abs().max()) if L_theta.numel() else 0.0)
         limit = tol * out.scale
