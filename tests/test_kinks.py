@@ -113,7 +113,7 @@ def _unit(tmp_path, make, data, newton_on_kinks, max_steps=100, tol=1e-6):
 @pytest.mark.parametrize("width, method, tol", [(4, "Newton continuation", 1e-6),
                                                (40, "softplus (beta 10) detour, then GD", 1e-3)])
 def test_train_unit_finishes_where_gd_stops_short(tmp_path, width, method, tol):
-    """The path: GD alone stops above the tolerance; small nets get Newton steps, larger ones the detour."""
+    """The path: GD alone stops above the tolerance; nets with cheap Newton steps get them, costlier ones the detour."""
     import spectra.experiments._kinks as kinks
 
     g = torch.Generator().manual_seed(0)
@@ -125,11 +125,11 @@ def test_train_unit_finishes_where_gd_stops_short(tmp_path, width, method, tol):
 
     plain = _unit(tmp_path / "plain", make, (X, y), False, tol=tol)["meta"]
     assert not plain["converged"] and plain.get("finish_method") is None
-    limit = kinks.FINISH_MAX_PARAMS
-    try:
-        kinks.FINISH_MAX_PARAMS = 50  # width 4 (17 parameters) under it, width 40 (161) over it
+    limit = kinks.FINISH_MAX_STEP_COST
+    try:  # width 4 (17 parameters): 30 * 17^2 + 17^3 under it; width 40 (161 parameters) over it
+        kinks.FINISH_MAX_STEP_COST = kinks.newton_step_cost(50, 30, 1)
         meta = _unit(tmp_path / "finished", make, (X, y), True, max_steps=3000, tol=tol)["meta"]
     finally:
-        kinks.FINISH_MAX_PARAMS = limit
+        kinks.FINISH_MAX_STEP_COST = limit
     assert meta["finish_method"] == method and meta["converged"] and meta["final_grad_norm"] < tol
     assert meta["gd_final_grad_norm"] > tol and meta["final_loss"] <= meta["gd_final_loss"]

@@ -296,11 +296,12 @@ def training_numbers(meta: dict[str, Any]) -> dict[str, Any]:
 RULE_TEXT = ("GD steps by backtracking (spectra.train's default rule: try twice the last step, at most the "
              "configured lr, and halve until the loss falls by 1e-4·step·|g|²), so every step decreases the loss "
              "and GD cannot hover at the edge of stability.")
-NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net of at most 2000 parameters (it stalls "
-                        "on the kinks where such minima lie), Newton continuation through softplus(βz)/β, β = 1e2 … "
+NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net (it stalls on the kinks where such "
+                        "minima lie) and a Newton step costs at most 1e10 multiply-adds (N·C·P² for the Hessian of N "
+                        "samples with C outputs, P³ for its eigh), Newton continuation through softplus(βz)/β, β = 1e2 … "
                         "1e6, takes it to the minimum; there 'converged' means a convex combination of the ReLU "
                         "loss's one-sided gradients (entries within 1e-4 of their switching surface) has norm below "
-                        "the tolerance. A larger ReLU net that stalls takes a detour: GD on its softplus(10z)/10 "
+                        "the tolerance. A costlier ReLU net that stalls takes a detour: GD on its softplus(10z)/10 "
                         "twin, then GD on the ReLU net again, converged by the ordinary test.")
 
 

@@ -56,13 +56,24 @@ SMOOTHING_BETAS = (1e2, 1e3, 1e4, 1e5, 1e6)
 #: of the kink are then admitted in the certificate); at the last beta, sigmoid(beta z) is within e^-20 of 0
 #: or 1 from |z| = 2e-5 on, so the band only has to exceed that.
 KINK_BAND = 1e-4
-#: Largest net :func:`finish_on_kinks` takes on: each Newton step builds and diagonalises the P x P Hessian
-#: (about 2 s at P = 1600 with 300 samples on one core).
-FINISH_MAX_PARAMS = 2000
+#: Costliest Newton step :func:`finish_on_kinks` takes on, in multiply-adds (:func:`newton_step_cost`); a
+#: continuation can take 1500 steps (measured on MNIST nets 49-16-10 under MSE).  One step at P = 1930 with 300
+#: samples of 10 outputs (1.8e10) took 6 s for the Hessian and 4 s for its eigh on one busy core; the nets
+#: above the bound get :func:`smoothing_detour` instead.
+FINISH_MAX_STEP_COST = 1e10
 #: Sharpness of the smooth twin that :func:`smoothing_detour` trains: smooth enough for GD to leave the kink.
 DETOUR_BETA = 10.0
 #: softplus returns z itself above beta z > 20 (torch's default), exact to e^-20 and free of overflow.
 SOFTPLUS_THRESHOLD = 20.0
+
+
+def newton_step_cost(num_params: int, num_samples: int, num_outputs: int) -> float:
+    """Multiply-adds of one Newton step of :func:`kink_polish`: the Hessian (``N C P^2``) and its eigh (``P^3``).
+
+    >>> newton_step_cost(1930, 300, 10) > FINISH_MAX_STEP_COST > newton_step_cost(970, 300, 10)
+    True
+    """
+    return float(num_samples) * num_outputs * num_params**2 + float(num_params) ** 3
 
 
 def has_relu(module: torch.nn.Module) -> bool:
@@ -162,8 +173,9 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                     grad_tol: float) -> dict[str, Any] | None:
     """:func:`kink_polish` for one trained model, in place; None where it does not apply.
 
-    It applies to chains of Linear layers and activations with ReLU units and
-    at most :data:`FINISH_MAX_PARAMS` parameters.  Returns the outcome:
+    It applies to chains of Linear layers and activations with ReLU units
+    whose Newton step costs at most :data:`FINISH_MAX_STEP_COST`
+    (:func:`newton_step_cost`).  Returns the outcome:
     ``method``, ``converged``, ``grad_norm`` (the certificate),
     ``piece_grad_norm``, ``loss`` (with the decay term), ``steps``.
     """
@@ -173,7 +185,10 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     if not has_relu(model):
         return None
     stack = StackedNet(model, loss=loss)
-    if stack.chain is None or stack.num_params > FINISH_MAX_PARAMS:
+    if stack.chain is None:
+        return None
+    outputs = [item for item in stack.chain if item[0] == "linear"][-1][2]
+    if newton_step_cost(stack.num_params, X.shape[0], outputs) > FINISH_MAX_STEP_COST:
         return None
     theta = stack.from_model(model).to(stack.dtype).unsqueeze(0)
     out = kink_polish(stack, theta, X, y, weight_decay=weight_decay, grad_tol=grad_tol)
@@ -185,7 +200,7 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
 
 def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwargs: dict[str, Any]
                      ) -> dict[str, Any] | None:
-    """For a ReLU net too large for :func:`finish_on_kinks`: GD on its softplus twin, then GD on it again, in place.
+    """For a ReLU net whose Newton steps are too costly for :func:`finish_on_kinks`: GD on its softplus twin, then GD on it again, in place.
 
     GD that stalls on a kink of a large net (the backtracking step falls to
     1e-11) can leave it along the smooth twin ``softplus(DETOUR_BETA z) / beta``
@@ -210,5 +225,5 @@ def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwar
             "loss": float(leg2.final_loss), "steps": int(leg1.steps_taken + leg2.steps_taken)}
 
 
-__all__ = ["DETOUR_BETA", "FINISH_MAX_PARAMS", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu",
-           "kink_polish", "relu_stationarity", "smoothed", "smoothing_detour"]
+__all__ = ["DETOUR_BETA", "FINISH_MAX_STEP_COST", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu",
+           "kink_polish", "newton_step_cost", "relu_stationarity", "smoothed", "smoothing_detour"]

@@ -163,7 +163,9 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
                            "fig1_histograms.png")
     # the heatmap net: the paper's 784-2-10 (left panel of its figure 1)
     kh = cfg["heatmap_width"]
-    # not finished by Newton steps: at P = 1,590 each takes 1-2 s and the continuation needs hundreds (measured)
+    # not finished: its Newton step is above FINISH_MAX_STEP_COST (1.2e10 multiply-adds on 300 images), and without
+    # weight decay the continuation drifts (measured: 125 steps of 3 s at beta 100, loss still falling), while the
+    # softplus detour stalls on a kink again (the config's notes)
     uh = mnist_unit(ctx, data, kh, 0, max_steps=cfg["heatmap_steps"], finish_on_kinks=False)
     model = create("mlp", sizes=[784, kh, 10], dtype="float64")
     set_flat_params(model, uh["params"])
