@@ -93,3 +93,29 @@ def test_a_search_far_from_its_switch_point_skips_rayleigh_ritz_steps_at_no_cost
     assert skipping.products == watching.products
     np.testing.assert_allclose(skipping.values.numpy(), watching.values.numpy(), rtol=0, atol=1e-14)
     np.testing.assert_allclose(skipping.values.numpy(), np.sort(lam)[-10:], rtol=0, atol=1e-7)
+
+
+# (relative noise of every product, the residual the search stops at, at most): float32 products stall near
+# 1e-7; noisier products stop the search after 20 Rayleigh-Ritz steps without progress below 1e-5 of the scale,
+# or after 100 below 1e-3, instead of running to the budget
+NOISE = [(1e-4, 1e-5), (1e-2, 1e-3)]
+
+
+@pytest.mark.parametrize("noise,stops_below", NOISE, ids=["stalls-below-1e-5", "stalls-below-1e-3"])
+def test_a_search_with_noisy_products_stops_where_its_residuals_stall(noise, stops_below):
+    from spectra.backends import block_krylov
+    from spectra.testing import matrix_with_spectrum
+
+    lam = np.concatenate([[0.552, 0.518, 0.490, 0.458, 0.433, 0.429, 0.417, 0.414, 0.401, 0.396],
+                          np.linspace(-0.47, 0.39, 390)])
+    A = torch.as_tensor(matrix_with_spectrum(lam, seed=2))
+    g = torch.Generator().manual_seed(5)
+
+    def noisy(V):
+        return A @ V + noise * 0.552 * torch.randn(V.shape, generator=g, dtype=V.dtype) / V.shape[0] ** 0.5
+
+    result = block_krylov.block_krylov_schur(noisy, 400, top=10, bottom=0, block_size=1, max_basis=40, tol=0.0,
+                                             stop_residual=3e-7, stop_when_stalled=True, max_products=1000,
+                                             generator=torch.Generator().manual_seed(0))
+    worst = float(result.residuals.max()) / result.scale
+    assert 3e-7 < worst <= stops_below and result.products < 300
