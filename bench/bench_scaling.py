@@ -4,7 +4,9 @@ Workloads: MLPs and CNNs (spectra's registry models, float64, seed 0, at
 initialisation) on real MNIST images (``spectra.datasets.load("mnist", n=N,
 seed=0)``; N = 1000 for the MLPs, 200 for the CNNs), cross-entropy (mean).  For
 each: the median time of a gradient, of a block of 10 products (per vector), and
-one ``topk`` top-10 run (products, time, error estimate).  Times are the
+one ``topk`` top-10 run as :func:`spectra.analyze` runs it (a float32 search on a float32 twin of
+the model, one vector at a time, then a float64 finish; products, time, error estimate), and
+the time of one float32 product of a single vector (the search's product).  Times are the
 process's CPU seconds (and wall seconds): on a machine shared with other jobs
 CPU time moves far less with the load.  The growth exponents are least-squares
 slopes in log-log of the CPU times.
@@ -70,6 +72,7 @@ def median_time(fn, repeats: int) -> tuple[float, float]:
 
 
 def measure(kind: str, spec: list[int], n: int, repeats: int, top10: bool) -> dict[str, Any]:
+    from spectra.api import low_precision_twin
     from spectra.backends.topk import TopkBackend
     from spectra.operators.hessian import HessianOperator
 
@@ -84,14 +87,20 @@ def measure(kind: str, spec: list[int], n: int, repeats: int, top10: bool) -> di
     V = torch.randn(P, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grad_s, grad_cpu = median_time(grad, repeats)
     product_s, product_cpu = median_time(lambda: op.matmat(V), repeats)
+    twin = low_precision_twin(op, HessianOperator, model, "cross_entropy", (X, y), None, {})
+    op32 = twin()
+    v32 = V[:, :1].float()
+    single32_s, single32_cpu = median_time(lambda: op32.matmat(v32), repeats)
     row: dict[str, Any] = {"kind": kind, "spec": spec, "P": P, "N": n, "mode": getattr(op, "mode", None),
                            "gradient_s": grad_s, "gradient_cpu_s": grad_cpu,
-                           "product_s": product_s / 10, "product_cpu_s": product_cpu / 10}
+                           "product_s": product_s / 10, "product_cpu_s": product_cpu / 10,
+                           "product32_single_s": single32_s, "product32_single_cpu_s": single32_cpu}
     if top10:
         t0, c0 = time.perf_counter(), time.process_time()
-        r = TopkBackend().run(op, k=10)
+        r = TopkBackend().run(op, k=10, low_precision=twin)  # what spectra.analyze(method="topk") runs
         row.update(top10_s=time.perf_counter() - t0, top10_cpu_s=time.process_time() - c0,
                    top10_products=r.num_matvecs + r.provenance["residual_matvecs"],
+                   top10_products32=r.provenance.get("low_precision_matvecs", 0),
                    top10_path=r.provenance["path"],
                    top10_max_estimate=max(r.provenance["eigenvalue_error_estimates"]) / abs(r.eigenvalues).max(),
                    lambda_1=float(r.eigenvalues.max()))
@@ -121,6 +130,10 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         axes[0].loglog(P, [r["product_cpu_s"] for r in sweep], marker=marker,
                        label=f"{kind}: product (per vector, block 10)")
         axes[0].loglog(P, [r["gradient_cpu_s"] for r in sweep], marker=marker, linestyle=":", label=f"{kind}: gradient")
+        single = [r for r in sweep if "product32_single_cpu_s" in r]
+        if single:
+            axes[0].loglog([r["P"] for r in single], [r["product32_single_cpu_s"] for r in single], marker=marker,
+                           linestyle="--", label=f"{kind}: float32 product (one vector)")
         done = [r for r in sweep if "top10_cpu_s" in r]
         if done:
             axes[1].loglog([r["P"] for r in done], [r["top10_cpu_s"] for r in done], marker=marker, label=kind)
@@ -132,7 +145,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes[2].set_xticks([r["N"] for r in ns], [str(r["N"]) for r in ns])
     axes[0].set(xlabel="parameters P", ylabel="CPU seconds", title="one Hessian product")
-    axes[1].set(xlabel="parameters P", ylabel="CPU seconds", title="top-10 (topk, 1e-10)")
+    axes[1].set(xlabel="parameters P", ylabel="CPU seconds", title="top-10 (topk default, 1e-10)")
     axes[2].set(xlabel="samples N (MLP 784-64-64-10)", ylabel="CPU seconds", title="against N")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
@@ -156,7 +169,8 @@ def fit_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             if len(done) >= 2:
                 fits[kind].update(top10_vs_P=slope([r["P"] for r in done], [r["top10_cpu_s"] for r in done]),
                                   top10_products_vs_P=slope([r["P"] for r in done],
-                                                            [r["top10_products"] for r in done]))
+                                                            [r["top10_products"] + r.get("top10_products32", 0)
+                                                             for r in done]))
     ns_rows = [r for r in rows if r.get("sweep") == "N"]
     if len(ns_rows) >= 2:
         N = [r["N"] for r in ns_rows]
@@ -168,15 +182,17 @@ def fit_exponents(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | P | N | gradient, CPU s | product per vector (block 10), CPU s | product / gradient "
-             "| top-10, CPU s | top-10, wall s | top-10 products | top-10 error estimate | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | P | N | gradient, CPU s | float64 product per vector (block 10), CPU s | product / gradient "
+             "| float32 product (one vector), CPU s | top-10, CPU s | top-10, wall s "
+             "| top-10 products (float64 + float32) | top-10 error estimate | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['kind']} {'-'.join(map(str, r['spec']))}"
-        top = (f"{r['top10_cpu_s']:.2f} | {r['top10_s']:.2f} | {r['top10_products']} | {r['top10_max_estimate']:.0e}"
-               if "top10_cpu_s" in r else "- | - | - | -")
+        top = (f"{r['top10_cpu_s']:.2f} | {r['top10_s']:.2f} | {r['top10_products']} + {r.get('top10_products32', 0)} "
+               f"| {r['top10_max_estimate']:.0e}" if "top10_cpu_s" in r else "- | - | - | -")
+        single = f"{r['product32_single_cpu_s']:.4f}" if "product32_single_cpu_s" in r else "-"
         lines.append(f"| {name} | {r['P']:,} | {r['N']} | {r['gradient_cpu_s']:.4f} | {r['product_cpu_s']:.4f} | "
-                     f"{r['product_cpu_s'] / r['gradient_cpu_s']:.2f} | {top} | {r['load']:.1f} |")
+                     f"{r['product_cpu_s'] / r['gradient_cpu_s']:.2f} | {single} | {top} | {r['load']:.1f} |")
     return "\n".join(lines)
 
 

@@ -23,12 +23,18 @@ Three commands:
            products), each relative to a gradient timed back to back.
 ``sweep``  products, seconds and error for a grid of block sizes and bases
            (the notes of what was tried; products do not depend on the load).
+``floor``  the lower bound of the default ``topk`` without solver bookkeeping:
+           paired with ``analyze(method="arpack")``, the same products the
+           default run makes (its float32 single-vector products, then one
+           float64 block of 10, on operators built as ``analyze`` builds them),
+           with nothing else.
 
     python bench/bench_topk.py race --threads 2 --repeats 5 --eigenthings
     python bench/bench_topk.py race --threads 2 --variants "mixed=0;block_size=2"
     python bench/bench_topk.py race --threads 2 --nets cnn --variants ""
     python bench/bench_topk.py costs --threads 2
     python bench/bench_topk.py sweep --nets big --blocks 2,3,4,5,10 --bases 4,8,12
+    python bench/bench_topk.py floor --threads 2 --nets big --repeats 7
 """
 
 from __future__ import annotations
@@ -233,9 +239,51 @@ def sweep(args: argparse.Namespace) -> None:
         print(f"\nload at end {load_average()}")
 
 
+def floor(args: argparse.Namespace) -> None:
+    import spectra
+    from spectra.api import low_precision_twin
+    from spectra.operators.hessian import HessianOperator
+
+    print(f"# topk without bookkeeping, {time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads, "
+          f"load at start {load_average()}")
+    for net in args.nets.split(","):
+        model, X, y, title = load_net(net)
+        r = spectra.analyze(model, (X, y), method="topk", k=K)
+        n32 = r.provenance["low_precision_matvecs"]
+        n64 = r.num_matvecs + r.provenance["residual_matvecs"]
+
+        def products_only() -> None:  # what analyze(method="topk") multiplies, and nothing else
+            op = HessianOperator(model, "cross_entropy", (X, y))
+            op32 = low_precision_twin(op, HessianOperator, model, "cross_entropy", (X, y), None, {})()
+            v = torch.randn(op.shape[0], 1, dtype=torch.float32)
+            for _ in range(n32):
+                v = op32.matmat(v)
+                v = v / v.norm()
+            op.matmat(torch.randn(op.shape[0], n64, dtype=torch.float64))
+
+        runs = {"arpack": lambda: run_arpack(model, X, y), "topk": lambda: run_topk(model, X, y),
+                "products only": products_only}
+        for fn in runs.values():
+            fn()
+        ratios: dict[str, list[float]] = {name: [] for name in runs}
+        for rep in range(args.repeats):
+            this = {}
+            for name in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
+                t0 = time.perf_counter()
+                runs[name]()
+                this[name] = time.perf_counter() - t0
+            for name in runs:
+                ratios[name].append(this[name] / this["arpack"])
+        print(f"\n## {title}: {n32} float32 products one at a time + a float64 block of {n64}; "
+              f"load at end {load_average()}\n")
+        for name in runs:
+            print(f"- {name}: x ARPACK {statistics.median(ratios[name]):.2f} "
+                  f"(per repetition {', '.join(f'{x:.2f}' for x in ratios[name])})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=("race", "costs", "sweep"))
+    ap.add_argument("command", choices=("race", "costs", "sweep", "floor"))
     ap.add_argument("--nets", default="small,big")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
@@ -249,7 +297,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="folder to keep the reference eigenvalues in")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"race": race, "costs": costs, "sweep": sweep}[args.command](args)
+    {"race": race, "costs": costs, "sweep": sweep, "floor": floor}[args.command](args)
 
 
 if __name__ == "__main__":

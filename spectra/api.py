@@ -439,10 +439,12 @@ def analyze(
         method, reason, fallback, backend, run_options = _plan(
             op, method, memory_limit=memory_limit, on_memory=on_memory, k=k, which=which, num_probes=num_probes,
             num_steps=num_steps, seed=seed, return_eigenvectors=return_eigenvectors, options=options)
-        if method == EXTREMES_METHOD and "low_precision" not in options:
-            run_options["low_precision"] = low_precision_twin(op, op_class, model, loss, data, params, op_options)
         total = expected_products(backend, op.shape[0], run_options)
-        with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)):
+        with ProductBar(op, total, f"computing the {_label(matrix)} spectrum ({method})", wanted(progress)) as bar:
+            if method == EXTREMES_METHOD and "low_precision" not in options:
+                twin = low_precision_twin(op, op_class, model, loss, data, params, op_options)
+                # the bar counts the twin's float32 products too, as soon as topk builds it
+                run_options["low_precision"] = None if twin is None else (lambda: bar.follow(twin()))
             result = backend.run(op, **run_options)
     if not isinstance(result, SpectrumResult):
         from .plugins import get_entry

@@ -27,28 +27,47 @@ def wanted(progress: bool | None) -> bool:
 class ProductBar:
     """Hessian-vector products as they happen: ``op.num_matvecs`` counted against an expected ``total``.
 
-    A background thread reads the operator's product counter every
+    A background thread reads the operators' product counters every
     ``REFRESH_SECONDS`` (the solver itself is not touched); ``total=None``
-    shows the count and the elapsed time only.  The line is removed when the
-    block ends.
+    shows the count and the elapsed time only.  :meth:`follow` adds another
+    operator whose products count too (a float32 twin that a solver searches
+    with before it finishes on ``op``).  The line is removed when the block
+    ends; :meth:`count` is the number counted so far.
 
     >>> from spectra.operators.base import DenseOperator
     >>> import torch
-    >>> op = DenseOperator(torch.eye(3))
-    >>> with ProductBar(op, total=3, desc="products", enabled=False):
+    >>> op, twin = DenseOperator(torch.eye(3)), DenseOperator(torch.eye(3))
+    >>> with ProductBar(op, total=None, desc="products", enabled=False) as bar:
     ...     _ = op.matmat(torch.eye(3))
+    ...     _ = bar.follow(twin).matmat(torch.eye(3)[:, :2])
+    >>> bar.count()
+    5
     """
 
     def __init__(self, op: Any, total: int | None, desc: str, enabled: bool = True):
-        self.op, self.total, self.desc, self.enabled = op, total, desc, enabled
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self._followed: list[tuple[Any, int]] = []  # (operator, its counter when following began)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.bar = None
+        self.follow(op)
+
+    def follow(self, op: Any) -> Any:
+        """Count ``op``'s products from now on too; returns ``op``."""
+        with self._lock:
+            self._followed.append((op, op.num_matvecs))
+        return op
+
+    def count(self) -> int:
+        """Products counted so far, over every followed operator."""
+        with self._lock:
+            return sum(op.num_matvecs - start for op, start in self._followed)
 
     def __enter__(self) -> "ProductBar":
         if not self.enabled:
             return self
         from tqdm import tqdm
 
-        self.start = self.op.num_matvecs
         self.bar = tqdm(total=self.total, desc=self.desc, unit="product", file=sys.stderr, leave=False)
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
@@ -56,12 +75,16 @@ class ProductBar:
 
     def _follow(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
-            self.bar.update(self.op.num_matvecs - self.start - self.bar.n)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        self.bar.update(self.count() - self.bar.n)
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self._stop.set()
             self.thread.join()
+            self._refresh()
             self.bar.close()
 
 

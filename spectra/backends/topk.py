@@ -40,6 +40,10 @@ come from ``op``'s products.  Both phases' products are recorded.
 ``max_matvecs`` bounds the products of the whole run (verification
 included); when it would be exceeded the run stops with
 :class:`~spectra.errors.ConvergenceError`, which says how far it got.
+Without it the Krylov path stops after :func:`default_product_cap`
+products (:data:`DEFAULT_PRODUCT_CAP_BASES` bases' worth), with the dense
+fallback where that applies and a ConvergenceError that says what to change
+otherwise.
 
 >>> import torch
 >>> from spectra.operators.base import DenseOperator
@@ -89,6 +93,10 @@ DENSE_COPIES = 3  # dense matrix, eigenvector output, LAPACK workspace
 # and a Rayleigh-Ritz step give eigenvalues to ~1e-12 (bench/bench_topk.py notes); at 1e-6 the float64
 # check sometimes failed by a little and cost another block, 3e-7 costs about 3 more float32 products.
 DEFAULT_SWITCH_RESIDUAL = 3e-7
+# Without max_matvecs, the Krylov path stops after this many bases' worth of products (max_basis plus the
+# wanted pairs): converging runs took 2-6 (bench/bench_topk.py sweep), while a basis too small for a clustered
+# or singular end can restart for ever without converging (150,000 products at the small end of a ReLU layer).
+DEFAULT_PRODUCT_CAP_BASES = 50
 _WHICH = ("largest", "smallest", "both")
 
 
@@ -103,6 +111,15 @@ def default_basis(block_size: int, n_want: int) -> int:
     """Active basis columns before a thick restart when ``max_basis`` is not given (also the finishing
     phase's after a low-precision one, whose block holds every wanted vector)."""
     return max(DEFAULT_BASIS_BLOCKS * block_size, n_want + DEFAULT_BASIS_EXTRA, n_want + 2 * block_size)
+
+
+def default_product_cap(max_basis: int, n_want: int) -> int:
+    """Products the Krylov path may spend when ``max_matvecs`` is not given: DEFAULT_PRODUCT_CAP_BASES bases.
+
+    >>> default_product_cap(40, 10)
+    2500
+    """
+    return DEFAULT_PRODUCT_CAP_BASES * (max_basis + n_want)
 
 
 class TopkBackend:
@@ -283,10 +300,12 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
     P = op.shape[0]
     dense_ok = plan.dense_allowed and P <= DENSE_FALLBACK_MAX_PARAMS and DENSE_COPIES * P * P * 8 <= have
     budget = plan.max_matvecs
+    cap = default_product_cap(plan.max_basis, plan.n_want) if budget is None else None
     if dense_ok and (budget is None or budget >= 2 * P):
-        krylov_budget, fallback = P, True  # after P products without convergence, dense is the cheaper way on
+        # after P products without convergence, dense is the cheaper way on
+        krylov_budget, fallback = P if cap is None else min(P, cap), True
     else:
-        krylov_budget, fallback = budget, False
+        krylov_budget, fallback = (budget if cap is None else cap), False
     start, spent, neighbours = plan.v0, 0, None
     common = dict(top=plan.top, bottom=plan.bottom, generator=generator, check_multiplicity=plan.check_multiplicity,
                   device=op.device)
@@ -320,8 +339,16 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         state = stop.state
         done = int((state.estimates <= plan.tol * max(state.scale, 1e-300)).sum()) if state.estimates.numel() else 0
         if fallback and (plan.max_matvecs is None or plan.max_matvecs - krylov_budget >= P):
-            return None, "dense", (f"the Krylov solver spent {krylov_budget} = P products without converging "
+            spent_what = "P" if krylov_budget == P else "the default cap of"
+            return None, "dense", (f"the Krylov solver spent {spent_what} {krylov_budget} products without converging "
                                    f"({done} of {plan.n_want} pairs); P products and eigh finish exactly")
+        if cap is not None:
+            raise ConvergenceError(
+                f"topk did not converge within its default cap of {cap} products ({DEFAULT_PRODUCT_CAP_BASES} x "
+                f"(max_basis={plan.max_basis} + {plan.n_want} wanted pairs); {done} of {plan.n_want} pairs within "
+                f"tol={plan.tol:g}): a basis this small restarts too often to separate a clustered or singular "
+                f"end; raise max_basis, pass max_matvecs to allow more products, loosen tol, or use "
+                f"method='exact' (P={P} products)") from None
         raise ConvergenceError(
             f"topk used its budget of max_matvecs={plan.max_matvecs} products before converging: "
             f"{spent + state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; "
