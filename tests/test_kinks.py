@@ -133,3 +133,24 @@ def test_train_unit_finishes_where_gd_stops_short(tmp_path, width, method, tol):
         kinks.FINISH_MAX_COST = limit
     assert meta["finish_method"] == method and meta["converged"] and meta["final_grad_norm"] < tol
     assert meta["gd_final_grad_norm"] > tol and meta["final_loss"] <= meta["gd_final_loss"]
+
+
+@pytest.mark.parametrize("weight_decay, takes_newton", [(1e-2, True), (0.0, False)])
+def test_finish_budget_counts_the_longer_undecayed_continuation(weight_decay, takes_newton):
+    """A budget between 300 and 1500 Newton steps' cost: the decayed net gets Newton steps, the undecayed one not."""
+    import spectra.experiments._kinks as kinks
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 2, dtype=torch.float64, generator=g)
+    y = (X[:, :1] > 0).to(torch.float64)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)).double()
+    step = kinks.newton_step_cost(17, 30, 1)
+    limit = kinks.FINISH_MAX_COST
+    try:
+        kinks.FINISH_MAX_COST = 1000 * step
+        out = kinks.finish_on_kinks(net, X, y, loss="mse", weight_decay=weight_decay, grad_tol=1e-6)
+    finally:
+        kinks.FINISH_MAX_COST = limit
+    assert (out is not None and out["method"] == "Newton continuation") == takes_newton
+    if takes_newton:
+        assert out["converged"] and out["grad_norm"] < 1e-6

@@ -56,9 +56,9 @@ SMOOTHING_BETAS = (1e2, 1e3, 1e4, 1e5, 1e6)
 #: of the kink are then admitted in the certificate); at the last beta, sigmoid(beta z) is within e^-20 of 0
 #: or 1 from |z| = 2e-5 on, so the band only has to exceed that.
 KINK_BAND = 1e-4
-#: Newton steps a continuation takes, at most, as measured.  With weight decay every stage converges (289 steps
-#: on figure 1's 784-2-10 net); without it the softplus twins sharpen by scaling their units up, and the stages
-#: run to their caps (5 x 300 steps on the MNIST nets 49-16-10 under MSE).
+#: Newton steps a continuation takes, at most, as measured.  With weight decay every stage converges (295 steps
+#: on figure 1's 784-2-10 net at quick scale); without it the softplus twins sharpen by scaling their units up,
+#: and the stages run to their caps (5 x 300 steps on the MNIST nets 49-16-10 under MSE).
 CONTINUATION_STEPS = {"decayed": 300, "undecayed": 1500}
 #: Costliest continuation :func:`finish_on_kinks` takes on, in multiply-adds: its steps times
 #: :func:`newton_step_cost` (about an hour on one core).  One step at P = 1930 with 300 samples of 10 outputs
@@ -205,7 +205,7 @@ def finish_on_kinks(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *,
 
 def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwargs: dict[str, Any]
                      ) -> dict[str, Any] | None:
-    """For a ReLU net whose Newton steps are too costly for :func:`finish_on_kinks`: GD on its softplus twin, then GD on it again, in place.
+    """For a ReLU net too costly for :func:`finish_on_kinks`: GD on its softplus twin, then on it again, in place.
 
     GD that stalls on a kink of a large net (the backtracking step falls to
     1e-11) can leave it along the smooth twin ``softplus(DETOUR_BETA z) / beta``
@@ -230,5 +230,5 @@ def smoothing_detour(model: torch.nn.Module, data: Any, *, loss: str, train_kwar
             "loss": float(leg2.final_loss), "steps": int(leg1.steps_taken + leg2.steps_taken)}
 
 
-__all__ = ["CONTINUATION_STEPS", "DETOUR_BETA", "FINISH_MAX_COST", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks", "has_relu",
-           "kink_polish", "newton_step_cost", "relu_stationarity", "smoothed", "smoothing_detour"]
+__all__ = ["CONTINUATION_STEPS", "DETOUR_BETA", "FINISH_MAX_COST", "KINK_BAND", "SMOOTHING_BETAS", "finish_on_kinks",
+           "has_relu", "kink_polish", "newton_step_cost", "relu_stationarity", "smoothed", "smoothing_detour"]
