@@ -117,6 +117,7 @@ def test_mnist_figures_tiny(tmp_path, figure):
     if figure == "fig1":
         assert res["measured"]["k1"]["num_params"] == 805
         assert "heatmap_net" in res["measured"] and "not rotated" in "".join(res["notes"])
+        assert res["measured"]["heatmap_net"]["weight_decay"] == 1e-3 and "weight decay" in "".join(res["notes"])
     if figure == "fig10":
         same = res["measured"]["same_init"]
         assert len(same["distance"]) == len(res["measured"]["steps"]) and same["distance"][0] == 0.0
