@@ -245,6 +245,17 @@ def _check_positive_finite(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_nonnegative_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+        raise InvalidInputError(f"{name} must be a finite number >= 0; got {value!r}")
+    return float(value)
+
+
+def _with_decay(grads: list[torch.Tensor], params: Sequence[torch.Tensor], weight_decay: float) -> list[torch.Tensor]:
+    """The gradients of ``loss + weight_decay / 2 |theta|^2`` from those of the loss."""
+    return [g + weight_decay * p.detach() for g, p in zip(grads, params)] if weight_decay else grads
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -288,7 +299,7 @@ class _Objective:
         self.checked = True
         if self.weight_decay:
             loss_sum += 0.5 * self.weight_decay * sum(float(p.detach().pow(2).sum()) for p in self.params)
-            grads = [g + self.weight_decay * p.detach() for g, p in zip(grads, self.params)]
+            grads = _with_decay(grads, self.params, self.weight_decay)
         accuracy = correct / total if acc_ok else math.nan
         return loss_sum, grads, accuracy
 
@@ -365,13 +376,9 @@ def train(
         raise InvalidInputError(f"optimizer must be 'gd' or 'sgd'; got {optimizer!r}")
     optimizer = optimizer.lower()
     lr = _check_positive_finite("lr", lr)
-    if isinstance(grad_tol, bool) or not isinstance(grad_tol, (int, float)) or not grad_tol >= 0 \
-            or math.isinf(grad_tol):
-        raise InvalidInputError(f"grad_tol must be a finite number >= 0; got {grad_tol!r}")
+    _check_nonnegative_finite("grad_tol", grad_tol)
     max_steps = _check_count("max_steps", max_steps, 0)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0 \
-            or math.isinf(weight_decay):
-        raise InvalidInputError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    weight_decay = _check_nonnegative_finite("weight_decay", weight_decay)
     start_step = _check_count("start_step", start_step, 0)
     seed = _check_seed(seed)
     step_rule = _check_step_rule(step_rule, optimizer)
@@ -397,7 +404,7 @@ def train(
         if optimizer == "gd":
             batches = [(X_all[i : i + batch_size], y_all[i : i + batch_size])
                        for i in range(0, X_all.shape[0], batch_size)]
-    objective = _Objective(model, loss_obj, batches, params, dtype, float(weight_decay))
+    objective = _Objective(model, loss_obj, batches, params, dtype, weight_decay)
     N = objective.total
     if optimizer == "sgd":
         X_all, y_all = _cast_inputs(X_all, dtype), y_all
@@ -466,9 +473,8 @@ def train(
                     raise NonFiniteError(f"training diverged at step {step}: minibatch loss {float(value_b)} "
                                          f"(lr={lr} may be too large)")
                 grads = torch.autograd.grad(value_b, params, allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-                if weight_decay:
-                    grads = [g + weight_decay * p.detach() for g, p in zip(grads, params)]
+                grads = _with_decay([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)],
+                                    params, weight_decay)
             if armijo:
                 step_lr, current = _armijo_step(objective, params, grads, value, gnorm, step_lr, hist)
             else:

@@ -306,6 +306,12 @@ NEWTON_ON_KINKS_TEXT = ("Where GD stops short of the tolerance on a ReLU net (it
                         "twin, then GD on the ReLU net again, converged by the ordinary test.")
 
 
+def training_rule(cfg: dict[str, Any]) -> str:
+    """The training rule a report states: GD with backtracking, and the finish on kinks where ``cfg`` asks for it
+    (``newton_on_kinks``)."""
+    return f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}" if cfg.get("newton_on_kinks") else RULE_TEXT
+
+
 def run_record(label: str, converged: Any, grad_norm: float, grad_tol: float, kink: float | None = None,
                steps: int | None = None) -> dict[str, Any]:
     """One trained run as the training summary counts it."""

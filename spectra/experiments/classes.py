@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _stats
-from ._common import NEWTON_ON_KINKS_TEXT, RULE_TEXT, Context, run_record, sub_seed, train_unit, training_summary
+from ._common import Context, run_record, sub_seed, train_unit, training_rule, training_summary
 from ._report import Claim, markdown_table
 from ._small_data import mnist_small
 
@@ -99,5 +99,4 @@ def run_classes(ctx: Context) -> dict[str, Any]:
              f"{cfg['grad_tol']:g} or {cfg['max_steps']} steps; {cfg['seeds']} inits per cell.",
              "Crosses in the figure: runs that did not converge (left out of the verdicts)."]
     return {"measured": {"runs": runs}, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records, rule=f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}"
-                                         if cfg.get("newton_on_kinks") else RULE_TEXT)}
+            "training": training_summary(records, rule=training_rule(cfg))}

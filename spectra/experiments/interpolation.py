@@ -58,20 +58,26 @@ def flat_verdict(max_relative_barrier: float, distance_grows: bool, scale: str) 
     return True, "agrees"
 
 
+def _net(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The figure's 784-k-10 ReLU net (float64)."""
+    from ..models import create
+
+    return create("mlp", sizes=[784, cfg["k"], 10], dtype="float64")
+
+
 def _ckpts(cfg: dict[str, Any]) -> list[int]:
     return sorted({int(round(s)) for s in np.linspace(0, cfg["steps"], cfg["checkpoints"] + 1)})
 
 
 def _run(ctx: Context, key: str, data: Any, init_seed: int, optimizer: str, shuffle_seed: int) -> np.ndarray:
     """Train one run, returning the parameters at every checkpoint ``[len(ckpts), P]`` (a progress unit)."""
-    from ..models import create
     from ..training import init_on_sphere, train
 
     if ctx.rd.has_unit(key):
         return ctx.rd.load_unit(key)[0]["params"]
     cfg = ctx.cfg
     ckpts = _ckpts(cfg)
-    model = create("mlp", sizes=[784, cfg["k"], 10], dtype="float64")
+    model = _net(cfg)
     init_on_sphere(model, seed=init_seed)
     snaps: dict[int, np.ndarray] = {}
 
@@ -94,7 +100,6 @@ def _finish(ctx: Context, key: str, data: Any, start: np.ndarray) -> tuple[np.nd
     """Full-batch GD with backtracking from a run's last checkpoint to the tolerance (a progress unit)."""
     import warnings
 
-    from ..models import create
     from ..training import NotConvergedWarning, train
 
     unit = f"{key}_finished"
@@ -102,7 +107,7 @@ def _finish(ctx: Context, key: str, data: Any, start: np.ndarray) -> tuple[np.nd
         arrays, meta = ctx.rd.load_unit(unit)
         return arrays["params"], meta
     cfg = ctx.cfg
-    model = create("mlp", sizes=[784, cfg["k"], 10], dtype="float64")
+    model = _net(cfg)
     set_flat_params(model, start)
     with warnings.catch_warnings():  # the outcome is recorded below
         warnings.simplefilter("ignore", NotConvergedWarning)
@@ -110,9 +115,10 @@ def _finish(ctx: Context, key: str, data: Any, start: np.ndarray) -> tuple[np.nd
                      max_steps=cfg["finish_steps"], progress=False, log_every=max(1, cfg["finish_steps"] // 10))
     meta = {"converged": hist.converged, "grad_tol": cfg["grad_tol"], "final_grad_norm": hist.final_grad_norm,
             "final_loss": hist.final_loss, "steps": hist.steps_taken}
-    ctx.rd.save_unit(unit, {"params": flat_params(model)}, meta)
+    params = flat_params(model)
+    ctx.rd.save_unit(unit, {"params": params}, meta)
     ctx.log(f"{unit}: GD {hist.steps_taken} steps to |g| {hist.final_grad_norm:.2e}, converged {hist.converged}")
-    return flat_params(model), meta
+    return params, meta
 
 
 def segment_losses(model: torch.nn.Module, data: Any, a: np.ndarray, b: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -130,9 +136,7 @@ def segment_losses(model: torch.nn.Module, data: Any, a: np.ndarray, b: np.ndarr
 
 
 def _pair(ctx: Context, data: Any, A: np.ndarray, B: np.ndarray, alphas: np.ndarray) -> dict[str, np.ndarray]:
-    from ..models import create
-
-    model = create("mlp", sizes=[784, ctx.cfg["k"], 10], dtype="float64")
+    model = _net(ctx.cfg)
     losses = np.stack([segment_losses(model, data, a, b, alphas) for a, b in zip(A, B)])
     dist = np.linalg.norm(A - B, axis=1)
     ends = np.maximum(losses[:, 0], losses[:, -1])

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import _stats
-from ._common import (KINK_RELATIVE, NEWTON_ON_KINKS_TEXT, RULE_TEXT, Context, dense_hessian, run_record,
-                      set_flat_params, sub_seed, train_unit, training_summary)
+from ._common import (KINK_RELATIVE, Context, dense_hessian, run_record, set_flat_params, sub_seed, train_unit,
+                      training_rule, training_summary)
 from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -34,7 +34,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the heatmap net without weight decay does not converge: within 5000 steps (measured: |g| 7e-2), nor in 20000
     # (a kink: lr 2e-10), nor after a softplus detour (quick scale, 2 x 10,000 steps: on a kink at loss 0.40,
     # |g| 3e-2), nor by Newton continuation (quick scale: the loss fell from 0.88 to 0.37 in 125 steps at beta 100
-    # as the units scaled up, and kept falling); with decay 1e-3 the continuation converges (quick: 289 steps)
+    # as the units scaled up, and kept falling); with decay 1e-3 the continuation converges (quick: 295 steps)
     "paper": {"threads": None, "n": 1000, "widths": [5, 10, 20], "seeds": 2, "lr": 4.0, "grad_tol": 1e-4,
               "max_steps": 30000, "heatmap_width": 2, "heatmap_steps": 5000, "heatmap_weight_decay": 1e-3,
               "exact_max_params": 20000, "newton_on_kinks": True},
@@ -205,8 +205,7 @@ def run_fig1(ctx: Context) -> dict[str, Any]:
              f"(the decay adds {cfg['heatmap_weight_decay']:g}·I), drawn as computed (not rotated; the paper rotates "
              "only figure 6)."]
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records, rule=f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}"
-                                         if cfg.get("newton_on_kinks") else RULE_TEXT)}
+            "training": training_summary(records, rule=training_rule(cfg))}
 
 
 def _claims(ctx: Context, measured: dict[str, Any]) -> list[Claim]:

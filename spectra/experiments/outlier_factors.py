@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import _stats
-from ._common import NEWTON_ON_KINKS_TEXT, RULE_TEXT, Context, run_record, spectrum_numbers, training_summary
+from ._common import Context, run_record, spectrum_numbers, training_rule, training_summary
 from ._report import Claim, markdown_table
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -192,8 +192,7 @@ def run_outlier_factors(ctx: Context) -> dict[str, Any]:
         notes.append("Runs GD left short of a stop tolerance were finished by Newton continuation to their minimum "
                      "(so they stop below that tolerance, at the minimum): " + (", ".join(finished) or "none") + ".")
     return {"measured": results, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records, rule=f"{RULE_TEXT} {NEWTON_ON_KINKS_TEXT}"
-                                         if cfg.get("newton_on_kinks") else RULE_TEXT)}
+            "training": training_summary(records, rule=training_rule(cfg))}
 
 
 def _mean(runs: list[dict[str, Any]], key: str) -> float:
