@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _stats
-from ._common import Context, run_record, training_summary
+from ._common import Context, run_record, training_rule, training_summary
 from ._report import Claim, markdown_table
 from .mnist_width import mnist_unit
 
@@ -79,7 +79,7 @@ def run_fig2(ctx: Context) -> dict[str, Any]:
              "Nets above exact_max_params: the 20 largest eigenvalues from ARPACK, the rest from SLQ (marked "
              "'estimated')."]
     return {"measured": measured, "claims": claims, "tables": [table], "notes": notes,
-            "training": training_summary(records, verdicts="The 'after training' verdict uses converged runs only; "
+            "training": training_summary(records, rule=training_rule(cfg), verdicts="The 'after training' verdict uses converged runs only; "
                                                            "the initial spectra need no training.")}
 
 
