@@ -337,6 +337,22 @@ def test_bad_options_are_refused_before_any_product(options, error, message):
     assert op.num_matvecs == 0
 
 
+def test_memory_check_counts_the_float64_phase_after_a_low_precision_search():
+    """The search's basis (block 1, 40 columns) is smaller than the float64 phase's that follows it
+    (a block of k = 10 and 80 columns): a budget between the two is refused before any product."""
+    P, k = 400, 10
+    search = topk.topk_memory_bytes(P, topk.default_basis(1, k), k, 1)
+    main = topk.topk_memory_bytes(P, topk.default_basis(k, k), k, k)
+    assert topk.default_basis(k, k) == 80 and search < main, "test premise: the float64 phase needs more"
+    op = DenseOperator(torch.diag(torch.linspace(0.0, 1.0, P, dtype=torch.float64)))
+    twin = DenseOperator(torch.diag(torch.linspace(0.0, 1.0, P, dtype=torch.float64)).float())
+    with pytest.raises(MemoryBudgetError, match=r"topk needs about .* or low_precision=None"):
+        TopkBackend().run(op, k=k, low_precision=twin, memory_limit=(search + main) // 2)
+    assert op.num_matvecs == twin.num_matvecs == 0
+    r = TopkBackend().run(op, k=k, low_precision=twin, memory_limit=main)  # enough for both phases
+    assert [p["operator"] for p in r.provenance["phases"]] == ["low_precision", "main"]
+
+
 # ---------------------------------------------------------------- through analyze and summary
 def test_analyze_passes_the_common_arguments_and_summary_names_the_ends(mnist_nets):
     model, data, exact = mnist_nets["tanh"]

@@ -139,13 +139,17 @@ class TopkBackend:
         plan = _Plan.make(op, k=k, which=which, tol=tol, block_size=block_size, max_basis=max_basis,
                           max_matvecs=max_matvecs, v0=v0, check_multiplicity=check_multiplicity,
                           low_precision=low_precision, switch_residual=switch_residual, dense=dense)
-        need = topk_memory_bytes(P, plan.max_basis, plan.n_want, plan.block_size)
+        # the phases run one after the other (a low-precision one hands its k vectors to the main one): the
+        # larger basis sets the need
+        bases = [(plan.block_size, plan.max_basis)] if plan.low is not None else []
+        bases.append(main_phase_basis(plan, plan.n_want if plan.low is not None else plan.block_size, P))
+        need, width, basis_size = max((topk_memory_bytes(P, m, plan.n_want, b), b, m) for b, m in bases)
         have = available_memory_bytes(op.device) if memory_limit is None else int(memory_limit)
         if not plan.dense_first and need > have:
             raise MemoryBudgetError(
-                f"topk needs about {format_bytes(need)} for its Krylov basis ({plan.max_basis + plan.n_want} "
+                f"topk needs about {format_bytes(need)} for its Krylov basis ({basis_size + plan.n_want + width} "
                 f"vectors of P={P}) but {format_bytes(have)} is available; pass a smaller max_basis "
-                f"(at least {plan.n_want + 2 * plan.block_size}) or block_size")
+                f"(at least {plan.n_want + 2 * plan.block_size}) or block_size, or low_precision=None")
         start = time.perf_counter()
         before = op.num_matvecs
         generator = torch.Generator().manual_seed(int(seed))
@@ -321,13 +325,9 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                            "restarts": first.restarts, "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
-        # a warm start wider than a block sets the block width; the basis must hold a few such blocks
-        width = max(plan.block_size, 0 if start is None else start.shape[1])
+        width, basis_size = main_phase_basis(plan, 0 if start is None else start.shape[1], P)
         t0 = time.perf_counter()
-        result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width,
-                                    max_basis=min(max(plan.max_basis, plan.n_want + 3 * width,
-                                                      default_basis(width, plan.n_want) if plan.basis_default
-                                                      else 0), P),
+        result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width, max_basis=basis_size,
                                     max_products=None if krylov_budget is None else krylov_budget - spent,
                                     neighbours=neighbours, **common)
         phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
@@ -354,6 +354,15 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
             f"{spent + state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; "
             "raise max_matvecs, "
             f"loosen tol, or use method='exact' (P={P} products)") from None
+
+
+def main_phase_basis(plan: _Plan, start_width: int, P: int) -> tuple[int, int]:
+    """``(block width, max_basis)`` of the phase on ``op`` itself, which starts from ``start_width`` vectors
+    (a warm start, or the low-precision phase's answer): a start wider than a block sets the width, and
+    the basis must hold a few such blocks."""
+    width = max(plan.block_size, start_width)
+    basis = max(plan.max_basis, plan.n_want + 3 * width, default_basis(width, plan.n_want) if plan.basis_default else 0)
+    return width, min(basis, P)
 
 
 def _matmat(op: Any):
