@@ -20,14 +20,19 @@ Three commands:
            process's CPU times, and the ratio of each method's fastest run (the
            least disturbed by other jobs on a shared machine).
 ``costs``  seconds per product against the block size (float64 and float32
-           products), each relative to a gradient timed back to back.
+           products), each relative to a gradient timed back to back; and the
+           first layer's matrix product in float64, float32, bfloat16 and
+           float16.
 ``sweep``  products, seconds and error for a grid of block sizes and bases
            (the notes of what was tried; products do not depend on the load).
 ``floor``  the lower bound of the default ``topk`` without solver bookkeeping:
            paired with ``analyze(method="arpack")``, the same products the
            default run makes (its float32 single-vector products, then one
            float64 block of 10, on operators built as ``analyze`` builds them),
-           with nothing else.
+           with nothing else; and the same with only the reorthogonalisation
+           added (two passes over a float64 basis of the search's size, as
+           its thick restarts grow and shrink it), the least a Krylov search
+           with an orthogonal basis does.
 
     python bench/bench_topk.py race --threads 2 --repeats 5 --eigenthings
     python bench/bench_topk.py race --threads 2 --variants "mixed=0;block_size=2"
@@ -215,6 +220,20 @@ def costs(args: argparse.Namespace) -> None:
             V32 = V.float()
             r32, _ = paired_ratio(lambda: op32.matmat(V32), grad, repeats=args.repeats)
             print(f"| {b} | {r64 / b:.3f} | {r32 / b:.3f} |", flush=True)
+        # a product's largest matrix products are the first layer's [N, 784] x [784, width]: what each
+        # precision the CPU offers charges for one (half precisions could only make products cheaper here)
+        width = NETS[net][1]
+        print(f"\nThe first layer's matrix product [{X.shape[0]}, {X.shape[1]}] x [{X.shape[1]}, {width}], "
+              "median of 20 (ms):\n")
+        for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+            # B as the product engine passes it: a transposed [width, 784] block (the faster layout here)
+            A, B = X.reshape(X.shape[0], -1).to(dtype), torch.randn(width, X[0].numel(), generator=g).to(dtype).T
+            times = []
+            for _ in range(21):
+                t0 = time.perf_counter()
+                A @ B
+                times.append(time.perf_counter() - t0)
+            print(f"- {str(dtype).replace('torch.', '')}: {1e3 * statistics.median(times[1:]):.2f}")
         print(f"\nload at end {load_average()}")
 
 
@@ -242,6 +261,7 @@ def sweep(args: argparse.Namespace) -> None:
 def floor(args: argparse.Namespace) -> None:
     import spectra
     from spectra.api import low_precision_twin
+    from spectra.backends import topk
     from spectra.operators.hessian import HessianOperator
 
     print(f"# topk without bookkeeping, {time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads, "
@@ -252,17 +272,26 @@ def floor(args: argparse.Namespace) -> None:
         n32 = r.provenance["low_precision_matvecs"]
         n64 = r.num_matvecs + r.provenance["residual_matvecs"]
 
-        def products_only() -> None:  # what analyze(method="topk") multiplies, and nothing else
+        P = sum(p.numel() for p in model.parameters())
+        search_basis = topk.default_basis(topk.DEFAULT_LOW_PRECISION_BLOCK_SIZE, K)
+        rows = torch.linalg.qr(torch.randn(P, search_basis, dtype=torch.float64))[0].T.contiguous()
+
+        def products_only(orthogonalise: bool = False) -> None:  # what analyze(method="topk") multiplies
             op = HessianOperator(model, "cross_entropy", (X, y))
             op32 = low_precision_twin(op, HessianOperator, model, "cross_entropy", (X, y), None, {})()
             v = torch.randn(op.shape[0], 1, dtype=torch.float32)
+            n = 1  # basis rows: growing to the search's basis, then from half of it again (thick restarts)
             for _ in range(n32):
-                v = op32.matmat(v)
-                v = v / v.norm()
+                w = op32.matmat(v).to(torch.float64).T
+                if orthogonalise:  # the two passes over a float64 basis that keep it orthogonal, nothing else
+                    w = torch.addmm(w, w @ rows[:n].T, rows[:n], alpha=-1)
+                    n = n + 1 if n < search_basis else search_basis // 2
+                v = (w / w.norm()).T.to(torch.float32)
             op.matmat(torch.randn(op.shape[0], n64, dtype=torch.float64))
 
         runs = {"arpack": lambda: run_arpack(model, X, y), "topk": lambda: run_topk(model, X, y),
-                "products only": products_only}
+                "products only": products_only,
+                "products + reorthogonalisation": lambda: products_only(orthogonalise=True)}
         for fn in runs.values():
             fn()
         ratios: dict[str, list[float]] = {name: [] for name in runs}
