@@ -121,9 +121,9 @@ def extremes_method(which: str, low_precision: bool) -> tuple[str, str]:
     ``"smallest"`` or ``"both"``), where ARPACK can take tens of products per parameter
     on a singular Hessian and ``topk`` switches to the dense path; and for the largest
     end when it can search with float32 products (``low_precision``: a float64 operator
-    with a float32 twin, :func:`low_precision_twin`), where it took 0.54-0.73x ARPACK's
+    with a float32 twin, :func:`low_precision_twin`), where it took 0.54-0.90x ARPACK's
     time on MNIST MLPs and a CNN. ``arpack`` otherwise: with float64 products only,
-    ``topk`` took 1.04-1.30x ARPACK's time (BENCHMARKS.md, top-10 race).
+    ``topk`` took 1.05-1.34x ARPACK's time (BENCHMARKS.md, top-10 race).
 
     >>> extremes_method("largest", True)[0], extremes_method("largest", False)[0]
     ('topk', 'arpack')
