@@ -102,7 +102,9 @@ class KrylovResult:
     ``tol``; ``others_values``/``others_residuals`` the Ritz pairs not in the
     answer (their gaps to it matter for error estimates); ``history`` one
     entry per iteration (products so far, locked count, active basis size,
-    largest relative estimate among the wanted).
+    largest relative estimate among the wanted); ``residuals_from_products``
+    whether the residuals come from stored products
+    (:func:`~spectra.backends.refine.refine`) rather than the recurrence.
     """
 
     values: torch.Tensor
@@ -121,6 +123,7 @@ class KrylovResult:
     others_values: torch.Tensor | None = None
     others_residuals: torch.Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    residuals_from_products: bool = False  # residuals from stored products, not a recurrence
 
 
 def error_estimates(theta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -160,8 +163,12 @@ def error_estimates(theta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(out, dtype=r.dtype, device=r.device)
 
 
-def _wanted(theta: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
-    """Indices of the ``top`` largest and ``bottom`` smallest of ``theta`` (disjoint, largest first)."""
+def wanted_indices(theta: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """Indices of the ``top`` largest and ``bottom`` smallest of ``theta`` (disjoint, largest first).
+
+    >>> wanted_indices(torch.tensor([3.0, -1.0, 2.0, 0.5]), 1, 1).tolist()
+    [0, 1]
+    """
     n = theta.numel()
     desc = torch.argsort(theta, descending=True)
     top = min(top, n)
@@ -439,7 +446,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
         r = (R @ Y[-w:, :]).norm(dim=0) if R.numel() else torch.zeros_like(theta)
         # candidates: the locked pairs and the active Ritz pairs, as one set
         all_theta, all_r = torch.cat([L_theta, theta]), torch.cat([L_res, r])
-        want = _wanted(all_theta, top, bottom)
+        want = wanted_indices(all_theta, top, bottom)
         enough = all_theta.numel() > n_want or full_space
         if not enough and neighbours is not None and all_theta.numel() == n_want:
             # the earlier run's other Ritz values give the gaps this run cannot see yet
@@ -454,7 +461,7 @@ def block_krylov_schur(matmat: Matmat, P: int, *, top: int, bottom: int, block_s
         done = enough and bool((est[want] <= limit).all())
         if checking is not None and done and not full_space:
             # the check's own best Ritz pairs (at each wanted end) must have converged too
-            active_best = _wanted(theta, min(top, 1), min(bottom, 1))
+            active_best = wanted_indices(theta, min(top, 1), min(bottom, 1))
             done = bool((est[L_theta.numel() + active_best] <= limit).all())
         if stop_residual is not None and enough:
             worst = float(all_r[want].max())
@@ -560,4 +567,4 @@ def _changed(values: torch.Tensor, before: torch.Tensor, limit: float) -> bool:
     return bool(((a - c).abs() > limit).any())
 
 
-__all__ = ["KrylovResult", "BudgetExhausted", "block_krylov_schur", "error_estimates"]
+__all__ = ["KrylovResult", "BudgetExhausted", "block_krylov_schur", "error_estimates", "wanted_indices"]

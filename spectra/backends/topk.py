@@ -65,6 +65,7 @@ from ..errors import ConvergenceError, InvalidInputError, MemoryBudgetError
 from ..result import SpectrumResult
 from .base import available_memory_bytes, format_bytes, refuses_unknown_options
 from .block_krylov import BudgetExhausted, KrylovResult, block_krylov_schur, error_estimates
+from .refine import refine
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 # Block sizes (bench/bench_topk.py sweep, 784-64-64-10, clustered top-10): a block of b vectors costs
@@ -98,6 +99,7 @@ DEFAULT_SWITCH_RESIDUAL = 3e-7
 # or singular end can restart for ever without converging (150,000 products at the small end of a ReLU layer).
 DEFAULT_PRODUCT_CAP_BASES = 50
 _WHICH = ("largest", "smallest", "both")
+REFINEMENT = "Rayleigh-Ritz refinement"  # the float64 phase after a low-precision search (spectra.backends.refine)
 
 
 def topk_memory_bytes(num_params: int, max_basis: int, n_want: int, block_size: int, itemsize: int = 8) -> int:
@@ -169,12 +171,13 @@ class TopkBackend:
         products = op.num_matvecs - before
         provenance = {
             "k": int(k), "which": which, "tol": plan.tol, "seed": seed, "path": path, "path_reason": reason,
-            "algorithm": "block Krylov-Schur (block Lanczos, full reorthogonalisation, thick restart, locking)"
-                         if path == "krylov" else "dense matrix + torch.linalg.eigh",
+            "algorithm": ("block Krylov-Schur (block Lanczos, full reorthogonalisation, thick restart, locking)"
+                          + (", then Rayleigh-Ritz refinement" if any(p.get("algorithm") == REFINEMENT for p in phases)
+                             else "")) if path == "krylov" else "dense matrix + torch.linalg.eigh",
             "block_size": plan.block_size, "max_basis": plan.max_basis, "max_matvecs": plan.max_matvecs,
             "warm_start_vectors": 0 if plan.v0 is None else int(plan.v0.shape[1]),
             "phases": phases, "solver_seconds": seconds, "recurrence_dtype": "float64",
-            "residuals_from": "fresh products" if verify_products or (krylov is not None and krylov.iterations == 1)
+            "residuals_from": "fresh products" if verify_products or (krylov is not None and residuals_are_fresh(krylov))
                               else ("dense eigh" if path == "dense" else "the Krylov recurrence"),
             "residual_matvecs": verify_products,
             "eigenvalue_error_estimates": estimates.tolist(),
@@ -325,12 +328,27 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                            "restarts": first.restarts, "seconds": time.perf_counter() - t0})
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
+        if neighbours is not None and plan.check_multiplicity is not True:
+            # the search's vectors need only float64 Rayleigh-Ritz steps, each adding the open pairs' residuals
+            t0 = time.perf_counter()
+            refined = refine(_matmat(op), start, top=plan.top, bottom=plan.bottom, tol=plan.tol,
+                             neighbours=neighbours, scale=first.scale,
+                             max_products=None if krylov_budget is None else krylov_budget - spent)
+            phases.append({"operator": "main", "algorithm": REFINEMENT,
+                           "dtype": str(op.dtype).replace("torch.", ""), "block_size": start.shape[1],
+                           "products": refined.products, "iterations": refined.iterations, "restarts": 0,
+                           "seconds": time.perf_counter() - t0})
+            if refined.converged:
+                return refined, "krylov", "the Krylov basis is smaller than P"
+            # it stalled (a large cluster): a block Krylov run goes on from the search's vectors, as without it
+            spent += refined.products
         width, basis_size = main_phase_basis(plan, 0 if start is None else start.shape[1], P)
         t0 = time.perf_counter()
         result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width, max_basis=basis_size,
                                     max_products=None if krylov_budget is None else krylov_budget - spent,
                                     neighbours=neighbours, **common)
-        phases.append({"operator": "main", "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
+        phases.append({"operator": "main", "algorithm": "block Krylov-Schur",
+                       "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
                        "products": result.products,
                        "iterations": result.iterations, "restarts": result.restarts,
                        "seconds": time.perf_counter() - t0})
@@ -379,8 +397,7 @@ def _finish(op: Any, plan: _Plan, krylov: KrylovResult, verify: bool, spent: int
     X = krylov.vectors
     values, residuals = krylov.values, krylov.residuals
     products = 0
-    # a run that ended after its first block has residuals of fresh products already
-    fresh = krylov.iterations == 1 and krylov.check_rounds == 0
+    fresh = residuals_are_fresh(krylov)
     if verify and not fresh and (plan.max_matvecs is None or spent + X.shape[1] <= plan.max_matvecs):
         HX = op.matmat(X.to(op.dtype)).to(torch.float64)
         products = X.shape[1]
@@ -395,6 +412,12 @@ def _finish(op: Any, plan: _Plan, krylov: KrylovResult, verify: bool, spent: int
     order = torch.argsort(values)
     return (values[order].cpu().numpy(), X[:, order].cpu().numpy(), residuals[order].cpu().numpy(),
             est[order].cpu().numpy(), products)
+
+
+def residuals_are_fresh(krylov: KrylovResult) -> bool:
+    """Whether the answer's residuals come from products of its own vectors: a refinement's always do, and
+    so do those of a Krylov run that ended after its first block."""
+    return krylov.residuals_from_products or (krylov.iterations == 1 and krylov.check_rounds == 0)
 
 
 def _dense(op: Any, plan: _Plan, have: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
