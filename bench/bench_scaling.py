@@ -205,15 +205,19 @@ def main() -> None:
     ap.add_argument("--max-params", type=int, default=2_000_000, help="skip configurations above this P")
     ap.add_argument("--max-top10-params", type=int, default=2_000_000, help="skip top-10 above this P")
     ap.add_argument("--combine", nargs="*", default=None,
-                    help="measure nothing: fit, tabulate and plot the rows of these --json files")
+                    help="measure nothing: fit, tabulate and plot the rows of these --json files "
+                         "(a configuration in several files: the last file's row)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    if args.combine is not None:
+    if args.combine is not None:  # a configuration measured in several files keeps its row from the last one
+        latest: dict[tuple, dict[str, Any]] = {}
         for name in args.combine:
-            rows += json.loads(Path(name).read_text())["rows"]
+            for row in json.loads(Path(name).read_text())["rows"]:
+                latest[(row["kind"], tuple(row["spec"]), row["N"], row.get("sweep"))] = row
+        rows = list(latest.values())
     else:
         print(f"# scaling, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)

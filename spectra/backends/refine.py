@@ -51,15 +51,18 @@ Matmat = Callable[[torch.Tensor], torch.Tensor]
 
 def refine(matmat: Matmat, X: torch.Tensor, *, top: int, bottom: int, tol: float,
            neighbours: tuple[torch.Tensor, torch.Tensor], max_products: int | None = None,
-           scale: float = 0.0) -> KrylovResult:
+           max_columns: int | None = None, scale: float = 0.0) -> KrylovResult:
     """The ``top`` largest and ``bottom`` smallest eigenpairs near the span of ``X`` ``[P, k]`` (float64).
 
     ``neighbours`` ``(values, residuals)``: Ritz pairs of the search beyond
     the answer, for the gaps of the error estimates.  Returns a
     :class:`~spectra.backends.block_krylov.KrylovResult` (``iterations`` the
-    rounds, ``converged`` whether every wanted pair met ``tol`` within
-    :data:`MAX_ROUNDS`); raises :class:`~spectra.backends.block_krylov.BudgetExhausted`
-    rather than exceed ``max_products``.
+    rounds, ``converged`` whether every wanted pair met ``tol``: it stops
+    without after :data:`MAX_ROUNDS` rounds, a round that gains less than
+    :data:`MIN_GAIN`, or when the basis would pass ``max_columns`` vectors,
+    which with their products bound its memory); raises
+    :class:`~spectra.backends.block_krylov.BudgetExhausted` rather than exceed
+    ``max_products``.
     """
     P = X.shape[0]
     V = torch.linalg.qr(X.to(torch.float64))[0]
@@ -76,19 +79,23 @@ def refine(matmat: Matmat, X: torch.Tensor, *, top: int, bottom: int, tol: float
         G = V.T @ HV
         theta, Y = torch.linalg.eigh(0.5 * (G + G.T))
         out.scale = max(out.scale, float(theta.abs().max()))
-        R = HV @ Y - (V @ Y) * theta  # every Ritz pair's true residual, from the stored products
-        r = R.norm(dim=0)
         want = wanted_indices(theta, top, bottom)
+        # the wanted pairs' true residuals, from the stored products; the others' norms from HV's Gram
+        # matrix (||HV y||^2 - theta^2, cancelling only where a residual is tiny, as wanted ones become)
+        R = HV @ Y[:, want] - V @ (Y[:, want] * theta[want])
+        r = ((Y * ((HV.T @ HV) @ Y)).sum(0) - theta ** 2).clamp_min(0).sqrt()
+        r[want] = R.norm(dim=0)
         est = error_estimates(torch.cat([theta, neighbours[0].to(theta)]),
                               torch.cat([r, neighbours[1].to(r)]))[: theta.numel()]
         out.estimates = est[want]  # what a BudgetExhausted carries
-        open_pairs = want[est[want] > tol * out.scale]
-        out.history.append({"products": out.products, "basis": V.shape[1], "open": int(open_pairs.numel()),
+        is_open = est[want] > tol * out.scale
+        out.history.append({"products": out.products, "basis": V.shape[1], "open": int(is_open.sum()),
                             "max_estimate": float(est[want].max() / max(out.scale, 1e-300))})
-        new = _expansion(R[:, open_pairs], r[open_pairs], V) if open_pairs.numel() else V[:, :0]
+        new = _expansion(R[:, is_open], r[want][is_open], V) if bool(is_open.any()) else V[:, :0]
         stalled = len(out.history) > 1 and out.history[-1]["max_estimate"] > MIN_GAIN * out.history[-2]["max_estimate"]
-        if new.shape[1] == 0 or out.iterations >= MAX_ROUNDS or stalled:  # converged, or no way on
-            return _answer(out, theta, Y, V, r, est, want, neighbours, converged=open_pairs.numel() == 0)
+        full = max_columns is not None and V.shape[1] + new.shape[1] > max_columns
+        if new.shape[1] == 0 or out.iterations >= MAX_ROUNDS or stalled or full:  # converged, or no way on
+            return _answer(out, theta, Y, V, r, est, want, neighbours, converged=not bool(is_open.any()))
         V = torch.cat([V, new], 1)
 
 

@@ -25,15 +25,21 @@ estimate ``min(r, rho^2/delta)`` from each pair's residual ``r`` (see
 largest ``|eigenvalue|`` seen.  Default ``1e-10`` for float64 operators,
 ``1e-5`` for float32 ones (their products carry ~1e-7 relative rounding).
 With ``verify=True`` (default) the answer's residuals are recomputed with
-fresh products and a final Rayleigh-Ritz; ``result.residuals`` are those.
+fresh products and a final Rayleigh-Ritz where they came from the Krylov
+recurrence (``provenance["residuals_from"]`` says which); ``result.residuals``
+are those.
 
 ``low_precision``: an operator for the same matrix in a cheaper precision
 (for example built on a float32 copy of the model), or a function that
 builds one (called only when the Krylov path runs).  The solver runs on it,
 one vector at a time unless ``block_size`` is given, until every wanted
 residual is below ``switch_residual`` times the scale, and finishes on
-``op`` from those vectors: the answer, its residuals and its error estimates
-come from ``op``'s products.  Both phases' products are recorded.
+``op`` from those vectors by Rayleigh-Ritz refinement
+(:mod:`spectra.backends.refine`: one product per vector, then one per
+residual of a pair not yet within ``tol``, round after round); where that
+stalls, or with ``check_multiplicity=True``, block Krylov-Schur on ``op``
+goes on from the search's vectors.  The answer, its residuals and its error
+estimates come from ``op``'s products.  Every phase's products are recorded.
 :func:`spectra.analyze` passes a float32 twin of a float64 model's operator
 (:func:`spectra.api.low_precision_twin`); ``low_precision=None`` turns it off.
 
@@ -331,8 +337,10 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         if neighbours is not None and plan.check_multiplicity is not True:
             # the search's vectors need only float64 Rayleigh-Ritz steps, each adding the open pairs' residuals
             t0 = time.perf_counter()
+            # its basis and their products fit in the memory reserved for the block Krylov phase
             refined = refine(_matmat(op), start, top=plan.top, bottom=plan.bottom, tol=plan.tol,
                              neighbours=neighbours, scale=first.scale,
+                             max_columns=main_phase_basis(plan, start.shape[1], P)[1] // 2,
                              max_products=None if krylov_budget is None else krylov_budget - spent)
             phases.append({"operator": "main", "algorithm": REFINEMENT,
                            "dtype": str(op.dtype).replace("torch.", ""), "block_size": start.shape[1],
