@@ -100,6 +100,25 @@ def test_a_cluster_larger_than_k_stalls_and_says_so():
     assert gains[-1] > refine_module.MIN_GAIN
 
 
+# (what stops it, the setting) on a start that needs 5 rounds (clustered top, noise 1e-6)
+LIMITS = [("rounds", {"MAX_ROUNDS": 2}), ("columns", {"max_columns": 12})]
+
+
+@pytest.mark.parametrize("limit,setting", LIMITS, ids=[name for name, _ in LIMITS])
+def test_rounds_and_columns_are_bounded(monkeypatch, limit, setting):
+    A, w, U, idx, neighbours = _setup("clustered_top", 5, "largest")
+    columns = setting.get("max_columns")
+    if limit == "rounds":
+        monkeypatch.setattr(refine_module, "MAX_ROUNDS", setting["MAX_ROUNDS"])
+    out = refine(lambda V: A @ V, _start(A, U[:, idx], 1e-6), top=5, bottom=0, tol=TOL, neighbours=neighbours,
+                 max_columns=columns)
+    assert not out.converged
+    if limit == "rounds":
+        assert out.iterations == 2
+    else:  # 5 + 5 columns; the next 5 would pass 12
+        assert [h["basis"] for h in out.history] == [5, 10] and out.history[-1]["open"] > 2
+
+
 def test_budget_is_never_exceeded():
     A, w, U, idx, neighbours = _setup("clustered_top", 5, "largest")
     with pytest.raises(BudgetExhausted) as stop:

@@ -36,8 +36,8 @@ import torch
 
 from .block_krylov import BudgetExhausted, KrylovResult, error_estimates, wanted_indices
 
-# Rounds of residual expansion before the caller's fallback (a block Krylov run from the current vectors)
-# takes over: from float32 searches the open pairs converged within 2-3 rounds on the MNIST MLPs and CNNs.
+# Rounds of residual expansion before the caller's fallback (a block Krylov run from the search's vectors)
+# takes over: from float32 searches the open pairs converged within 1-3 rounds on the MNIST MLPs and CNNs.
 MAX_ROUNDS = 6
 # ...or once a round does not halve the largest error estimate (a cluster too large for
 # these vectors, such as the zero eigenvalues of a singular Hessian: a Krylov run does better there).
