@@ -119,3 +119,21 @@ def test_a_search_with_noisy_products_stops_where_its_residuals_stall(noise, sto
                                              generator=torch.Generator().manual_seed(0))
     worst = float(result.residuals.max()) / result.scale
     assert 3e-7 < worst <= stops_below and result.products < 300
+
+
+def test_a_single_new_vector_is_normalised_by_the_known_norm_into_its_basis_row():
+    """The search's per-product bookkeeping: the norm the reorthogonalisation already knows divides the new
+    vector (no second pass over it), which lands in the basis row it will occupy (no copy on append)."""
+    from spectra.backends import block_krylov
+
+    basis = block_krylov._Basis(4, 6, torch.float64, torch.device("cpu"))
+    basis.append(torch.eye(6, dtype=torch.float64)[:1])
+    Z = torch.tensor([[0.0, 3.0, 4.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    known = torch.tensor([10.0], dtype=torch.float64)  # not ||Z|| = 5: shows which norm was used
+    Q, R, replaced = block_krylov._orthonormal_rows(Z, basis.all, 0.0, torch.Generator(), norms=known,
+                                                    out=basis.next_row())
+    assert replaced == 0 and float(R) == 10.0 and torch.equal(Q, Z / 10.0)
+    assert Q.data_ptr() == basis.rows[1].data_ptr()
+    before = basis.rows.clone()
+    basis.append(Q)
+    assert basis.n == 2 and torch.equal(basis.rows, before)
