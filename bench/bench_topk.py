@@ -124,7 +124,8 @@ def run_topk(model, X, y, mixed: bool = True, **options: Any) -> tuple[np.ndarra
     import spectra
 
     r = spectra.analyze(model, (X, y), method="topk", k=K, **options, **({} if mixed else {"low_precision": None}))
-    phases = ", ".join(f"{p['dtype']} block {p['block_size']}" for p in r.provenance["phases"])
+    phases = ", ".join(f"{p['dtype']} {p.get('algorithm', 'block Krylov-Schur')}, block {p['block_size']}"
+                       for p in r.provenance["phases"])
     settings = ", ".join(f"{k}={v}" for k, v in options.items())
     return r.eigenvalues, products_of(r), f"spectra.analyze(method='topk'{', ' if settings else ''}{settings}): {phases}"
 
