@@ -329,9 +329,7 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
                                        stop_when_stalled=True,
                                        start=start, block_size=plan.block_size, max_basis=plan.max_basis,
                                        max_products=krylov_budget, **common)
-            phases.append({"operator": "low_precision", "dtype": str(plan.low.dtype).replace("torch.", ""),
-                           "block_size": plan.block_size, "products": first.products, "iterations": first.iterations,
-                           "restarts": first.restarts, "seconds": time.perf_counter() - t0})
+            phases.append(_phase_record("low_precision", None, plan.low, plan.block_size, first, t0))
             start, spent = first.vectors, first.products
             neighbours = (first.others_values, first.others_residuals)
         if neighbours is not None and plan.check_multiplicity is not True:
@@ -341,11 +339,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
             refined = refine(_matmat(op), start, top=plan.top, bottom=plan.bottom, tol=plan.tol,
                              neighbours=neighbours, scale=first.scale,
                              max_columns=main_phase_basis(plan, start.shape[1], P)[1] // 2,
-                             max_products=None if krylov_budget is None else krylov_budget - spent)
-            phases.append({"operator": "main", "algorithm": REFINEMENT,
-                           "dtype": str(op.dtype).replace("torch.", ""), "block_size": start.shape[1],
-                           "products": refined.products, "iterations": refined.iterations, "restarts": 0,
-                           "seconds": time.perf_counter() - t0})
+                             max_products=krylov_budget - spent)
+            phases.append(_phase_record("main", REFINEMENT, op, start.shape[1], refined, t0))
             if refined.converged:
                 return refined, "krylov", "the Krylov basis is smaller than P"
             # it stalled (a large cluster): a block Krylov run goes on from the search's vectors, as without it
@@ -353,13 +348,8 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
         width, basis_size = main_phase_basis(plan, 0 if start is None else start.shape[1], P)
         t0 = time.perf_counter()
         result = block_krylov_schur(_matmat(op), P, tol=plan.tol, start=start, block_size=width, max_basis=basis_size,
-                                    max_products=None if krylov_budget is None else krylov_budget - spent,
-                                    neighbours=neighbours, **common)
-        phases.append({"operator": "main", "algorithm": "block Krylov-Schur",
-                       "dtype": str(op.dtype).replace("torch.", ""), "block_size": width,
-                       "products": result.products,
-                       "iterations": result.iterations, "restarts": result.restarts,
-                       "seconds": time.perf_counter() - t0})
+                                    max_products=krylov_budget - spent, neighbours=neighbours, **common)
+        phases.append(_phase_record("main", "block Krylov-Schur", op, width, result, t0))
         return result, "krylov", "the Krylov basis is smaller than P"
     except BudgetExhausted as stop:
         state = stop.state
@@ -380,6 +370,14 @@ def _run_krylov(op: Any, plan: _Plan, generator: torch.Generator, phases: list[d
             f"{spent + state.products} products, {done} of {plan.n_want} pairs within tol={plan.tol:g}; "
             "raise max_matvecs, "
             f"loosen tol, or use method='exact' (P={P} products)") from None
+
+
+def _phase_record(operator: str, algorithm: str | None, on: Any, block_size: int, result: KrylovResult,
+                  t0: float) -> dict[str, Any]:
+    """One entry of ``provenance["phases"]``: which operator, its dtype, and what the phase spent."""
+    return {"operator": operator, **({"algorithm": algorithm} if algorithm else {}),
+            "dtype": str(on.dtype).replace("torch.", ""), "block_size": block_size, "products": result.products,
+            "iterations": result.iterations, "restarts": result.restarts, "seconds": time.perf_counter() - t0}
 
 
 def main_phase_basis(plan: _Plan, start_width: int, P: int) -> tuple[int, int]:
