@@ -156,6 +156,29 @@ def methods(args: argparse.Namespace) -> dict[str, Callable]:
     return out
 
 
+def paired_runs(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict, dict, dict, dict]:
+    """Each repetition calls every run once, back to back (the order reversed every other repetition),
+    after one warm-up call each (imports, first allocations).  Returns per run the wall seconds, the
+    per-repetition ratios of wall and of CPU time to the run named ``"arpack"``, and its last result."""
+    for fn in runs.values():
+        fn()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    ratios: dict[str, list[float]] = {name: [] for name in runs}
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in runs}
+    last: dict[str, Any] = {}
+    for rep in range(repeats):
+        wall, cpu = {}, {}
+        for name in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            last[name] = runs[name]()
+            wall[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+        for name in runs:
+            seconds[name].append(wall[name])
+            ratios[name].append(wall[name] / wall["arpack"])
+            cpu_ratios[name].append(cpu[name] / cpu["arpack"])
+    return seconds, ratios, cpu_ratios, last
+
+
 def race(args: argparse.Namespace) -> None:
     print(f"# top-10 race, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load at start {load_average()}")
@@ -163,25 +186,9 @@ def race(args: argparse.Namespace) -> None:
         model, X, y, title = load_net(net)
         P = sum(p.numel() for p in model.parameters())
         ref = references(net, model, X, y, args.cache)
-        runs = methods(args)
-        seconds = {name: [] for name in runs}
-        ratios = {name: [] for name in runs}
-        cpu_ratios = {name: [] for name in runs}
-        info: dict[str, tuple] = {}
-        for name, fn in runs.items():  # warm-up (imports, first allocations)
-            fn(model, X, y)
-        for rep in range(args.repeats):
-            order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
-            this, cpu = {}, {}
-            for name in order:
-                t0, c0 = time.perf_counter(), time.process_time()
-                values, products, how = runs[name](model, X, y)
-                this[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
-                info[name] = (rel_error(values, ref), products, how)
-            for name in runs:
-                seconds[name].append(this[name])
-                ratios[name].append(this[name] / this["arpack"])
-                cpu_ratios[name].append(cpu[name] / cpu["arpack"])
+        runs = {name: (lambda fn=fn: fn(model, X, y)) for name, fn in methods(args).items()}
+        seconds, ratios, cpu_ratios, last = paired_runs(runs, args.repeats)
+        info = {name: (rel_error(values, ref), products, how) for name, (values, products, how) in last.items()}
         print(f"\n## {title} (P = {P}); load at end {load_average()}\n")
         print("| method | median seconds | x ARPACK, wall (median of paired ratios) | x ARPACK, CPU time "
               "| x ARPACK, fastest runs | products | max rel. error |")
@@ -293,17 +300,7 @@ def floor(args: argparse.Namespace) -> None:
         runs = {"arpack": lambda: run_arpack(model, X, y), "topk": lambda: run_topk(model, X, y),
                 "products only": products_only,
                 "products + reorthogonalisation": lambda: products_only(orthogonalise=True)}
-        for fn in runs.values():
-            fn()
-        ratios: dict[str, list[float]] = {name: [] for name in runs}
-        for rep in range(args.repeats):
-            this = {}
-            for name in (list(runs) if rep % 2 == 0 else list(runs)[::-1]):
-                t0 = time.perf_counter()
-                runs[name]()
-                this[name] = time.perf_counter() - t0
-            for name in runs:
-                ratios[name].append(this[name] / this["arpack"])
+        ratios = paired_runs(runs, args.repeats)[1]
         print(f"\n## {title}: {n32} float32 products one at a time + a float64 block of {n64}; "
               f"load at end {load_average()}\n")
         for name in runs:
